@@ -1,0 +1,1 @@
+"""SIM cards (PIN/PUK), device and modem behaviour, coverage, traffic profiles."""

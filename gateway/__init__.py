@@ -1,0 +1,1 @@
+"""Mobile gateways, sessions, traffic control, mass-traffic interruption, GTP pcap, MQTT."""

@@ -1,0 +1,259 @@
+"""Reading and writing the event log: ``.jsonl``, ``.jsonl.gz`` and ``.parquet``.
+
+Readers yield validated :class:`~metering.events.Event` records in file order and stop at the
+first bad record with an :class:`EventLogError` that names the file and line (Parquet: the row,
+1-based). Writers are atomic: they write a temporary file beside the target and rename it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metering.events import EVENT_COLUMNS, Event, EventError, event_from_mapping
+from metering.timeutil import format_instant
+
+SUFFIXES: Final = (".jsonl", ".jsonl.gz", ".parquet")
+
+ARROW_SCHEMA: Final = pa.schema(
+    [
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("type", pa.string()),
+        ("account", pa.string()),
+        ("id", pa.string()),
+        ("sim", pa.string()),
+        ("gateway", pa.string()),
+        ("option", pa.string()),
+        ("target", pa.string()),
+        ("up_bytes", pa.int64()),
+        ("down_bytes", pa.int64()),
+        ("route", pa.string()),
+        ("session", pa.string()),
+        ("kind", pa.string()),
+        ("count", pa.int64()),
+        ("delivered", pa.bool_()),
+        ("bytes", pa.int64()),
+        ("points", pa.int64()),
+        ("expires", pa.timestamp("us", tz="UTC")),
+        ("extra", pa.string()),
+    ]
+)
+"""The columnar form of the event log (Parquet files and the DuckDB store)."""
+
+
+class EventLogError(Exception):
+    """A bad event log: the message is one line naming the file, line and reason."""
+
+
+def log_format(path: Path) -> str:
+    """Return the format of an event log path: ``jsonl``, ``jsonl.gz`` or ``parquet``.
+
+    Raises:
+        EventLogError: For any other suffix.
+    """
+    name = path.name.lower()
+    if name.endswith(".jsonl.gz"):
+        return "jsonl.gz"
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    raise EventLogError(f"{path}: unknown event log format (expected {', '.join(SUFFIXES)})")
+
+
+def _decode_line(raw: bytes, path: Path, number: int) -> Event | None:
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except UnicodeDecodeError:
+        raise EventLogError(f"{path}:{number}: line is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise EventLogError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise EventLogError(f"{path}:{number}: JSON nested too deeply") from None
+    if not isinstance(record, dict):
+        raise EventLogError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+    result = event_from_mapping(record)
+    if isinstance(result, EventError):
+        raise EventLogError(f"{path}:{number}: {result.reason}")
+    return result.with_source(str(path), number)
+
+
+def _read_jsonl(path: Path, compressed: bool) -> Iterator[Event]:
+    opener = gzip.open if compressed else open
+    number = 0
+    try:
+        with opener(path, "rb") as stream:
+            for number, raw in enumerate(stream, start=1):
+                event = _decode_line(raw, path, number)
+                if event is not None:
+                    yield event
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise EventLogError(f"{path}:{number + 1}: compressed stream is damaged or truncated ({exc})") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise EventLogError(f"{path}: not a readable Parquet file ({exc})") from None
+    schema = parquet.schema_arrow
+    for name in ("ts", "type", "account"):
+        if name not in schema.names:
+            raise EventLogError(f"{path}: Parquet file has no column {name!r}")
+    for name in ("ts", "expires"):
+        if name in schema.names:
+            column_type = schema.field(name).type
+            if pa.types.is_timestamp(column_type) and column_type.tz is None:
+                raise EventLogError(f"{path}: column {name!r} is a timestamp without time zone")
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=65_536):
+            columns = {name: batch.column(name) for name in batch.schema.names}
+            for name in ("ts", "expires"):
+                if name in columns and pa.types.is_timestamp(columns[name].type):
+                    columns[name] = columns[name].cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+            names = list(columns)
+            values = [columns[name].to_pylist() for name in names]
+            for offset in range(batch.num_rows):
+                row += 1
+                yield row, {name: values[i][offset] for i, name in enumerate(names)}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise EventLogError(f"{path}:{row + 1}: damaged Parquet data ({exc})") from None
+
+
+def _read_parquet(path: Path) -> Iterator[Event]:
+    for row, record in _parquet_rows(path):
+        cleaned = {key: value for key, value in record.items() if value is not None or key in ("ts", "type", "account")}
+        if isinstance(cleaned.get("expires"), int):
+            cleaned["expires"] = format_instant(cleaned["expires"])
+        extra = cleaned.pop("extra", None)
+        if extra:
+            try:
+                decoded = json.loads(extra)
+            except json.JSONDecodeError:
+                raise EventLogError(f"{path}:{row}: column 'extra' is not a JSON object") from None
+            if not isinstance(decoded, dict):
+                raise EventLogError(f"{path}:{row}: column 'extra' is not a JSON object")
+            cleaned.update(decoded)
+        result = event_from_mapping(cleaned)
+        if isinstance(result, EventError):
+            raise EventLogError(f"{path}:{row}: {result.reason}")
+        yield result.with_source(str(path), row)
+
+
+def read_event_log(path: Path) -> Iterator[Event]:
+    """Yield the events of one log file in file order.
+
+    Raises:
+        EventLogError: At the first bad record, or when the file cannot be read.
+    """
+    fmt = log_format(path)
+    if not path.is_file():
+        raise EventLogError(f"{path}: no such file")
+    if fmt == "parquet":
+        return _read_parquet(path)
+    return _read_jsonl(path, compressed=fmt == "jsonl.gz")
+
+
+def read_event_logs(paths: Iterable[Path]) -> list[Event]:
+    """Read several logs, in the order given, into one list (file order kept).
+
+    Raises:
+        EventLogError: At the first bad record of any file.
+    """
+    events: list[Event] = []
+    for path in paths:
+        events.extend(read_event_log(path))
+    return events
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """The JSON object of one event, as EVENTS.md writes it (times in JST)."""
+    record: dict[str, Any] = {
+        "ts": format_instant(event.ts),
+        "type": event.type,
+        "account": event.account,
+        "id": event.id,
+    }
+    for name in EVENT_COLUMNS:
+        value = getattr(event, name)
+        if value is not None:
+            record[name] = format_instant(value) if name == "expires" else value
+    if event.extra:
+        record.update(json.loads(event.extra))
+    return record
+
+
+def events_to_arrow(events: Iterable[Event]) -> pa.Table:
+    """The columnar form (:data:`ARROW_SCHEMA`) of a sequence of events."""
+    columns: dict[str, list[Any]] = {name: [] for name in ARROW_SCHEMA.names}
+    for event in events:
+        columns["ts"].append(event.ts)
+        columns["type"].append(event.type)
+        columns["account"].append(event.account)
+        columns["id"].append(event.id)
+        for name in EVENT_COLUMNS:
+            columns[name].append(getattr(event, name))
+        columns["extra"].append(event.extra or None)
+    arrays = []
+    for schema_field in ARROW_SCHEMA:
+        values = columns[schema_field.name]
+        if pa.types.is_timestamp(schema_field.type):
+            arrays.append(pa.array(values, type=pa.int64()).cast(schema_field.type))
+        else:
+            arrays.append(pa.array(values, type=schema_field.type))
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+class AtomicWriter:
+    """Write a file under a temporary name beside it; rename into place only on success."""
+
+    def __init__(self, target: Path) -> None:
+        """Prepare to write ``target``."""
+        self.target = target
+        self.temporary = Path()
+
+    def __enter__(self) -> Path:
+        """Return the temporary path to write to."""
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent)
+        os.close(handle)
+        self.temporary = Path(name)
+        return self.temporary
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        """Rename on success, remove the temporary file on failure."""
+        if exc_type is None:
+            os.replace(self.temporary, self.target)
+        else:
+            self.temporary.unlink(missing_ok=True)
+
+
+def write_event_log(events: Iterable[Event], path: Path) -> int:
+    """Write events to ``path`` (format by suffix) atomically; return how many were written."""
+    fmt = log_format(path)
+    written = 0
+    with AtomicWriter(path) as temporary:
+        if fmt == "parquet":
+            table = events_to_arrow(events)
+            pq.write_table(table, temporary)
+            return int(table.num_rows)
+        opener = gzip.open if fmt == "jsonl.gz" else open
+        with opener(temporary, "wt", encoding="utf-8") as stream:
+            for event in events:
+                stream.write(json.dumps(event_to_json(event), ensure_ascii=False, separators=(", ", ": ")))
+                stream.write("\n")
+                written += 1
+    return written

@@ -1,0 +1,332 @@
+"""The usage event record (``mgwsim.events/1``) and its validation.
+
+Every event is an immutable :class:`Event`. :func:`event_from_mapping` turns one decoded JSON
+object (or one Parquet row) into an event or an :class:`EventError` value naming the reason; the
+readers in :mod:`metering.eventlog` add the file and line. Nothing here raises for bad data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from metering.timeutil import TimeFormatError, parse_instant
+
+SCHEMA: Final = "mgwsim.events/1"
+INT64_MAX: Final = 2**63 - 1
+
+BILLED_TYPES: Final = (
+    "sim.registered",
+    "sim.deleted",
+    "sim.traffic",
+    "gateway.created",
+    "gateway.deleted",
+    "option.enabled",
+    "option.disabled",
+    "sms.sent",
+    "mono.device.registered",
+    "mono.device.deleted",
+    "mono.message",
+    "points.purchased",
+    "points.granted",
+    "account.deleted",
+)
+"""Event types that the rating rules read."""
+
+DIAGNOSTIC_TYPES: Final = (
+    "sim.pin_failed",
+    "sim.locked",
+    "sim.unlocked",
+    "sim.dead",
+    "session.created",
+    "session.deleted",
+    "gateway.power",
+    "gateway.internet",
+    "gateway.switch",
+)
+"""Event types the simulator writes for disputes; kept, never billed."""
+
+EVENT_TYPES: Final = BILLED_TYPES + DIAGNOSTIC_TYPES
+
+ROUTES: Final = ("closed", "internet")
+SMS_KINDS: Final = ("2fa", "a2p")
+COMMON_FIELDS: Final = ("ts", "type", "account", "id")
+
+_ICCID_RE = re.compile(r"^\d{18,20}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+_OPTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_SECRET_RE = re.compile(r"^(new_?|old_?)?(pin|puk|passcode)(_?code|_?\d)?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One type-specific field of an event: its kind and whether it is required."""
+
+    kind: str
+    required: bool
+
+
+def _spec(**fields: str) -> dict[str, FieldSpec]:
+    specs: dict[str, FieldSpec] = {}
+    for name, kind in fields.items():
+        optional = kind.endswith("?")
+        specs[name] = FieldSpec(kind.rstrip("?"), not optional)
+    return specs
+
+
+FIELD_SPECS: Final[dict[str, dict[str, FieldSpec]]] = {
+    "sim.registered": _spec(sim="iccid"),
+    "sim.deleted": _spec(sim="iccid"),
+    "sim.traffic": _spec(
+        sim="iccid",
+        up_bytes="count",
+        down_bytes="count",
+        route="route",
+        session="name?",
+        gateway="name?",
+    ),
+    "gateway.created": _spec(gateway="name"),
+    "gateway.deleted": _spec(gateway="name"),
+    "option.enabled": _spec(option="option", target="name"),
+    "option.disabled": _spec(option="option", target="name"),
+    "sms.sent": _spec(kind="sms_kind", count="positive?", delivered="bool?"),
+    "mono.device.registered": _spec(sim="iccid"),
+    "mono.device.deleted": _spec(sim="iccid"),
+    "mono.message": _spec(sim="iccid", count="positive?", bytes="count?"),
+    "points.purchased": _spec(points="positive"),
+    "points.granted": _spec(points="positive", expires="instant"),
+    "account.deleted": _spec(),
+}
+"""The type-specific fields of every billed event type (EVENTS.md)."""
+
+EVENT_COLUMNS: Final = (
+    "sim",
+    "gateway",
+    "option",
+    "target",
+    "up_bytes",
+    "down_bytes",
+    "route",
+    "session",
+    "kind",
+    "count",
+    "delivered",
+    "bytes",
+    "points",
+    "expires",
+)
+"""Type-specific columns, in the order the columnar (Parquet, DuckDB) form uses."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One usage event, validated and normalised.
+
+    Attributes:
+        ts: The instant, epoch microseconds (UTC).
+        type: One of :data:`EVENT_TYPES`.
+        account: The account (project) the event belongs to.
+        id: The event id; the content hash ``h-…`` when the log gave none.
+        sim: ICCID, for SIM, traffic and Mono events.
+        gateway: Gateway id.
+        option: Sub-option name (``ip_address``, ``custom_dns``, ``terminal_lock`` …).
+        target: What the sub-option applies to.
+        up_bytes: Uplink bytes of a ``sim.traffic`` event.
+        down_bytes: Downlink bytes of a ``sim.traffic`` event.
+        route: ``closed`` or ``internet``.
+        session: Session id, when the simulator knows it.
+        kind: SMS kind (``2fa`` / ``a2p``).
+        count: Message count of ``sms.sent`` and ``mono.message`` (default 1).
+        delivered: Whether an SMS was delivered (never changes the fee).
+        bytes: Payload bytes of a ``mono.message``.
+        points: Points of a purchase or grant.
+        expires: Expiry instant of free points.
+        extra: Further fields of diagnostic events, as canonical JSON (or ``""``).
+        source: The file the event came from (for messages only).
+        line: The line (or Parquet row, 1-based) in ``source``.
+    """
+
+    ts: int
+    type: str
+    account: str
+    id: str
+    sim: str | None = None
+    gateway: str | None = None
+    option: str | None = None
+    target: str | None = None
+    up_bytes: int | None = None
+    down_bytes: int | None = None
+    route: str | None = None
+    session: str | None = None
+    kind: str | None = None
+    count: int | None = None
+    delivered: bool | None = None
+    bytes: int | None = None
+    points: int | None = None
+    expires: int | None = None
+    extra: str = ""
+    source: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
+
+    @property
+    def where(self) -> str:
+        """``file:line`` of the event, for messages."""
+        return f"{self.source}:{self.line}" if self.source else f"event {self.id}"
+
+    def content(self) -> dict[str, Any]:
+        """The event's normalised content (no id, no source), used for the content hash."""
+        content: dict[str, Any] = {"ts": self.ts, "type": self.type, "account": self.account}
+        for name in EVENT_COLUMNS:
+            value = getattr(self, name)
+            if value is not None:
+                content[name] = value
+        if self.extra:
+            content["extra"] = self.extra
+        return content
+
+    def with_source(self, source: str, line: int) -> Event:
+        """Return the same event, located at ``source:line``."""
+        return replace(self, source=source, line=line)
+
+
+@dataclass(frozen=True, slots=True)
+class EventError:
+    """Why one event record was rejected (an error value, not an exception)."""
+
+    reason: str
+    source: str = ""
+    line: int = 0
+
+    def __str__(self) -> str:
+        """One line: ``file:line: reason``."""
+        if self.source:
+            return f"{self.source}:{self.line}: {self.reason}"
+        return self.reason
+
+
+def content_id(content: Mapping[str, Any]) -> str:
+    """A stable id for an event that has none: a hash of its normalised content."""
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "h-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def is_secret_field(name: str) -> bool:
+    """Whether a field name denotes a PIN, PUK or PASSCODE (never allowed in an event)."""
+    return bool(_SECRET_RE.match(name))
+
+
+def _check_value(name: str, kind: str, value: Any) -> tuple[Any, str | None]:
+    """Validate one field; return the normalised value or a reason."""
+    if kind in ("count", "positive"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return None, f"field {name!r} must be an integer, got {type(value).__name__}"
+        if value < 0 or (kind == "positive" and value == 0):
+            bound = "> 0" if kind == "positive" else ">= 0"
+            return None, f"field {name!r} must be {bound}, got {value}"
+        if value > INT64_MAX:
+            return None, f"field {name!r} is larger than 2^63-1"
+        return value, None
+    if kind == "bool":
+        if not isinstance(value, bool):
+            return None, f"field {name!r} must be true or false, got {type(value).__name__}"
+        return value, None
+    if not isinstance(value, str):
+        return None, f"field {name!r} must be a string, got {type(value).__name__}"
+    if kind == "iccid" and not _ICCID_RE.match(value):
+        return None, f"field {name!r} must be an ICCID of 18-20 digits"
+    if kind == "name" and not _NAME_RE.match(value):
+        return None, f"field {name!r} must be 1-128 characters of [A-Za-z0-9._:@/-]"
+    if kind == "option" and not _OPTION_RE.match(value):
+        return None, f"field {name!r} must be a lower-case name like 'ip_address'"
+    if kind == "route" and value not in ROUTES:
+        return None, f"field {name!r} must be one of {', '.join(ROUTES)}"
+    if kind == "sms_kind" and value not in SMS_KINDS:
+        return None, f"field {name!r} must be one of {', '.join(SMS_KINDS)}"
+    if kind == "instant":
+        try:
+            return parse_instant(value), None
+        except TimeFormatError as exc:
+            return None, f"field {name!r}: {exc}"
+    return value, None
+
+
+def event_from_mapping(record: Mapping[str, Any]) -> Event | EventError:
+    """Validate one decoded event record.
+
+    Args:
+        record: One JSON object of the event log (or one Parquet row as a dict, with ``ts``
+            already an RFC 3339 string or epoch microseconds as int).
+
+    Returns:
+        The normalised :class:`Event`, or an :class:`EventError` with the reason.
+    """
+    for name in record:
+        if is_secret_field(str(name)):
+            return EventError(
+                f"event carries a secret field {name!r}: PIN, PUK and PASSCODE never belong in an event log"
+            )
+    event_type = record.get("type")
+    if event_type is None:
+        return EventError("missing required field 'type'")
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        shown = event_type if isinstance(event_type, str) else type(event_type).__name__
+        return EventError(f"unknown event type {str(shown)[:60]!r}")
+    for required in ("ts", "account"):
+        if record.get(required) is None:
+            return EventError(f"{event_type}: missing required field {required!r}")
+    raw_ts = record["ts"]
+    if isinstance(raw_ts, str):
+        try:
+            ts = parse_instant(raw_ts)
+        except TimeFormatError as exc:
+            return EventError(f"field 'ts': {exc}")
+    elif isinstance(raw_ts, int) and not isinstance(raw_ts, bool):
+        ts = raw_ts
+    else:
+        return EventError(f"field 'ts' must be an RFC 3339 string, got {type(raw_ts).__name__}")
+    account = record["account"]
+    if not isinstance(account, str) or not _NAME_RE.match(account):
+        return EventError("field 'account' must be 1-128 characters of [A-Za-z0-9._:@/-]")
+    given_id = record.get("id")
+    if given_id is not None and (not isinstance(given_id, str) or not 0 < len(given_id) <= 200):
+        return EventError("field 'id' must be a non-empty string of at most 200 characters")
+
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    specs = FIELD_SPECS.get(event_type)
+    for name, value in record.items():
+        if name in COMMON_FIELDS:
+            continue
+        if specs is None:
+            if value is not None and not isinstance(value, str | int | float | bool):
+                return EventError(f"{event_type}: field {name!r} must be a scalar")
+            extra[name] = value
+            continue
+        spec = specs.get(name)
+        if spec is None:
+            return EventError(f"{event_type}: unknown field {str(name)[:60]!r}")
+        if value is None:
+            continue
+        normalised, reason = _check_value(name, spec.kind, value)
+        if reason is not None:
+            return EventError(f"{event_type}: {reason}")
+        values[name] = normalised
+    if specs is not None:
+        for name, spec in specs.items():
+            if spec.required and name not in values:
+                return EventError(f"{event_type}: missing required field {name!r}")
+        if event_type in ("sms.sent", "mono.message"):
+            values.setdefault("count", 1)
+    event = Event(
+        ts=ts,
+        type=event_type,
+        account=account,
+        id="",
+        extra=json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else "",
+        **values,
+    )
+    return replace(event, id=given_id if given_id is not None else content_id(event.content()))

@@ -1,0 +1,93 @@
+"""Explanations: every charge, and every fee not charged to a subject with events, in words.
+
+The text is meant to be pasted by a support engineer into a reply to a customer: it names the
+rule, the article of the terms, the reason and the evidence events (id, type, time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from metering.events import Event
+from metering.invoice import make_line
+from metering.money import format_money
+from metering.rating import Rating
+from metering.rules import ARTICLES, Charge, Outcome
+from metering.tariff import Tariff
+from metering.timeutil import format_instant, format_month
+
+
+def _evidence(ids: tuple[str, ...], events: Mapping[tuple[str, str], Event], account: str) -> list[str]:
+    lines = []
+    for event_id in ids:
+        event = events.get((account, event_id))
+        if event is None:
+            lines.append(f"      - {event_id}")
+        else:
+            lines.append(f"      - {event_id}: {event.type} at {format_instant(event.ts)} ({event.where})")
+    return lines
+
+
+def explain_outcome(outcome: Outcome, tariff: Tariff, events: Mapping[tuple[str, str], Event], account: str) -> str:
+    """One charge or no-charge, explained in a few lines."""
+    article = ARTICLES.get(outcome.rule, outcome.rule)
+    if isinstance(outcome, Charge):
+        line = make_line(outcome, tariff)
+        head = (
+            f"  CHARGED {outcome.item} for {outcome.subject}: {outcome.quantity} x "
+            f"{format_money(outcome.unit_price)} = {format_money(line.amount)} {tariff.currency} "
+            f"[{outcome.rule}, {article}]"
+        )
+        body = f"    {outcome.note}"
+    else:
+        head = f"  NOT CHARGED {outcome.item} for {outcome.subject} [{outcome.rule}, {article}]"
+        body = f"    {outcome.reason}"
+    parts = [head, body]
+    if outcome.evidence:
+        parts.append("    evidence:")
+        parts.extend(_evidence(outcome.evidence, events, account))
+    return "\n".join(parts)
+
+
+def explain(rating: Rating, tariff: Tariff, events: Mapping[tuple[str, str], Event], subject: str | None = None) -> str:
+    """Explain every invoice of a rating (optionally only one subject: ICCID, gateway, …)."""
+    blocks: list[str] = []
+    switches = tariff.interpretations
+    blocks.append(
+        f"Tariff {tariff.label}{' (illustrative prices)' if tariff.illustrative else ''}; interpretations: "
+        f"I-1 usage_test={switches.usage_test}, I-2 exempt_first_and_last_month="
+        f"{str(switches.exempt_first_and_last_month).lower()}, I-3 deleted_in_final_month="
+        f"{switches.deleted_in_final_month}, I-4 consumption_order={switches.consumption_order}, "
+        f"I-5 expiring_at_deduction={switches.expiring_at_deduction}."
+    )
+    for month, document in sorted(rating.documents.items()):
+        for invoice in document.invoices:
+            outcomes = [
+                outcome
+                for outcome in rating.outcomes.get((month, invoice.account), ())
+                if subject is None or outcome.subject == subject
+            ]
+            if subject is not None and not outcomes:
+                continue
+            header = f"{invoice.account} {format_month(month)}"
+            if subject is None:
+                header += (
+                    f": subtotal {format_money(invoice.subtotal)}, tax {format_money(invoice.tax)}, "
+                    f"total {format_money(invoice.total)} {invoice.currency}"
+                )
+            parts = [header]
+            parts.extend(explain_outcome(outcome, tariff, events, invoice.account) for outcome in outcomes)
+            points = invoice.points
+            if subject in (None, "points") and any(points.to_json().values()):
+                parts.append(
+                    f"  POINTS {format_month(month)}: opening {points.opening}, granted {points.granted}, "
+                    f"purchased {points.purchased}, consumed {points.consumed} (deducted on the 1st of the "
+                    f"next month, PT-3), expired {points.expired} (PT-8, PT-12), shortfall purchase "
+                    f"{points.shortfall_purchased} (PT-5), closing balance {points.closing}"
+                )
+            if len(parts) == 1:
+                parts.append("  nothing charged")
+            blocks.append("\n".join(parts))
+    if subject is not None and len(blocks) == 1:
+        blocks.append(f"No charge or decision concerns {subject!r} in the months asked for.")
+    return "\n\n".join(blocks) + "\n"

@@ -1,0 +1,235 @@
+"""Replay of one account's events into its history: who was registered when, and what was used.
+
+:func:`replay` walks the events of one account in processing order (``ts``, ties by file order)
+and builds an :class:`AccountHistory`: registration periods of SIMs, gateways, sub-options and
+Mono device IDs, the traffic and messages with the period they fall in, and the point grants.
+Inconsistent histories (a deletion of something not registered, traffic of a SIM that is not
+registered) are returned as :class:`~metering.events.EventError` values naming the event.
+
+The history is the input of the reference rules in :mod:`metering.rules`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from metering.events import Event, EventError
+from metering.tariff import Tariff
+from metering.timeutil import format_instant, month_of_instant, month_start
+
+
+@dataclass(slots=True)
+class Period:
+    """A registration period ``[start, end)`` of a SIM, gateway, sub-option or device ID.
+
+    Attributes:
+        start: Instant of the registration (creation, enablement, issue).
+        start_id: Id of the event that started it.
+        end: Instant of the deletion request, or ``None`` while still registered.
+        end_id: Id of the event that ended it.
+    """
+
+    start: int
+    start_id: str
+    end: int | None = None
+    end_id: str | None = None
+
+    @property
+    def start_month(self) -> int:
+        """JST month of the registration."""
+        return month_of_instant(self.start)
+
+    @property
+    def end_month(self) -> int | None:
+        """JST month of the deletion, if deleted."""
+        return None if self.end is None else month_of_instant(self.end)
+
+    def covers_month(self, month: int) -> bool:
+        """Whether the period touches ``month`` (registration and deletion months included)."""
+        end_month = self.end_month
+        return self.start_month <= month and (end_month is None or end_month >= month)
+
+    def contains(self, instant: int) -> bool:
+        """Whether ``instant`` lies in ``[start, end)``."""
+        return self.start <= instant and (self.end is None or instant < self.end)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One usage record: traffic bytes or a message count, in a registration period.
+
+    Attributes:
+        ts: Instant.
+        amount: Bytes (traffic) or count (messages, SMS).
+        event_id: The event's id (evidence).
+        period: Index of the registration period it falls in.
+    """
+
+    ts: int
+    amount: int
+    event_id: str
+    period: int
+
+    @property
+    def month(self) -> int:
+        """JST month of the usage."""
+        return month_of_instant(self.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class PointGrant:
+    """Points granted to the account: a voluntary purchase (paid) or a free grant.
+
+    Attributes:
+        ts: Grant instant.
+        points: Points granted.
+        expires: Instant at which the points lapse.
+        paid: True for purchased points.
+        event_id: Evidence.
+    """
+
+    ts: int
+    points: int
+    expires: int
+    paid: bool
+    event_id: str
+
+
+@dataclass(slots=True)
+class AccountHistory:
+    """Everything the rules need to know about one account, derived from its events."""
+
+    account: str
+    sims: dict[str, list[Period]] = field(default_factory=dict)
+    traffic: dict[str, list[Usage]] = field(default_factory=dict)
+    gateways: dict[str, list[Period]] = field(default_factory=dict)
+    options: dict[str, list[Period]] = field(default_factory=dict)
+    devices: dict[str, list[Period]] = field(default_factory=dict)
+    messages: dict[str, list[Usage]] = field(default_factory=dict)
+    sms: dict[str, list[Usage]] = field(default_factory=dict)
+    grants: list[PointGrant] = field(default_factory=list)
+    consumption: list[Usage] = field(default_factory=list)
+    deletions: list[tuple[int, str]] = field(default_factory=list)
+    event_months: set[int] = field(default_factory=set)
+
+
+def processing_order(events: Iterable[Event]) -> list[Event]:
+    """Events in processing order: by ``ts``, ties by the order given (file order)."""
+    return sorted(events, key=lambda event: event.ts)
+
+
+def _open(periods: dict[str, list[Period]], key: str, event: Event, what: str) -> EventError | None:
+    history = periods.setdefault(key, [])
+    if history and history[-1].end is None:
+        return EventError(
+            f"{event.type}: {what} is already registered since {format_instant(history[-1].start)}",
+            event.source,
+            event.line,
+        )
+    history.append(Period(event.ts, event.id))
+    return None
+
+
+def _close(periods: dict[str, list[Period]], key: str, event: Event, what: str) -> EventError | None:
+    history = periods.get(key)
+    if not history or history[-1].end is not None:
+        return EventError(f"{event.type}: {what} is not registered", event.source, event.line)
+    history[-1].end = event.ts
+    history[-1].end_id = event.id
+    return None
+
+
+def _period_at(periods: Sequence[Period] | None, instant: int) -> int | None:
+    if periods:
+        for index in range(len(periods) - 1, -1, -1):
+            if periods[index].contains(instant):
+                return index
+    return None
+
+
+def replay(account: str, events: Sequence[Event], tariff: Tariff) -> tuple[AccountHistory, list[EventError]]:
+    """Build the history of one account from its events (already in processing order).
+
+    Args:
+        account: The account.
+        events: The account's events, deduplicated, in processing order.
+        tariff: The tariff (for point rules and known sub-options).
+
+    Returns:
+        The history and the consistency errors found (empty when the history is consistent).
+    """
+    history = AccountHistory(account)
+    errors: list[EventError] = []
+
+    def fail(event: Event, reason: str) -> None:
+        errors.append(EventError(f"{event.type}: {reason}", event.source, event.line))
+
+    for event in events:
+        history.event_months.add(month_of_instant(event.ts))
+        kind = event.type
+        error: EventError | None = None
+        if kind == "sim.registered":
+            error = _open(history.sims, event.sim or "", event, f"SIM {event.sim}")
+        elif kind == "sim.deleted":
+            error = _close(history.sims, event.sim or "", event, f"SIM {event.sim}")
+        elif kind == "sim.traffic":
+            sim = event.sim or ""
+            period = _period_at(history.sims.get(sim), event.ts)
+            if period is None:
+                fail(event, f"SIM {sim} is not registered at {format_instant(event.ts)}")
+                continue
+            volume = (event.up_bytes or 0) + (event.down_bytes or 0)
+            history.traffic.setdefault(sim, []).append(Usage(event.ts, volume, event.id, period))
+        elif kind == "gateway.created":
+            error = _open(history.gateways, event.gateway or "", event, f"gateway {event.gateway}")
+        elif kind == "gateway.deleted":
+            error = _close(history.gateways, event.gateway or "", event, f"gateway {event.gateway}")
+        elif kind in ("option.enabled", "option.disabled"):
+            option = event.option or ""
+            if option not in tariff.suboptions:
+                fail(event, f"sub-option {option!r} has no entry in the tariff's [suboptions]")
+                continue
+            key = f"{option}:{event.target}"
+            if kind == "option.enabled":
+                error = _open(history.options, key, event, f"sub-option {key}")
+            else:
+                error = _close(history.options, key, event, f"sub-option {key}")
+        elif kind == "mono.device.registered":
+            error = _open(history.devices, event.sim or "", event, f"device ID of SIM {event.sim}")
+        elif kind == "mono.device.deleted":
+            error = _close(history.devices, event.sim or "", event, f"device ID of SIM {event.sim}")
+        elif kind == "mono.message":
+            sim = event.sim or ""
+            period = _period_at(history.devices.get(sim), event.ts)
+            if period is None:
+                fail(event, f"SIM {sim} has no Mono Platform device ID at {format_instant(event.ts)}")
+                continue
+            history.messages.setdefault(sim, []).append(Usage(event.ts, event.count or 1, event.id, period))
+        elif kind == "sms.sent":
+            history.sms.setdefault(event.kind or "", []).append(Usage(event.ts, event.count or 1, event.id, 0))
+        elif kind == "points.purchased":
+            points = event.points or 0
+            if points < tariff.points_block or points % tariff.points_block or points > tariff.points_purchase_max:
+                fail(
+                    event,
+                    f"a purchase must be a multiple of {tariff.points_block} points between "
+                    f"{tariff.points_block} and {tariff.points_purchase_max} (PT-4), got {points}",
+                )
+                continue
+            expires = month_start(month_of_instant(event.ts) + tariff.points_paid_validity_months + 1)
+            history.grants.append(PointGrant(event.ts, points, expires, True, event.id))
+        elif kind == "points.granted":
+            expires = event.expires or 0
+            if expires <= event.ts:
+                fail(event, "free points expire before they are granted")
+                continue
+            history.grants.append(PointGrant(event.ts, event.points or 0, expires, False, event.id))
+        elif kind == "account.deleted":
+            history.deletions.append((event.ts, event.id))
+        if tariff.points_consumption.get(kind):
+            per = tariff.points_consumption[kind]
+            history.consumption.append(Usage(event.ts, (event.count or 1) * per, event.id, 0))
+        if error is not None:
+            errors.append(error)
+    return history, errors

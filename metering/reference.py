@@ -1,0 +1,86 @@
+"""The reference rater: per account, per event, per month, written to be obviously right.
+
+It replays each account's events into an :class:`~metering.history.AccountHistory` and applies
+each rule unit of :mod:`metering.rules` month by month. It is the oracle that the fast columnar
+rater (:mod:`metering.fast`) must agree with, and the source of explanations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from metering.events import Event, EventError
+from metering.history import AccountHistory, processing_order, replay
+from metering.invoice import InvoiceDocument, PointsBlock, build_invoice, make_line, sort_invoices
+from metering.rating import Rating, deduplicate
+from metering.rules import Charge, Outcome
+from metering.rules.data_fee import data_fee
+from metering.rules.gateway_fee import gateway_fee
+from metering.rules.line_maintenance_fee import line_maintenance_fee
+from metering.rules.platform_basic_fee import platform_basic_fee
+from metering.rules.points import points_charges, points_ledger
+from metering.rules.sim_basic_fee import sim_basic_fee
+from metering.rules.sms_fee import sms_fee
+from metering.rules.suboption_fee import suboption_fee
+from metering.tariff import Tariff
+
+RuleUnit = Callable[[AccountHistory, int, Tariff], list[Outcome]]
+
+MONTHLY_RULES: tuple[RuleUnit, ...] = (
+    sim_basic_fee,  # SMC-38
+    line_maintenance_fee,  # SMC-39
+    data_fee,  # SMC-40
+    gateway_fee,  # SMC-41
+    suboption_fee,  # SMC-42, MONO-58
+    platform_basic_fee,  # MONO-57
+    sms_fee,  # SMS-71
+)
+"""The rule units applied to every account and month (points are closed separately)."""
+
+
+def histories(events: Iterable[Event], tariff: Tariff) -> tuple[dict[str, AccountHistory], list[EventError]]:
+    """Deduplicate the events and replay every account; return histories and all errors."""
+    unique, errors = deduplicate(events)
+    by_account: dict[str, list[Event]] = {}
+    for event in processing_order(unique):
+        by_account.setdefault(event.account, []).append(event)
+    result: dict[str, AccountHistory] = {}
+    for account in sorted(by_account):
+        history, account_errors = replay(account, by_account[account], tariff)
+        result[account] = history
+        errors.extend(account_errors)
+    return result, errors
+
+
+def rate_reference(events: Iterable[Event], tariff: Tariff, months: Sequence[int]) -> Rating:
+    """Rate ``months`` of an event log with the reference rules.
+
+    Args:
+        events: The events, in file order (duplicates allowed).
+        tariff: The tariff.
+        months: JST month indexes to bill.
+
+    Returns:
+        The :class:`Rating`; when it has errors its documents are empty.
+    """
+    account_histories, errors = histories(events, tariff)
+    if errors:
+        return Rating({}, {}, tuple(sorted(errors, key=lambda error: (error.source, error.line))))
+    documents: dict[int, InvoiceDocument] = {}
+    outcomes: dict[tuple[int, str], tuple[Outcome, ...]] = {}
+    last = max(months, default=0)
+    ledgers = {account: points_ledger(history, last, tariff) for account, history in account_histories.items()}
+    for month in months:
+        invoices = []
+        for account, history in account_histories.items():
+            close = ledgers[account].get(month)
+            found: list[Outcome] = [outcome for rule in MONTHLY_RULES for outcome in rule(history, month, tariff)]
+            if close is not None:
+                found.extend(points_charges(close, month, tariff))
+            lines = [make_line(outcome, tariff) for outcome in found if isinstance(outcome, Charge)]
+            points = PointsBlock.from_close(close)
+            if lines or (close is not None and close.active) or month in history.event_months:
+                invoices.append(build_invoice(account, lines, points, tariff))
+                outcomes[(month, account)] = tuple(found)
+        documents[month] = InvoiceDocument(month, tariff.label, sort_invoices(invoices))
+    return Rating(documents, outcomes, ())

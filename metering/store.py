@@ -1,0 +1,166 @@
+"""The embedded event store: a DuckDB file that event logs are appended to idempotently.
+
+``mgwsim ingest`` validates each file, then appends its events in batches, each batch one
+transaction: an event whose ``(account, id)`` is already stored is skipped; the same id with a
+different content is an error naming the file and line. A store interrupted mid-ingest holds only
+whole batches, and rerunning the same command completes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import duckdb
+import pyarrow as pa
+
+from metering.eventlog import ARROW_SCHEMA, events_to_arrow, read_event_log
+from metering.events import EVENT_COLUMNS, Event
+from metering.rating import deduplicate
+
+STORE_SCHEMA: Final = "mgwsim.store/1"
+BATCH_EVENTS: Final = 500_000
+
+COLUMNS_SQL: Final = """
+    seq BIGINT NOT NULL,
+    ts BIGINT NOT NULL,
+    type VARCHAR NOT NULL,
+    account VARCHAR NOT NULL,
+    id VARCHAR NOT NULL,
+    sim VARCHAR, gateway VARCHAR, option VARCHAR, target VARCHAR,
+    up_bytes BIGINT, down_bytes BIGINT, route VARCHAR, session VARCHAR,
+    kind VARCHAR, count BIGINT, delivered BOOLEAN, bytes BIGINT, points BIGINT,
+    expires BIGINT, extra VARCHAR,
+    source VARCHAR, line BIGINT
+"""
+"""Columns of the ``events`` table: ingest order, the event, and where it came from."""
+
+CONTENT_COLUMNS: Final = ("ts", "type", *EVENT_COLUMNS, "extra")
+
+
+class StoreError(Exception):
+    """A store that cannot be opened or an ingest that cannot proceed (one-line message)."""
+
+
+def staging_table(events: list[Event], first_seq: int) -> pa.Table:
+    """The columnar batch to append: events with their ingest sequence and origin."""
+    table = events_to_arrow(events)
+    table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
+    index = ARROW_SCHEMA.get_field_index("expires")
+    table = table.set_column(index, "expires", table.column("expires").cast(pa.int64()))
+    table = table.add_column(0, "seq", pa.array(range(first_seq, first_seq + len(events)), type=pa.int64()))
+    table = table.append_column("source", pa.array([event.source for event in events], type=pa.string()))
+    return table.append_column("line", pa.array([event.line for event in events], type=pa.int64()))
+
+
+class EventStore:
+    """A DuckDB file of events (or ``:memory:``). Use as a context manager."""
+
+    def __init__(self, path: Path | str, read_only: bool = False) -> None:
+        """Open (and create, unless read-only) the store at ``path``."""
+        self.path = str(path)
+        if read_only and self.path != ":memory:" and not Path(self.path).is_file():
+            raise StoreError(f"{self.path}: no such store (create it with `mgwsim ingest … --db {self.path}`)")
+        try:
+            self.connection = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the DuckDB store ({str(exc).splitlines()[0]})") from None
+        if not read_only:
+            self.connection.execute(f"CREATE TABLE IF NOT EXISTS events ({COLUMNS_SQL})")
+            self.connection.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            self.connection.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", [STORE_SCHEMA])
+        try:
+            found = self.scalar("SELECT value FROM meta WHERE key = 'schema'")
+        except duckdb.Error:
+            found = None
+        if found != STORE_SCHEMA:
+            self.connection.close()
+            raise StoreError(f"{self.path}: not an mgwsim event store ({STORE_SCHEMA})")
+
+    def __enter__(self) -> EventStore:
+        """Enter the context."""
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the connection."""
+        self.connection.close()
+
+    def scalar(self, sql: str) -> Any:
+        """The single value of a query (the whole result is fetched, as DuckDB requires)."""
+        rows = self.connection.execute(sql).fetchall()
+        return rows[0][0] if rows else None
+
+    def count(self) -> int:
+        """Number of stored events."""
+        return int(self.scalar("SELECT count(*) FROM events"))
+
+    def _next_seq(self) -> int:
+        return int(self.scalar("SELECT coalesce(max(seq) + 1, 0) FROM events"))
+
+    def append(self, events: Iterable[Event]) -> tuple[int, int]:
+        """Append events in one transaction; return ``(added, skipped)``.
+
+        Raises:
+            StoreError: If an event reuses a stored id with a different content.
+        """
+        unique, conflicts = deduplicate(events)
+        if conflicts:
+            raise StoreError(str(conflicts[0]))
+        if not unique:
+            return 0, 0
+        connection = self.connection
+        connection.begin()
+        try:
+            staged = staging_table(unique, self._next_seq())
+            connection.register("staged", staged)
+            different = " OR ".join(f"s.{name} IS DISTINCT FROM e.{name}" for name in CONTENT_COLUMNS)
+            clashes = connection.execute(
+                f"SELECT s.source, s.line, s.id, e.source, e.line FROM staged s JOIN events e "
+                f"ON s.account = e.account AND s.id = e.id WHERE {different} ORDER BY s.seq LIMIT 1"
+            ).fetchall()
+            if clashes:
+                clash = clashes[0]
+                raise StoreError(
+                    f"{clash[0]}:{clash[1]}: event id {clash[2]!r} is already stored with a different "
+                    f"content (from {clash[3]}:{clash[4]})"
+                )
+            connection.execute(
+                "INSERT INTO events SELECT s.* FROM staged s ANTI JOIN events e "
+                "ON s.account = e.account AND s.id = e.id"
+            )
+            added = int(self.scalar("SELECT count(*) FROM staged s SEMI JOIN events e ON s.seq = e.seq"))
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            connection.unregister("staged")
+        return added, len(unique) - added
+
+    def ingest_file(self, path: Path, batch_events: int = BATCH_EVENTS) -> tuple[int, int]:
+        """Validate ``path`` entirely, then append it batch by batch; return ``(added, skipped)``."""
+        events = list(read_event_log(path))
+        added = skipped = 0
+        for start in range(0, len(events), batch_events):
+            batch_added, batch_skipped = self.append(events[start : start + batch_events])
+            added += batch_added
+            skipped += batch_skipped
+        return added, skipped
+
+    def events(self) -> Iterator[Event]:
+        """All stored events in ingest order."""
+        names = ("ts", "type", "account", "id", *EVENT_COLUMNS, "extra", "source", "line")
+        cursor = self.connection.execute(f"SELECT {', '.join(names)} FROM events ORDER BY seq")
+        while True:
+            rows = cursor.fetchmany(65_536)
+            if not rows:
+                return
+            for row in rows:
+                values: dict[str, Any] = dict(zip(names, row, strict=True))
+                values["extra"] = values["extra"] or ""
+                values["source"] = values["source"] or ""
+                yield Event(**values)

@@ -1,0 +1,135 @@
+"""Time in the metering core: instants, JST calendar months and RFC 3339 parsing.
+
+Billing months are calendar months in Japan time (Asia/Tokyo, UTC+9, no DST). Instants are
+held as integer microseconds since the Unix epoch (UTC), which is what Parquet and DuckDB use
+and what sorts and vectorises cheaply. A month is held as an integer index
+``year * 12 + (month - 1)`` so that month arithmetic is plain integer arithmetic.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+JST = timezone(timedelta(hours=9), "JST")
+"""Japan Standard Time. Japan has no daylight saving time, so a fixed offset is exact."""
+
+US_PER_SECOND = 1_000_000
+JST_OFFSET_US = 9 * 3600 * US_PER_SECOND
+
+_MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|z|[+-]\d{2}:\d{2})$")
+
+
+class TimeFormatError(ValueError):
+    """A timestamp or month string that is not in the required form."""
+
+
+def parse_instant(text: str) -> int:
+    """Parse an RFC 3339 timestamp that carries an offset into epoch microseconds.
+
+    Args:
+        text: For example ``2026-01-10T09:00:00+09:00`` or ``2026-01-10T00:00:00Z``.
+
+    Returns:
+        Microseconds since 1970-01-01T00:00:00Z.
+
+    Raises:
+        TimeFormatError: If the text is not RFC 3339 or has no offset.
+    """
+    if not _RFC3339_RE.match(text):
+        if re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?$", text):
+            raise TimeFormatError(f"timestamp {text!r} has no UTC offset")
+        raise TimeFormatError(f"timestamp {text!r} is not RFC 3339")
+    normalized = text.replace("z", "Z").replace("t", "T")
+    frac = re.search(r"\.(\d+)", normalized)
+    if frac and len(frac.group(1)) > 6:
+        if set(frac.group(1)[6:]) != {"0"}:
+            raise TimeFormatError(f"timestamp {text!r} is finer than a microsecond")
+        normalized = normalized.replace(frac.group(0), "." + frac.group(1)[:6])
+    try:
+        moment = datetime.fromisoformat(normalized)
+    except ValueError as exc:
+        raise TimeFormatError(f"timestamp {text!r} is not a valid date and time") from exc
+    return instant_from_datetime(moment)
+
+
+def instant_from_datetime(moment: datetime) -> int:
+    """Convert a timezone-aware datetime into epoch microseconds.
+
+    Raises:
+        TimeFormatError: If ``moment`` is naive.
+    """
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise TimeFormatError(f"datetime {moment.isoformat()} has no timezone")
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+
+
+def datetime_from_instant(instant_us: int, tz: timezone = JST) -> datetime:
+    """Convert epoch microseconds into an aware datetime in ``tz`` (JST by default)."""
+    return datetime(1970, 1, 1, tzinfo=UTC).astimezone(tz) + timedelta(microseconds=instant_us)
+
+
+def format_instant(instant_us: int) -> str:
+    """Format epoch microseconds as RFC 3339 in JST, e.g. ``2026-01-10T09:00:00+09:00``."""
+    moment = datetime_from_instant(instant_us)
+    if moment.microsecond:
+        return moment.isoformat(timespec="microseconds")
+    return moment.isoformat(timespec="seconds")
+
+
+def month_of_instant(instant_us: int) -> int:
+    """Return the JST calendar month index of an instant."""
+    moment = datetime_from_instant(instant_us)
+    return moment.year * 12 + moment.month - 1
+
+
+def month_start(month: int) -> int:
+    """Return the instant (epoch microseconds) at which JST month ``month`` starts."""
+    year, zero_based = divmod(month, 12)
+    return instant_from_datetime(datetime(year, zero_based + 1, 1, tzinfo=JST))
+
+
+def month_end(month: int) -> int:
+    """Return the instant at which JST month ``month`` ends (the start of the next one)."""
+    return month_start(month + 1)
+
+
+def parse_month(text: str) -> int:
+    """Parse ``YYYY-MM`` into a month index.
+
+    Raises:
+        TimeFormatError: If the text is not of the form ``YYYY-MM``.
+    """
+    match = _MONTH_RE.match(text)
+    if not match:
+        raise TimeFormatError(f"month {text!r} is not of the form YYYY-MM")
+    return int(match.group(1)) * 12 + int(match.group(2)) - 1
+
+
+def format_month(month: int) -> str:
+    """Format a month index as ``YYYY-MM``."""
+    year, zero_based = divmod(month, 12)
+    return f"{year:04d}-{zero_based + 1:02d}"
+
+
+def months_between(first: int, last: int) -> range:
+    """Return the month indexes ``first..last`` inclusive."""
+    return range(first, last + 1)
+
+
+def parse_month_range(text: str) -> list[int]:
+    """Parse ``YYYY-MM`` or ``YYYY-MM..YYYY-MM`` into the month indexes it names.
+
+    Raises:
+        TimeFormatError: If either end is malformed or the range runs backwards.
+    """
+    first_text, _, last_text = text.partition("..")
+    first = parse_month(first_text)
+    last = parse_month(last_text) if last_text else first
+    if last < first:
+        raise TimeFormatError(f"month range {text!r} ends before it starts")
+    if last - first >= 1200:
+        raise TimeFormatError(f"month range {text!r} is longer than 100 years")
+    return list(range(first, last + 1))

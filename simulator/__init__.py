@@ -1,0 +1,1 @@
+"""The SimPy engine, JST clock, scenarios, runners, the ``mgwsim`` CLI and reports."""

@@ -1,0 +1,171 @@
+"""The ``mgwsim`` command line.
+
+Every command validates its whole input before it prints anything: bad input gets one line on
+standard error naming the file and line (or key) and the reason, exit status 2, and nothing
+half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from metering.eventlog import EventLogError
+from metering.tariff import TariffError, load_tariff
+from metering.timeutil import TimeFormatError, parse_month_range
+
+app = typer.Typer(
+    name="mgwsim",
+    help="Mobile gateway and SIM network simulator with an embedded metering core.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+stderr = Console(stderr=True, highlight=False)
+
+
+class OutputFormat(StrEnum):
+    """Output formats of ``bill``."""
+
+    json = "json"
+    table = "table"
+
+
+class Rater(StrEnum):
+    """Which rater computes the invoices."""
+
+    reference = "reference"
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    """Print one error line to standard error and exit."""
+    stderr.print(f"mgwsim: error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(status)
+
+
+EventsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(help="Event logs (.jsonl, .jsonl.gz, .parquet), read in the order given.", show_default=False),
+]
+MonthOpt = Annotated[
+    str, typer.Option("--month", "-m", help="Billing month YYYY-MM (JST), or a range YYYY-MM..YYYY-MM.")
+]
+TariffOpt = Annotated[
+    Path | None,
+    typer.Option("--tariff", "-t", help="Tariff TOML file. Default: the shipped illustrative tariff."),
+]
+DbOpt = Annotated[
+    Path | None,
+    typer.Option("--db", help="DuckDB event store (see `mgwsim ingest`), read instead of or besides files."),
+]
+
+
+def _load(events: list[Path] | None, db: Path | None, tariff_path: Path | None, month: str):  # type: ignore[no-untyped-def]
+    from metering.pipeline import load_inputs
+
+    try:
+        months = parse_month_range(month)
+    except TimeFormatError as exc:
+        fail(f"--month: {exc}")
+    if not events and db is None:
+        fail("give at least one event log or --db FILE")
+    try:
+        tariff = load_tariff(tariff_path)
+        return load_inputs(list(events or []), db, tariff, months)
+    except (EventLogError, TariffError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def bill(
+    events: EventsArg = None,
+    month: MonthOpt = ...,  # type: ignore[assignment]
+    tariff: TariffOpt = None,
+    output_format: Annotated[
+        OutputFormat,
+        typer.Option("--format", "-f", help="json: the mgwsim.invoice/1 document; table: for people."),
+    ] = OutputFormat.json,
+    db: DbOpt = None,
+    rater: Annotated[Rater, typer.Option(help="Which rater computes the invoices.")] = Rater.reference,
+) -> None:
+    """Print the invoices of a billing month (or range) for an event log.
+
+    Example: mgwsim bill scenarios/disputes/basic-fee.jsonl --month 2026-01 --format table
+    """
+    inputs = _load(events, db, tariff, month)
+    rating = inputs.rate(rater.value)
+    if rating.errors:
+        first = rating.errors[0]
+        more = f" ({len(rating.errors) - 1} more)" if len(rating.errors) > 1 else ""
+        fail(f"{first}{more}")
+    documents = [rating.documents[m] for m in sorted(rating.documents)]
+    if output_format is OutputFormat.json:
+        if len(documents) == 1:
+            text = documents[0].dumps()
+        else:
+            text = json.dumps([document.to_json() for document in documents], ensure_ascii=False, indent=1)
+        sys.stdout.write(text + "\n")
+        return
+    from metering.render import invoice_tables
+
+    console = Console()
+    for renderable in invoice_tables(documents, inputs.tariff):
+        console.print(renderable)
+
+
+@app.command()
+def explain(
+    events: EventsArg = None,
+    month: MonthOpt = ...,  # type: ignore[assignment]
+    subject: Annotated[
+        str | None,
+        typer.Option(help="Only this subject: ICCID, gateway id, option:target, SMS kind, pool:carrier or points."),
+    ] = None,
+    tariff: TariffOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Explain every charge, and every fee not charged, with rule, article and evidence events."""
+    from metering.explain import explain as explain_rating
+
+    inputs = _load(events, db, tariff, month)
+    rating = inputs.rate("reference")
+    if rating.errors:
+        fail(f"{rating.errors[0]}" + (f" ({len(rating.errors) - 1} more)" if len(rating.errors) > 1 else ""))
+    sys.stdout.write(explain_rating(rating, inputs.tariff, inputs.events_by_id(), subject))
+
+
+@app.command()
+def ingest(
+    events: Annotated[list[Path], typer.Argument(help="Event logs to append to the store.")],
+    db: Annotated[Path, typer.Option("--db", help="DuckDB file; created when missing.")],
+) -> None:
+    """Append event logs to a DuckDB store; events already stored are skipped (idempotent)."""
+    from metering.store import EventStore, StoreError
+
+    try:
+        with EventStore(db) as store:
+            for path in events:
+                added, skipped = store.ingest_file(path)
+                stderr.print(f"{path}: {added} events added, {skipped} already stored", markup=False)
+    except (EventLogError, StoreError) as exc:
+        fail(str(exc))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        stderr.print("mgwsim: interrupted", markup=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
