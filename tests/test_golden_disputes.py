@@ -56,7 +56,13 @@ def check_case(case: dict[str, Any], found: dict[tuple[str, str], Invoice]) -> N
     for key, entry in expected.items():
         invoice = found[key]
         got = [
-            {"item": line.item, "rule": line.rule, "subject": line.subject, "quantity": line.quantity, "amount": line.amount}
+            {
+                "item": line.item,
+                "rule": line.rule,
+                "subject": line.subject,
+                "quantity": line.quantity,
+                "amount": line.amount,
+            }
             for line in invoice.lines
         ]
         want = [

@@ -61,6 +61,20 @@ def _progress(count: IdleCount, month: int, length: int) -> str:
     )
 
 
+def maintenance_note(month: int, length: int, idle: int, after_use: bool, transitional: bool) -> str:
+    """The note of a charged line maintenance fee (shared by every rater)."""
+    if transitional:
+        basis = "counted from 2022-08 for a SIM registered before 2022-08-01 (supplementary Art. 2)"
+    elif after_use:
+        basis = "since the month after its last communication"
+    else:
+        basis = "since its registration month"
+    start = format_month(month - length + 1)
+    return (
+        f"no communication for {length} months {start}..{format_month(month)}, {basis}; idle month {idle} (Art. 39(1))"
+    )
+
+
 def line_maintenance_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[Outcome]:
     """Rate SMC-39 for every SIM of the account in ``month``."""
     outcomes: list[Outcome] = []
@@ -99,13 +113,9 @@ def line_maintenance_fee(history: AccountHistory, month: int, tariff: Tariff) ->
                     )
                 )
                 continue
-            basis = (
-                "since its registration month"
-                if count.last_use is None
-                else "since the month after its last communication"
+            transitional = count.anchor == tariff.transitional_start and period.start < month_start(
+                tariff.transitional_start
             )
-            if count.anchor == tariff.transitional_start and period.start < month_start(tariff.transitional_start):
-                basis = "counted from 2022-08 for a SIM registered before 2022-08-01 (supplementary Art. 2)"
             outcomes.append(
                 Charge(
                     "line_maintenance_fee",
@@ -114,8 +124,7 @@ def line_maintenance_fee(history: AccountHistory, month: int, tariff: Tariff) ->
                     1,
                     tariff.line_maintenance_fee,
                     evidence,
-                    f"no communication for {length} months {start}..{format_month(month)}, {basis}; "
-                    f"idle month {count.idle} (Art. 39(1))",
+                    maintenance_note(month, length, count.idle, count.last_use is not None, transitional),
                 )
             )
     return outcomes

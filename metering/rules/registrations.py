@@ -103,10 +103,6 @@ def registration_fee(
             continue
         used = next((entry.used_by for entry in charged if entry.used_by), None)
         evidence = tuple(entry.period.start_id for entry in charged) + ((used,) if used else ())
-        if used:
-            why = f"{wording.used} in {name}"
-        else:
-            why = f"{name} is the registration or deletion month, charged without communication (I-2 off)"
         outcomes.append(
             Charge(
                 wording.item,
@@ -115,7 +111,17 @@ def registration_fee(
                 len(charged),
                 price,
                 evidence,
-                f"{why}; {len(charged)} {wording.registrations} in the month, each a full month ({wording.articles})",
+                registration_note(wording, month, len(charged), used is not None),
             )
         )
     return outcomes
+
+
+def registration_note(wording: FeeWording, month: int, charged: int, used: bool) -> str:
+    """The note of a charged registration fee (shared by every rater)."""
+    name = format_month(month)
+    if used:
+        why = f"{wording.used} in {name}"
+    else:
+        why = f"{name} is the registration or deletion month, charged without communication (I-2 off)"
+    return f"{why}; {charged} {wording.registrations} in the month, each a full month ({wording.articles})"

@@ -26,7 +26,7 @@ def sms_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[Outcome
                     count,
                     tariff.sms_fee[kind],
                     (sent[0].event_id,),
-                    f"{count} {kind} message(s) sent in {format_month(month)} in {len(sent)} event(s), "
+                    f"{count} {kind} message(s) sent in {format_month(month)}, "
                     "charged whether delivered or not (Art. 71)",
                 )
             )

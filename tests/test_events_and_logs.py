@@ -1,0 +1,116 @@
+"""Event validation and the log readers: bad input is named by file and line, secrets rejected."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+
+from metering.eventlog import EventLogError, read_event_log, write_event_log
+from metering.events import Event, EventError, event_from_mapping
+from metering.timeutil import month_of_instant, parse_instant, parse_month
+
+SIM = "8981300000000000001"
+
+
+def traffic(**changes: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "ts": "2026-01-10T09:00:00+09:00",
+        "type": "sim.traffic",
+        "account": "acct-1",
+        "sim": SIM,
+        "up_bytes": 10,
+        "down_bytes": 20,
+        "route": "closed",
+    }
+    record.update(changes)
+    return {key: value for key, value in record.items() if value is not None}
+
+
+def test_jst_month_edge() -> None:
+    assert month_of_instant(parse_instant("2026-01-31T15:30:00Z")) == parse_month("2026-02")
+    assert month_of_instant(parse_instant("2026-01-31T14:59:59.999999Z")) == parse_month("2026-01")
+    assert month_of_instant(parse_instant("2026-02-01T00:00:00+09:00")) == parse_month("2026-02")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"ts": "2026-01-10T09:00:00"}, "no UTC offset"),
+        ({"ts": "yesterday"}, "not RFC 3339"),
+        ({"type": "sim.teleported"}, "unknown event type"),
+        ({"up_bytes": -1}, "must be >= 0"),
+        ({"up_bytes": "10"}, "must be an integer"),
+        ({"up_bytes": True}, "must be an integer"),
+        ({"up_bytes": 2**64}, "larger than 2^63-1"),
+        ({"down_bytes": None}, "missing required field 'down_bytes'"),
+        ({"route": "sideways"}, "must be one of closed, internet"),
+        ({"sim": "12345"}, "ICCID"),
+        ({"account": None}, "missing required field 'account'"),
+        ({"colour": "red"}, "unknown field 'colour'"),
+    ],
+)
+def test_bad_fields_are_rejected_with_a_reason(changes: dict[str, object], reason: str) -> None:
+    result = event_from_mapping(traffic(**changes))
+    assert isinstance(result, EventError)
+    assert reason in result.reason
+
+
+@pytest.mark.parametrize("field", ["pin", "PUK", "passcode", "new_pin", "pin1", "PassCode"])
+def test_events_carrying_secrets_are_rejected_without_echoing_them(field: str) -> None:
+    result = event_from_mapping(traffic(**{field: "93817264"}))
+    assert isinstance(result, EventError)
+    assert "secret" in result.reason
+    assert "93817264" not in result.reason
+
+
+def test_content_id_is_stable_and_independent_of_offset_spelling() -> None:
+    first = event_from_mapping(traffic())
+    second = event_from_mapping(traffic(ts="2026-01-10T00:00:00Z"))
+    assert isinstance(first, Event) and isinstance(second, Event)
+    assert first.id == second.id and first.id.startswith("h-")
+    third = event_from_mapping(traffic(up_bytes=11))
+    assert isinstance(third, Event) and third.id != first.id
+
+
+def test_jsonl_errors_name_file_and_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "log.jsonl", [traffic(), traffic(up_bytes=-5)])
+    with pytest.raises(EventLogError, match=r"log\.jsonl:2: sim\.traffic: field 'up_bytes' must be >= 0"):
+        list(read_event_log(path))
+
+
+def test_invalid_json_and_binary_garbage(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"ts": 1\n')
+    with pytest.raises(EventLogError, match=r"log\.jsonl:1: not valid JSON"):
+        list(read_event_log(path))
+    path.write_bytes(b"\xff\xfe\x00garbage\n")
+    with pytest.raises(EventLogError, match=r"log\.jsonl:1:"):
+        list(read_event_log(path))
+
+
+def test_truncated_gzip_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl.gz"
+    with gzip.open(path, "wt") as stream:
+        for index in range(2000):
+            stream.write('{"ts": "2026-01-10T09:00:00+09:00", "type": "sms.sent", "account": "a", "kind": "a2p", ')
+            stream.write(f'"id": "s{index}"}}\n')
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(EventLogError, match=r"log\.jsonl\.gz:\d+: compressed stream is damaged or truncated"):
+        list(read_event_log(path))
+
+
+def test_parquet_and_jsonl_round_trip_to_the_same_events(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "log.jsonl", [traffic(), traffic(up_bytes=7, session="s-1", gateway="gw-1")])
+    events = list(read_event_log(source))
+    write_event_log(events, tmp_path / "copy.parquet")
+    write_event_log(events, tmp_path / "copy.jsonl.gz")
+    assert list(read_event_log(tmp_path / "copy.parquet")) == events
+    assert list(read_event_log(tmp_path / "copy.jsonl.gz")) == events
+
+
+def test_unknown_suffix(tmp_path: Path) -> None:
+    with pytest.raises(EventLogError, match="unknown event log format"):
+        read_event_log(tmp_path / "log.csv")
