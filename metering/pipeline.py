@@ -50,11 +50,15 @@ class Inputs:
             found.setdefault((event.account, event.id), event)
         return found
 
-    def rate(self, rater: str = "reference") -> Rating:
-        """Rate the months with the named rater."""
-        if rater != "reference":
+    def rate(self, rater: str = "fast") -> Rating:
+        """Rate the months with the named rater: ``fast`` (columnar) or ``reference`` (per event)."""
+        if rater == "reference":
+            return rate_reference(self.events(), self.tariff, self.months)
+        if rater != "fast":
             raise ValueError(f"unknown rater {rater!r}")
-        return rate_reference(self.events(), self.tariff, self.months)
+        from metering.fast import rate_fast
+
+        return rate_fast(self.paths, self.db, self.tariff, self.months)
 
 
 def load_inputs(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Sequence[int]) -> Inputs:

@@ -88,10 +88,11 @@ def check_case(case: dict[str, Any], found: dict[tuple[str, str], Invoice]) -> N
         assert invoice.points.to_json() == points, f"points of {key}"
 
 
+@pytest.mark.parametrize("rater", ["reference", "fast"])
 @pytest.mark.parametrize("path", CASES, ids=[path.name.removesuffix(".expect.toml") for path in CASES])
-def test_reference_rater_matches_hand_computed_invoices(path: Path) -> None:
+def test_raters_match_hand_computed_invoices(path: Path, rater: str) -> None:
     case = load_case(path)
-    check_case(case, rate_case(case, "reference"))
+    check_case(case, rate_case(case, rater))
 
 
 def test_every_rule_is_covered_by_a_golden_case() -> None:

@@ -1,0 +1,197 @@
+"""Property tests: random account histories, the two raters agree, and the invariants hold."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metering.eventlog import write_event_log
+from metering.events import Event, EventError, event_from_mapping
+from metering.fast import rate_fast
+from metering.reference import rate_reference
+from metering.tariff import Tariff, load_tariff
+from metering.timeutil import format_instant, month_start, parse_month
+
+FIRST = parse_month("2022-06")
+LAST = parse_month("2026-06")
+MONTHS = list(range(FIRST, LAST + 1))
+START, END = month_start(FIRST), month_start(LAST + 1) + 86_400_000_000
+TARIFFS = {
+    "default": load_tariff(),
+    "per-registration": load_tariff(Path(__file__).parent.parent / "scenarios/disputes/tariffs/per-registration.toml"),
+    "data-pack": load_tariff(Path(__file__).parent.parent / "scenarios/disputes/tariffs/data-pack.toml"),
+}
+
+
+class Clock:
+    """Hands out distinct instants, so file order never decides anything."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.used: set[int] = set()
+
+    def between(self, low: int, high: int, count: int) -> list[int]:
+        found: list[int] = []
+        while len(found) < count and high - low > count * 2:
+            instant = self.rng.randrange(low, high) // 1_000_000 * 1_000_000
+            if instant not in self.used and low <= instant < high:
+                self.used.add(instant)
+                found.append(instant)
+        return sorted(found)
+
+
+def periods(clock: Clock, rng: random.Random, toggles: int) -> list[tuple[int, int | None]]:
+    instants = clock.between(START, END, toggles)
+    spans = []
+    for index in range(0, len(instants), 2):
+        spans.append((instants[index], instants[index + 1] if index + 1 < len(instants) else None))
+    return spans
+
+
+def make_history(seed: int, accounts: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    records: list[dict[str, Any]] = []
+
+    def add(ts: int, event_type: str, account: str, **fields: Any) -> None:
+        records.append(
+            {"ts": format_instant(ts), "type": event_type, "account": account, "id": f"e{len(records)}", **fields}
+        )
+
+    for number in range(accounts):
+        account = f"acct-{number}"
+        clock = Clock(rng)
+        for sim_number in range(rng.randint(1, 6)):
+            prefix = rng.choice(["8981300", "8981200"])
+            sim = f"{prefix}{number:04d}{sim_number:08d}"
+            for start, end in periods(clock, rng, rng.choice([1, 1, 1, 2, 3, 4, 5])):
+                add(start, "sim.registered", account, sim=sim)
+                for instant in clock.between(start, end or END, rng.randint(0, 6)):
+                    volume = rng.choice([0, 1, 1000, 2**20, 5 * 2**20 + 3, 60 * 2**20])
+                    add(
+                        instant,
+                        "sim.traffic",
+                        account,
+                        sim=sim,
+                        up_bytes=volume,
+                        down_bytes=rng.randint(0, 3000),
+                        route=rng.choice(["closed", "internet"]),
+                    )
+                if end is not None:
+                    add(end, "sim.deleted", account, sim=sim)
+            if rng.random() < 0.5:
+                for start, end in periods(clock, rng, rng.choice([1, 2, 3])):
+                    add(start, "mono.device.registered", account, sim=sim)
+                    for instant in clock.between(start, end or END, rng.randint(0, 4)):
+                        add(instant, "mono.message", account, sim=sim, count=rng.choice([1, 500, 7000, 30000]))
+                    if end is not None:
+                        add(end, "mono.device.deleted", account, sim=sim)
+        for gateway_number in range(rng.randint(0, 2)):
+            for start, end in periods(clock, rng, rng.choice([1, 2, 3])):
+                add(start, "gateway.created", account, gateway=f"gw-{gateway_number}")
+                if end is not None:
+                    add(end, "gateway.deleted", account, gateway=f"gw-{gateway_number}")
+        for start, end in periods(clock, rng, rng.choice([0, 1, 2])):
+            add(start, "option.enabled", account, option="terminal_lock", target="gw-0")
+            if end is not None:
+                add(end, "option.disabled", account, option="terminal_lock", target="gw-0")
+        for instant in clock.between(START, END, rng.randint(0, 3)):
+            add(instant, "sms.sent", account, kind=rng.choice(["2fa", "a2p"]), count=rng.randint(1, 5))
+        for instant in clock.between(START, END, rng.randint(0, 3)):
+            add(instant, "points.purchased", account, points=20000 * rng.randint(1, 3))
+        for instant in clock.between(START, END, rng.randint(0, 2)):
+            expires = instant + rng.choice([1, 20, 40, 400]) * 86_400_000_000
+            add(instant, "points.granted", account, points=rng.randint(1, 9000), expires=format_instant(expires))
+        if rng.random() < 0.15:
+            (instant,) = clock.between(START, END, 1) or [END - 1]
+            add(instant, "account.deleted", account)
+    return records
+
+
+def events_of(records: list[dict[str, Any]]) -> list[Event]:
+    events = []
+    for number, record in enumerate(records, start=1):
+        event = event_from_mapping(record)
+        assert not isinstance(event, EventError), event
+        events.append(event.with_source("generated.jsonl", number))
+    return events
+
+
+histories = st.tuples(st.integers(0, 2**32), st.integers(1, 3), st.sampled_from(sorted(TARIFFS)))
+slow = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@slow
+@given(histories)
+def test_fast_and_reference_raters_give_identical_invoices(tmp_path_factory: Any, case: tuple[int, int, str]) -> None:
+    seed, accounts, tariff_name = case
+    tariff = TARIFFS[tariff_name]
+    events = events_of(make_history(seed, accounts))
+    path = tmp_path_factory.mktemp("log") / "generated.jsonl"
+    write_event_log(events, path)
+    reference = rate_reference(events, tariff, MONTHS)
+    fast = rate_fast([path], None, tariff, MONTHS)
+    assert not reference.errors and not fast.errors
+    for month in MONTHS:
+        assert fast.documents[month].dumps() == reference.documents[month].dumps()
+
+
+def totals(tariff: Tariff, events: list[Event]) -> dict[int, str]:
+    rating = rate_reference(events, tariff, MONTHS)
+    assert not rating.errors
+    return {month: document.dumps() for month, document in rating.documents.items()}
+
+
+@slow
+@given(histories, st.randoms(use_true_random=False))
+def test_shuffling_and_reingesting_change_nothing(case: tuple[int, int, str], rng: random.Random) -> None:
+    seed, accounts, tariff_name = case
+    tariff = TARIFFS[tariff_name]
+    events = events_of(make_history(seed, accounts))
+    expected = totals(tariff, events)
+    shuffled = list(events)
+    rng.shuffle(shuffled)
+    assert totals(tariff, shuffled) == expected
+    assert totals(tariff, events + rng.sample(events, k=len(events) // 2)) == expected
+
+
+@slow
+@given(histories)
+def test_points_and_month_invariants(case: tuple[int, int, str]) -> None:
+    seed, accounts, tariff_name = case
+    tariff = TARIFFS[tariff_name]
+    events = events_of(make_history(seed, accounts))
+    whole = rate_reference(events, tariff, MONTHS)
+    for month in MONTHS:
+        alone = rate_reference(events, tariff, [month])
+        assert alone.documents[month] == whole.documents[month], "billing month by month equals a range"
+    given_points: dict[str, int] = {}
+    taken: dict[str, int] = {}
+    for month in MONTHS:
+        for invoice in whole.documents[month].invoices:
+            block = invoice.points
+            assert block.closing >= 0
+            assert block.closing == (
+                block.opening
+                + block.granted
+                + block.purchased
+                + block.shortfall_purchased
+                - block.consumed
+                - block.expired
+            )
+            if block.shortfall_purchased:
+                deficit = block.shortfall_purchased - block.closing
+                assert deficit > 0
+                assert block.shortfall_purchased % tariff.points_block == 0
+                assert block.shortfall_purchased == max(
+                    tariff.points_block, -(-deficit // tariff.points_block) * tariff.points_block
+                )
+            account = invoice.account
+            given_points[account] = (
+                given_points.get(account, 0) + block.granted + block.purchased + block.shortfall_purchased
+            )
+            taken[account] = taken.get(account, 0) + block.consumed + block.expired
+            assert given_points[account] == taken[account] + block.closing, "granted = consumed + expired + balance"
