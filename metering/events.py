@@ -56,9 +56,12 @@ ROUTES: Final = ("closed", "internet")
 SMS_KINDS: Final = ("2fa", "a2p")
 COMMON_FIELDS: Final = ("ts", "type", "account", "id")
 
-_ICCID_RE = re.compile(r"^\d{18,20}$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
-_OPTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ICCID_PATTERN: Final = "[0-9]{18,20}"
+NAME_PATTERN: Final = "[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}"
+OPTION_PATTERN: Final = "[a-z][a-z0-9_]{0,63}"
+_ICCID_RE = re.compile(ICCID_PATTERN)
+_NAME_RE = re.compile(NAME_PATTERN)
+_OPTION_RE = re.compile(OPTION_PATTERN)
 _SECRET_RE = re.compile(r"^(new_?|old_?)?(pin|puk|passcode)(_?code|_?\d)?$", re.IGNORECASE)
 
 
@@ -236,11 +239,11 @@ def _check_value(name: str, kind: str, value: Any) -> tuple[Any, str | None]:
         return value, None
     if not isinstance(value, str):
         return None, f"field {name!r} must be a string, got {type(value).__name__}"
-    if kind == "iccid" and not _ICCID_RE.match(value):
+    if kind == "iccid" and not _ICCID_RE.fullmatch(value):
         return None, f"field {name!r} must be an ICCID of 18-20 digits"
-    if kind == "name" and not _NAME_RE.match(value):
+    if kind == "name" and not _NAME_RE.fullmatch(value):
         return None, f"field {name!r} must be 1-128 characters of [A-Za-z0-9._:@/-]"
-    if kind == "option" and not _OPTION_RE.match(value):
+    if kind == "option" and not _OPTION_RE.fullmatch(value):
         return None, f"field {name!r} must be a lower-case name like 'ip_address'"
     if kind == "route" and value not in ROUTES:
         return None, f"field {name!r} must be one of {', '.join(ROUTES)}"
@@ -289,7 +292,7 @@ def event_from_mapping(record: Mapping[str, Any]) -> Event | EventError:
     else:
         return EventError(f"field 'ts' must be an RFC 3339 string, got {type(raw_ts).__name__}")
     account = record["account"]
-    if not isinstance(account, str) or not _NAME_RE.match(account):
+    if not isinstance(account, str) or not _NAME_RE.fullmatch(account):
         return EventError("field 'account' must be 1-128 characters of [A-Za-z0-9._:@/-]")
     given_id = record.get("id")
     if given_id is not None and (not isinstance(given_id, str) or not 0 < len(given_id) <= 200):

@@ -1,22 +1,28 @@
-"""The fast rater: columnar aggregation in DuckDB and vectorised rules in numpy.
+"""The fast rater: columnar aggregation in DuckDB, vectorised rules in numpy, lazy invoices.
 
-The bulk of an event log is usage (``sim.traffic``, ``mono.message``, ``sms.sent``). DuckDB sums
-it per account, subject and JST month in one pass, keeping the evidence ids (first event, first
-and last communication, by ``(ts, seq)``). Lifecycle events (registrations, gateways, options,
-points) are few; they are replayed with the reference code into histories.
+The bulk of an event log is usage (``sim.traffic``, ``mono.message``, ``sms.sent``) and the
+registrations of SIMs that never change. DuckDB reduces both in a few passes:
 
-SIMs with one registration period whose traffic lies inside it (the overwhelming majority) are
-rated for SMC-38, SMC-39 and metered SMC-40 by vectorised numpy rules over SIM x month arrays.
-Every other subject — re-registered SIMs, traffic outside a registration (an error), data packs,
-gateways, sub-options, device IDs, SMS, points — goes through the reference rule units, fed with
-the monthly aggregates (or, for complex SIMs and devices, with their raw events). The invoices are
-identical to :func:`metering.reference.rate_reference`; property tests demand it.
+* ``sim_life``: per SIM, its registrations and deletions; ``simple_sims`` are SIMs with one
+  registration period (and at most one deletion after it) whose traffic lies inside it — the
+  overwhelming majority in a fleet;
+* ``traffic_month``: per SIM and JST month, bytes, event count and the evidence ids (first event,
+  first and last communication, ordered by ``(ts, seq)`` like the reference's processing order).
+
+Simple SIMs are rated for SMC-38, SMC-39 and SMC-40 by numpy rules over SIM x month arrays and
+their lines stay columnar. Everything else — re-registered SIMs, traffic outside a registration (an
+error), gateways, sub-options, device IDs, SMS, points — is replayed by the reference code and
+rated by the reference rule units, fed with monthly aggregates (raw events only for complex
+subjects). Invoice totals are summed columnar; :class:`~metering.invoice.InvoiceDocument` objects
+(with their notes) are built only when a month is read. Property tests demand byte-identical
+documents from this rater and :func:`metering.reference.rate_reference`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -28,22 +34,15 @@ import pyarrow as pa
 
 from metering.events import EVENT_COLUMNS, Event, EventError
 from metering.history import AccountHistory, Usage, processing_order, replay
-from metering.invoice import (
-    InvoiceDocument,
-    Line,
-    PointsBlock,
-    build_invoice,
-    make_line,
-    sort_invoices,
-)
-from metering.money import round_money
+from metering.invoice import InvoiceDocument, Line, PointsBlock, build_invoice, make_line, sort_invoices
+from metering.money import divide_round, round_money
 from metering.rating import Rating
 from metering.rules import Charge, Outcome
-from metering.rules.data_fee import data_fee, metered_note
+from metering.rules.data_fee import Pool, history_pools, metered_data_fee, metered_note, pack_charges
 from metering.rules.gateway_fee import gateway_fee
 from metering.rules.line_maintenance_fee import line_maintenance_fee, maintenance_note
 from metering.rules.platform_basic_fee import platform_basic_fee
-from metering.rules.points import points_charges, points_ledger
+from metering.rules.points import PointsClose, points_charges, points_ledger
 from metering.rules.registrations import registration_note
 from metering.rules.sim_basic_fee import WORDING as SIM_BASIC_WORDING
 from metering.rules.sim_basic_fee import sim_basic_fee
@@ -58,17 +57,16 @@ NEVER: Final = 2**62
 MONTH_SQL: Final = "(year(make_timestamp(ts + 32400000000)) * 12 + month(make_timestamp(ts + 32400000000)) - 1)"
 ORDER_KEY: Final = "(ts::HUGEINT * 1099511627776 + seq)"
 EVENT_FIELDS: Final = ("ts", "type", "account", "id", *EVENT_COLUMNS, "extra", "source", "line")
+ObjectArray = npt.NDArray[np.object_]
+PoolPart = tuple[int, int, list[tuple[str, str]]]
+"""Part of a data pack pool: SIM count, volume, ``(iccid, first traffic id)`` of SIMs with traffic."""
+IntArray = npt.NDArray[np.int64]
 
 
-def _events(connection: duckdb.DuckDBPyConnection, where: str, table: pa.Table | None = None) -> list[Event]:
-    """Events matching a SQL condition, in ingest order."""
-    if table is not None:
-        connection.register("chosen", table)
-    rows = connection.execute(f"SELECT {', '.join(EVENT_FIELDS)} FROM events WHERE {where} ORDER BY seq").fetchall()
-    if table is not None:
-        connection.unregister("chosen")
+def _fetch_events(connection: duckdb.DuckDBPyConnection, sql: str) -> list[Event]:
+    """Events selected by ``sql`` (a query over ``events e`` returning :data:`EVENT_FIELDS`)."""
     found = []
-    for row in rows:
+    for row in connection.execute(sql).fetchall():
         values: dict[str, Any] = dict(zip(EVENT_FIELDS, row, strict=True))
         values["extra"] = values["extra"] or ""
         values["source"] = values["source"] or ""
@@ -76,270 +74,575 @@ def _events(connection: duckdb.DuckDBPyConnection, where: str, table: pa.Table |
     return found
 
 
-@dataclass
-class Aggregates:
-    """Usage summed per account, subject and month (numpy columns)."""
-
-    account: npt.NDArray[np.object_]
-    subject: npt.NDArray[np.object_]
-    month: npt.NDArray[np.int64]
-    amount: npt.NDArray[np.int64]
-    events: npt.NDArray[np.int64]
-    first_id: npt.NDArray[np.object_]
-    first_ts: npt.NDArray[np.int64]
-    first_seq: npt.NDArray[np.int64]
-    used_id: npt.NDArray[np.object_]
-    last_used_id: npt.NDArray[np.object_]
-    min_ts: npt.NDArray[np.int64]
-    max_ts: npt.NDArray[np.int64]
-
-
-def _aggregate(connection: duckdb.DuckDBPyConnection, event_type: str, subject: str, amount: str) -> Aggregates:
-    table = connection.sql(
-        f"""
-        SELECT account, {subject} AS subject, {MONTH_SQL} AS month, sum({amount})::BIGINT AS amount,
-               count(*) AS events,
-               arg_min(id, {ORDER_KEY}) AS first_id, arg_min(ts, {ORDER_KEY}) AS first_ts,
-               arg_min(seq, {ORDER_KEY}) AS first_seq,
-               arg_min(id, {ORDER_KEY}) FILTER (WHERE {amount} > 0) AS used_id,
-               arg_max(id, {ORDER_KEY}) FILTER (WHERE {amount} > 0) AS last_used_id,
-               min(ts) AS min_ts, max(ts) AS max_ts
-        FROM events WHERE type = '{event_type}'
-        GROUP BY ALL ORDER BY account, subject, month
-        """
-    ).to_arrow_table()
-
-    def column(name: str) -> Any:
-        return table.column(name).to_numpy(zero_copy_only=False)
-
-    return Aggregates(
-        account=column("account"),
-        subject=column("subject"),
-        month=column("month").astype(np.int64),
-        amount=column("amount").astype(np.int64),
-        events=column("events").astype(np.int64),
-        first_id=column("first_id"),
-        first_ts=column("first_ts").astype(np.int64),
-        first_seq=column("first_seq").astype(np.int64),
-        used_id=column("used_id"),
-        last_used_id=column("last_used_id"),
-        min_ts=column("min_ts").astype(np.int64),
-        max_ts=column("max_ts").astype(np.int64),
-    )
-
-
-def _subject_spans(aggregates: Aggregates) -> dict[tuple[str, str], tuple[int, int, int, int]]:
-    """Per (account, subject): row range in the aggregates and the min/max instants of its usage."""
-    spans: dict[tuple[str, str], tuple[int, int, int, int]] = {}
-    count = len(aggregates.month)
-    if not count:
-        return spans
-    change = np.flatnonzero(
-        (aggregates.account[1:] != aggregates.account[:-1]) | (aggregates.subject[1:] != aggregates.subject[:-1])
-    )
-    starts = np.concatenate(([0], change + 1))
-    ends = np.concatenate((change + 1, [count]))
-    low = np.minimum.reduceat(aggregates.min_ts, starts)
-    high = np.maximum.reduceat(aggregates.max_ts, starts)
-    for start, end, first, last in zip(starts.tolist(), ends.tolist(), low.tolist(), high.tolist(), strict=True):
-        spans[(aggregates.account[start], aggregates.subject[start])] = (start, end, first, last)
-    return spans
-
-
-def _simple(periods: list[Any] | None, first: int, last: int) -> bool:
-    """A subject with exactly one registration period that contains all its usage."""
-    if not periods or len(periods) != 1:
-        return False
-    period = periods[0]
-    return bool(period.start <= first and (period.end is None or last < period.end))
+def _columns(connection: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
+    """The result of a query as numpy columns."""
+    table = connection.sql(sql).to_arrow_table()
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
 @dataclass
 class SimpleSims:
     """SIMs rated by the vectorised rules: one registration period, all traffic inside it."""
 
-    account: list[str]
-    sim: list[str]
-    start: npt.NDArray[np.int64]
-    end: npt.NDArray[np.int64]
-    start_month: npt.NDArray[np.int64]
-    end_month: npt.NDArray[np.int64]
-    start_id: list[str]
+    account: ObjectArray
+    sim: ObjectArray
+    start: IntArray
+    end: IntArray
+    start_month: IntArray
+    end_month: IntArray
+    start_id: ObjectArray
+
+    def __len__(self) -> int:
+        """Number of SIMs."""
+        return len(self.sim)
 
 
-@dataclass(frozen=True)
-class VectorLines:
-    """Charged lines of the vectorised rules for one month (column arrays)."""
+@dataclass
+class SimTraffic:
+    """``traffic_month`` rows of the simple SIMs, with the SIM's row in :class:`SimpleSims`."""
+
+    sim: IntArray
+    month: IntArray
+    volume: IntArray
+    events: IntArray
+
+
+@dataclass
+class LineBlock:
+    """Charged lines of one vectorised rule in one month, as columns over simple SIMs."""
 
     item: str
     rule: str
-    sims: npt.NDArray[np.int64]
-    quantity: npt.NDArray[np.int64]
+    sims: IntArray
+    quantity: IntArray
+    amount_minor: IntArray
     unit_price: Decimal
-    extra: dict[str, Any]
+    details: dict[str, Any]
 
 
-def _amounts(quantity: npt.NDArray[np.int64], unit_price: Decimal, tariff: Tariff) -> list[Decimal]:
-    """Rounded line amounts for an array of quantities (exact: one Decimal per distinct quantity)."""
-    values, inverse = np.unique(quantity, return_inverse=True)
-    rounded = [round_money(unit_price * int(value), tariff.amount_decimals, tariff.line_rounding) for value in values]
-    return [rounded[index] for index in inverse.tolist()]
+class Evidence:
+    """Evidence ids of the simple SIMs' traffic per month, looked up only for lines being built.
+
+    Per SIM and month: the first traffic event, the first and the last event with bytes > 0, in
+    processing order ``(ts, seq)`` — what the reference rules cite.
+    """
+
+    SPAN: Final = 1 << 24
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, months: set[int] | None) -> None:
+        """Query the evidence of ``months`` (``None``: every month)."""
+        where = "type = 'sim.traffic'"
+        if months is not None:
+            ranges = " OR ".join(f"(ts >= {month_start(m)} AND ts < {month_start(m + 1)})" for m in sorted(months))
+            where += f" AND ({ranges or 'false'})"
+        table = connection.sql(
+            f"""
+            SELECT s.idx * {self.SPAN} + t.month AS key, t.first_id, t.used_id, t.last_used_id
+            FROM (SELECT account, sim, {MONTH_SQL} AS month, arg_min(id, {ORDER_KEY}) AS first_id,
+                         arg_min(id, {ORDER_KEY}) FILTER (WHERE up_bytes + down_bytes > 0) AS used_id,
+                         arg_max(id, {ORDER_KEY}) FILTER (WHERE up_bytes + down_bytes > 0) AS last_used_id
+                  FROM events WHERE {where} GROUP BY ALL) t
+            JOIN simple_sims s ON t.account = s.account AND t.sim = s.sim
+            ORDER BY key
+            """
+        ).to_arrow_table()
+        self.keys: IntArray = table.column("key").to_numpy().astype(np.int64)
+        self.columns = {name: table.column(name) for name in ("first_id", "used_id", "last_used_id")}
+
+    def lookup(self, column: str, sims: IntArray, months: IntArray) -> list[str | None]:
+        """The ``column`` id of each (SIM, month) pair; ``None`` where there is none."""
+        if not len(sims):
+            return []
+        wanted = sims * self.SPAN + months
+        position = np.minimum(np.searchsorted(self.keys, wanted), max(len(self.keys) - 1, 0))
+        found = (self.keys[position] == wanted) if len(self.keys) else np.zeros(len(sims), dtype=bool)
+        values: list[str | None] = self.columns[column].take(pa.array(position)).to_pylist() if len(self.keys) else []
+        return [value if hit else None for value, hit in zip(values or [None] * len(sims), found.tolist(), strict=True)]
+
+    def first_ids(self, sims: IntArray, month: int) -> ObjectArray:
+        """The first traffic event id of each SIM in ``month`` (object array, ``None`` if none)."""
+        return np.array(self.lookup("first_id", sims, np.full(len(sims), month, dtype=np.int64)) or [], dtype=object)
+
+
+def _months_of(instants: IntArray) -> IntArray:
+    """JST month indexes of epoch-microsecond instants (vectorised)."""
+    shifted = (instants + 9 * 3_600_000_000).astype("datetime64[us]")
+    months = shifted.astype("datetime64[M]").astype(np.int64)
+    return months + 1970 * 12
+
+
+@dataclass
+class _Invoices:
+    """Everything needed to build the invoice documents on demand."""
+
+    tariff: Tariff
+    months: Sequence[int]
+    simple: SimpleSims
+    blocks: dict[int, list[LineBlock]]
+    lines: dict[tuple[int, str], list[Line]]
+    closes: dict[str, dict[int, PointsClose]]
+    event_months: dict[str, set[int]]
+    accounts: list[str]
+    connection: duckdb.DuckDBPyConnection
+    totals: dict[tuple[int, str], int] = field(default_factory=dict)
+    evidence: Evidence | None = None
+
+    def evidence_for(self) -> Evidence:
+        """The evidence of every month the built lines cite (queried once)."""
+        if self.evidence is None:
+            needed = set(self.months)
+            for blocks in self.blocks.values():
+                for block in blocks:
+                    if "last_month" in block.details:
+                        needed.update(int(m) for m in np.unique(block.details["last_month"]) if m >= 0)
+            self.evidence = Evidence(self.connection, needed)
+        return self.evidence
+
+
+class LazyDocuments(Mapping[int, InvoiceDocument]):
+    """Month → invoice document, built (lines with notes, totals) the first time it is read."""
+
+    def __init__(self, invoices: _Invoices) -> None:
+        """Wrap the columnar result of a fast rating."""
+        self._invoices = invoices
+        self._built: dict[int, InvoiceDocument] = {}
+
+    def __getitem__(self, month: int) -> InvoiceDocument:
+        """The document of ``month`` (built once)."""
+        if month not in self._invoices.months:
+            raise KeyError(month)
+        if month not in self._built:
+            self._built[month] = _build_document(self._invoices, month)
+        return self._built[month]
+
+    def __iter__(self) -> Iterator[int]:
+        """The months rated."""
+        return iter(self._invoices.months)
+
+    def __len__(self) -> int:
+        """Number of months rated."""
+        return len(self._invoices.months)
+
+    def subtotal_minor(self, month: int, account: str) -> int:
+        """An invoice's subtotal in minor units (``10**-amount_decimals``), from the columns."""
+        return self._invoices.totals.get((month, account), 0)
+
+
+def _block_lines(block: LineBlock, invoices: _Invoices, month: int) -> Iterator[tuple[str, Line]]:
+    """Invoice lines of one vectorised block, with the notes of the shared rule code."""
+    tariff, simple = invoices.tariff, invoices.simple
+    scale = Decimal(1).scaleb(-tariff.amount_decimals)
+    evidence = invoices.evidence_for()
+    details = {key: value.tolist() for key, value in block.details.items()}
+    this_month = np.full(len(block.sims), month, dtype=np.int64)
+    if block.item == "sim_basic_fee":
+        cited = evidence.lookup("used_id", block.sims, this_month)
+    elif block.item == "line_maintenance_fee":
+        cited = evidence.lookup("last_used_id", block.sims, block.details["last_month"])
+    else:
+        cited = evidence.lookup("first_id", block.sims, this_month)
+    for position, (index, quantity, amount) in enumerate(
+        zip(block.sims.tolist(), block.quantity.tolist(), block.amount_minor.tolist(), strict=True)
+    ):
+        start_id = simple.start_id[index]
+        cite = cited[position]
+        if block.item == "sim_basic_fee":
+            evidence_ids: tuple[str, ...] = (start_id, cite) if cite else (start_id,)
+            note = registration_note(SIM_BASIC_WORDING, month, 1, bool(details["used"][position]))
+        elif block.item == "line_maintenance_fee":
+            evidence_ids = (start_id, cite) if cite else (start_id,)
+            note = maintenance_note(
+                month,
+                tariff.idle_months,
+                details["idle"][position],
+                cite is not None,
+                details["transitional"][position],
+            )
+        else:
+            evidence_ids = (cite,) if cite else ()
+            note = metered_note(month, details["volume"][position], details["events"][position], quantity, tariff)
+        line = Line(
+            block.item,
+            block.rule,
+            simple.sim[index],
+            quantity,
+            block.unit_price,
+            Decimal(amount) * scale,
+            evidence_ids,
+            note,
+        )
+        yield simple.account[index], line
+
+
+def _build_document(invoices: _Invoices, month: int) -> InvoiceDocument:
+    tariff = invoices.tariff
+    columnar: dict[str, list[Line]] = {}
+    for block in invoices.blocks.get(month, []):
+        for account, line in _block_lines(block, invoices, month):
+            columnar.setdefault(account, []).append(line)
+    built = []
+    for account in invoices.accounts:
+        close = invoices.closes.get(account, {}).get(month)
+        lines = columnar.get(account, []) + invoices.lines.get((month, account), [])
+        if lines or (close is not None and close.active) or month in invoices.event_months.get(account, ()):
+            built.append(build_invoice(account, lines, PointsBlock.from_close(close), tariff))
+    return InvoiceDocument(month, tariff.label, sort_invoices(built))
 
 
 class FastRater:
-    """Rates a DuckDB ``events`` table (a store) with the columnar rules."""
+    """Rates the ``events`` table of a DuckDB connection (a store) with the columnar rules."""
 
     def __init__(self, connection: duckdb.DuckDBPyConnection, tariff: Tariff) -> None:
         """Prepare to rate the events of ``connection`` under ``tariff``."""
         self.connection = connection
         self.tariff = tariff
+        self.timings: dict[str, float] = {}
+        """Seconds per phase of the last :meth:`rate`: aggregate, replay, vectorise, totals."""
 
-    def histories(self) -> tuple[dict[str, AccountHistory], list[EventError], Aggregates, set[tuple[str, str]]]:
-        """Replay lifecycle events, aggregate usage, and split simple from complex subjects."""
+    def _sql(self, sql: str) -> None:
+        self.connection.execute(sql).fetchall()
+
+    def _aggregate(self) -> None:
+        """Build the temporary tables ``sim_life``, ``traffic_month``, ``simple_sims``, ``usage_month``."""
+        self._sql(
+            f"""
+            CREATE OR REPLACE TEMP TABLE sim_life AS
+            SELECT account, sim,
+                   count(*) FILTER (WHERE type = 'sim.registered') AS regs,
+                   count(*) FILTER (WHERE type = 'sim.deleted') AS dels,
+                   min(ts) FILTER (WHERE type = 'sim.registered') AS start_ts,
+                   min({ORDER_KEY}) FILTER (WHERE type = 'sim.registered') AS start_key,
+                   arg_min(id, {ORDER_KEY}) FILTER (WHERE type = 'sim.registered') AS start_id,
+                   min(ts) FILTER (WHERE type = 'sim.deleted') AS end_ts,
+                   min({ORDER_KEY}) FILTER (WHERE type = 'sim.deleted') AS end_key
+            FROM events WHERE type IN ('sim.registered', 'sim.deleted') GROUP BY account, sim
+            """
+        )
+        self._sql(
+            f"""
+            CREATE OR REPLACE TEMP TABLE traffic_month AS
+            SELECT account, sim, {MONTH_SQL} AS month, sum(up_bytes + down_bytes)::BIGINT AS volume,
+                   count(*) AS events, min(ts) AS min_ts, max(ts) AS max_ts
+            FROM events WHERE type = 'sim.traffic' GROUP BY ALL
+            """
+        )
+        self._sql(
+            """
+            CREATE OR REPLACE TEMP TABLE simple_sims AS
+            SELECT row_number() OVER (ORDER BY l.account, l.sim) - 1 AS idx,
+                   l.account, l.sim, l.start_ts, l.start_id, l.end_ts
+            FROM sim_life l
+            LEFT JOIN (SELECT account, sim, min(min_ts) AS lo, max(max_ts) AS hi FROM traffic_month GROUP BY ALL) t
+                ON l.account = t.account AND l.sim = t.sim
+            WHERE l.regs = 1 AND (l.dels = 0 OR (l.dels = 1 AND l.end_key > l.start_key))
+              AND (t.lo IS NULL OR (t.lo >= l.start_ts AND (l.end_ts IS NULL OR t.hi < l.end_ts)))
+            """
+        )
+        self._sql(
+            f"""
+            CREATE OR REPLACE TEMP TABLE usage_month AS
+            SELECT type, account, CASE WHEN type = 'sms.sent' THEN kind ELSE sim END AS subject,
+                   {MONTH_SQL} AS month, sum(count)::BIGINT AS amount,
+                   arg_min(id, {ORDER_KEY}) AS first_id, arg_min(ts, {ORDER_KEY}) AS first_ts,
+                   arg_min(seq, {ORDER_KEY}) AS first_seq, min(ts) AS min_ts, max(ts) AS max_ts
+            FROM events WHERE type IN ('mono.message', 'sms.sent') GROUP BY ALL
+            """
+        )
+
+    def _simple_sims(self) -> tuple[SimpleSims, SimTraffic]:
+        sims = _columns(
+            self.connection,
+            f"SELECT account, sim, start_ts, start_id, coalesce(end_ts, {NEVER}) AS end_ts "
+            "FROM simple_sims ORDER BY idx",
+        )
+        start = sims["start_ts"].astype(np.int64)
+        end = sims["end_ts"].astype(np.int64)
+        simple = SimpleSims(
+            account=sims["account"],
+            sim=sims["sim"],
+            start=start,
+            end=end,
+            start_month=_months_of(start),
+            end_month=np.where(end == NEVER, NEVER, _months_of(np.minimum(end, 2**53))),
+            start_id=sims["start_id"],
+        )
+        rows = _columns(
+            self.connection,
+            "SELECT s.idx, t.month, t.volume, t.events "
+            "FROM traffic_month t JOIN simple_sims s ON t.account = s.account AND t.sim = s.sim",
+        )
+        traffic = SimTraffic(
+            sim=rows["idx"].astype(np.int64),
+            month=rows["month"].astype(np.int64),
+            volume=rows["volume"].astype(np.int64),
+            events=rows["events"].astype(np.int64),
+        )
+        return simple, traffic
+
+    def _histories(self) -> tuple[dict[str, AccountHistory], list[EventError]]:
+        """Replay everything but the simple SIMs and the aggregated usage, per account."""
         tariff = self.tariff
+        fields = ", ".join(f"e.{name}" for name in EVENT_FIELDS)
         bulk = ", ".join(f"'{name}'" for name in BULK_TYPES)
-        lifecycle = _events(self.connection, f"type NOT IN ({bulk})")
-        by_account: dict[str, list[Event]] = {}
-        for event in processing_order(lifecycle):
-            by_account.setdefault(event.account, []).append(event)
-        traffic = _aggregate(self.connection, "sim.traffic", "sim", "up_bytes + down_bytes")
-        messages = _aggregate(self.connection, "mono.message", "sim", "count")
-        sms = _aggregate(self.connection, "sms.sent", "kind", "count")
-        accounts = set(by_account) | set(traffic.account.tolist()) | set(messages.account.tolist())
-        accounts |= set(sms.account.tolist())
-        # First pass: the lifecycle only, to learn the registration periods.
-        lifecycle_only = {account: replay(account, by_account.get(account, []), tariff)[0] for account in accounts}
-        traffic_spans = _subject_spans(traffic)
-        message_spans = _subject_spans(messages)
-        complex_sims = {
-            key
-            for key, span in traffic_spans.items()
-            if not _simple(lifecycle_only[key[0]].sims.get(key[1]), *span[2:])
-        }
-        complex_devices = {
-            key
-            for key, span in message_spans.items()
-            if not _simple(lifecycle_only[key[0]].devices.get(key[1]), *span[2:])
-        }
-        raw: list[Event] = []
-        for keys, event_type in ((complex_sims, "sim.traffic"), (complex_devices, "mono.message")):
-            if keys:
-                table = pa.table({"a": [k[0] for k in keys], "s": [k[1] for k in keys]})
-                raw.extend(
-                    _events(
-                        self.connection,
-                        f"type = '{event_type}' AND (account, sim) IN (SELECT (a, s) FROM chosen)",
-                        table,
-                    )
-                )
-        consuming = {kind: per for kind, per in tariff.points_consumption.items() if per}
-        raw_by_account: dict[str, list[Event]] = {}
-        for event in raw:
-            raw_by_account.setdefault(event.account, []).append(event)
+        events = _fetch_events(
+            self.connection,
+            f"SELECT {fields} FROM events e ANTI JOIN simple_sims s "
+            f"ON e.account = s.account AND e.sim = s.sim AND e.type IN ('sim.registered', 'sim.deleted') "
+            f"WHERE e.type NOT IN ({bulk}) ORDER BY e.seq",
+        )
+        complex_traffic = self.connection.execute(
+            "SELECT count(*) FROM traffic_month t ANTI JOIN simple_sims s ON t.account = s.account AND t.sim = s.sim"
+        ).fetchall()[0][0]
+        if complex_traffic:
+            events += _fetch_events(
+                self.connection,
+                f"SELECT {fields} FROM events e ANTI JOIN simple_sims s ON e.account = s.account AND e.sim = s.sim "
+                "WHERE e.type = 'sim.traffic' ORDER BY e.seq",
+            )
+        usage = _columns(
+            self.connection,
+            "SELECT type, account, subject, month, amount, first_id, first_ts, first_seq, min_ts, max_ts "
+            "FROM usage_month ORDER BY account, type, subject, month",
+        )
+        event_months: dict[str, set[int]] = {}
+        month_of = MONTH_SQL.replace("ts +", "{0} +")
+        month_rows = self.connection.execute(
+            "SELECT DISTINCT account, month FROM traffic_month UNION SELECT DISTINCT account, month FROM usage_month "
+            f"UNION SELECT DISTINCT account, {month_of.format('start_ts')} FROM simple_sims "
+            f"UNION SELECT DISTINCT account, {month_of.format('end_ts')} FROM simple_sims WHERE end_ts IS NOT NULL"
+        ).fetchall()
+        for account, month in month_rows:
+            event_months.setdefault(account, set()).add(int(month))
+        accounts = {event.account for event in events} | set(event_months)
+        by_account: dict[str, list[Event]] = {account: [] for account in accounts}
+        for event in processing_order(events):
+            by_account[event.account].append(event)
+        # device IDs: a device with one issue period containing all its messages is simple
+        lifecycle = {account: replay(account, by_account[account], tariff)[0] for account in accounts}
+        spans: dict[tuple[str, str], tuple[int, int]] = {}
+        for kind, account, subject, low, high in zip(
+            usage["type"].tolist(),
+            usage["account"].tolist(),
+            usage["subject"].tolist(),
+            usage["min_ts"].tolist(),
+            usage["max_ts"].tolist(),
+            strict=True,
+        ):
+            if kind == "mono.message":
+                first, last = spans.get((account, subject), (low, high))
+                spans[(account, subject)] = (min(first, low), max(last, high))
+        complex_devices = set()
+        for (account, sim), (low, high) in spans.items():
+            periods = lifecycle[account].devices.get(sim)
+            if not (periods and len(periods) == 1 and periods[0].contains(low) and periods[0].contains(high)):
+                complex_devices.add((account, sim))
+        if complex_devices:
+            chosen = pa.table({"a": [key[0] for key in complex_devices], "s": [key[1] for key in complex_devices]})
+            self.connection.register("complex_devices", chosen)
+            raw = _fetch_events(
+                self.connection,
+                f"SELECT {fields} FROM events e SEMI JOIN complex_devices c ON e.account = c.a AND e.sim = c.s "
+                "WHERE e.type = 'mono.message' ORDER BY e.seq",
+            )
+            self.connection.unregister("complex_devices")
+            for event in raw:
+                by_account[event.account].append(event)
         histories: dict[str, AccountHistory] = {}
         errors: list[EventError] = []
-        usage_months: dict[str, set[int]] = {}
-        for aggregate in (traffic, messages, sms):
-            for account, month in set(zip(aggregate.account.tolist(), aggregate.month.tolist(), strict=True)):
-                usage_months.setdefault(account, set()).add(month)
+        no_consumption = _without_consumption(tariff)
         for account in sorted(accounts):
-            events = by_account.get(account, [])
-            if account in raw_by_account:
-                events = processing_order(events + raw_by_account[account])
-            # consumption is aggregated below, so the raw messages replayed here must not count twice
-            history, found = replay(account, events, replace(tariff, points_consumption={}))
+            history, found = replay(account, processing_order(by_account[account]), no_consumption)
+            history.event_months.update(event_months.get(account, ()))
             histories[account] = history
             errors.extend(found)
-            history.event_months.update(usage_months.get(account, ()))
-        self._attach_usage(histories, traffic, messages, sms, complex_sims, complex_devices, consuming)
-        simple_sims = {
-            (account, sim)
-            for account, history in histories.items()
-            for sim, periods in history.sims.items()
-            if len(periods) == 1 and (account, sim) not in complex_sims
-        }
-        return histories, errors, traffic, simple_sims
+        self._attach_usage(histories, usage, complex_devices)
+        return histories, errors
+
+    def _attach_usage(
+        self, histories: dict[str, AccountHistory], usage: dict[str, Any], complex_devices: set[tuple[str, str]]
+    ) -> None:
+        """Monthly message, SMS and point-consumption records from ``usage_month``."""
+        consuming = self.tariff.points_consumption
+        consumption: dict[str, list[tuple[int, int, Usage]]] = {}
+        for kind, account, subject, amount, first_id, first_ts, first_seq in zip(
+            usage["type"].tolist(),
+            usage["account"].tolist(),
+            usage["subject"].tolist(),
+            usage["amount"].tolist(),
+            usage["first_id"].tolist(),
+            usage["first_ts"].tolist(),
+            usage["first_seq"].tolist(),
+            strict=True,
+        ):
+            history = histories[account]
+            record = Usage(first_ts, amount, first_id, 0)
+            if kind == "sms.sent":
+                history.sms.setdefault(subject, []).append(record)
+            elif (account, subject) not in complex_devices:
+                history.messages.setdefault(subject, []).append(record)
+            per = consuming.get(kind, 0)
+            if per:
+                entry = (first_ts, first_seq, Usage(first_ts, amount * per, first_id, 0))
+                consumption.setdefault(account, []).append(entry)
+        for account, entries in consumption.items():
+            entries.sort(key=lambda entry: (entry[0], entry[1]))
+            histories[account].consumption = [entry[2] for entry in entries]
+
+    def _amounts(self, quantity: IntArray, unit_price: Decimal) -> IntArray:
+        """Rounded line amounts in minor units, exact: one Decimal product per distinct quantity."""
+        tariff = self.tariff
+        values, inverse = np.unique(quantity, return_inverse=True)
+        scale = Decimal(10) ** tariff.amount_decimals
+        minor = [
+            int(round_money(unit_price * int(value), tariff.amount_decimals, tariff.line_rounding) * scale)
+            for value in values.tolist()
+        ]
+        return np.array(minor, dtype=np.int64)[inverse] if len(values) else np.zeros(0, dtype=np.int64)
+
+    def _units(self, volume: IntArray) -> IntArray:
+        unit, mode = self.tariff.data_unit_bytes, self.tariff.data_unit_rounding
+        if mode == "down":
+            return volume // unit
+        if mode == "up":
+            return -(-volume // unit)
+        values, inverse = np.unique(volume, return_inverse=True)
+        return np.array([divide_round(int(v), unit, mode) for v in values.tolist()], dtype=np.int64)[inverse]
+
+    def _vector_rules(
+        self, simple: SimpleSims, traffic: SimTraffic, months: Sequence[int], evidence: Evidence | None
+    ) -> tuple[dict[int, list[LineBlock]], dict[int, dict[tuple[str, str], PoolPart]]]:
+        """SMC-38, SMC-39 and SMC-40 for the simple SIMs, month by month, as column blocks."""
+        tariff = self.tariff
+        switches = tariff.interpretations
+        count = len(simple)
+        sims = np.arange(count, dtype=np.int64)
+        span = 1 << 24
+        communicated = traffic.volume > 0
+        comm_keys = traffic.sim[communicated] * span + traffic.month[communicated]
+        order = np.argsort(comm_keys, kind="stable")
+        comm_keys = comm_keys[order]
+        transitional = tariff.transitional_start
+        transitional_at = month_start(transitional)
+        counted_from = simple.start_month.copy()
+        before = (simple.start < transitional_at) & (simple.end >= transitional_at)
+        counted_from[before] = np.maximum(counted_from[before], transitional)
+        length = tariff.idle_months
+        carriers: ObjectArray = np.array(
+            [tariff.carrier_of(sim) for sim in simple.sim.tolist()] if tariff.data_plan != "metered" else [],
+            dtype=object,
+        )
+        blocks: dict[int, list[LineBlock]] = {}
+        pools: dict[int, dict[tuple[str, str], PoolPart]] = {}
+        for month in months:
+            in_month = traffic.month == month
+            rows = traffic.sim[in_month]
+            volume = np.zeros(count, dtype=np.int64)
+            volume[rows] = traffic.volume[in_month]
+            covers = (simple.start_month <= month) & (simple.end_month >= month)
+            edge = (simple.start_month == month) | (simple.end_month == month)
+            basic = covers & ((volume > 0) | (edge & (not switches.exempt_first_and_last_month)))
+            charged = sims[basic]
+            month_blocks = [
+                self._block(
+                    "sim_basic_fee",
+                    "SMC-38",
+                    charged,
+                    np.ones(len(charged), np.int64),
+                    tariff.sim_basic_fee,
+                    {"used": (volume > 0)[basic]},
+                ),
+            ]
+            # SMC-39: the idle run starts at max(counted_from, month after the last communication)
+            if len(comm_keys):
+                position = np.searchsorted(comm_keys, sims * span + month, side="right") - 1
+                safe = np.maximum(position, 0)
+                same = (position >= 0) & (comm_keys[safe] // span == sims)
+                last_month = np.where(same, comm_keys[safe] % span, -(10**9))
+            else:
+                safe = np.zeros(count, dtype=np.int64)
+                same = np.zeros(count, dtype=bool)
+                last_month = np.full(count, -(10**9), dtype=np.int64)
+            after_use = same & (last_month + 1 >= counted_from)
+            anchor = np.where(after_use, last_month + 1, counted_from)
+            idle = np.maximum(0, month - anchor + 1)
+            fee = covers & (idle >= length) & (idle % length == 0)
+            if switches.deleted_in_final_month == "no_fee":
+                fee &= simple.end >= month_start(month + 1)
+            charged = sims[fee]
+            month_blocks.append(
+                self._block(
+                    "line_maintenance_fee",
+                    "SMC-39",
+                    charged,
+                    np.ones(len(charged), np.int64),
+                    tariff.line_maintenance_fee,
+                    {
+                        "last_month": np.where(after_use, last_month, -1)[fee],
+                        "idle": idle[fee],
+                        "transitional": ((anchor == transitional) & (simple.start < transitional_at))[fee],
+                    },
+                )
+            )
+            if tariff.data_plan == "metered":
+                events = np.zeros(count, dtype=np.int64)
+                events[rows] = traffic.events[in_month]
+                units = self._units(volume)
+                metered = covers & (units > 0)
+                month_blocks.append(
+                    self._block(
+                        "data_fee",
+                        "SMC-40",
+                        sims[metered],
+                        units[metered],
+                        tariff.data_unit_price,
+                        {"volume": volume[metered], "events": events[metered]},
+                    )
+                )
+            else:
+                assert evidence is not None, "data packs cite evidence while rating"
+                pools[month] = self._pools(simple, covers, volume, evidence.first_ids(sims, month), carriers)
+            blocks[month] = month_blocks
+        return blocks, pools
 
     @staticmethod
-    def _attach_usage(
-        histories: dict[str, AccountHistory],
-        traffic: Aggregates,
-        messages: Aggregates,
-        sms: Aggregates,
-        complex_sims: set[tuple[str, str]],
-        complex_devices: set[tuple[str, str]],
-        consuming: dict[str, int],
-    ) -> None:
-        """Give the histories monthly usage records built from the aggregates."""
-        for index in range(len(messages.month)):
-            account, sim = messages.account[index], messages.subject[index]
-            if (account, sim) not in complex_devices:
-                histories[account].messages.setdefault(sim, []).append(
-                    Usage(int(messages.first_ts[index]), int(messages.amount[index]), messages.first_id[index], 0)
-                )
-        for index in range(len(sms.month)):
-            histories[sms.account[index]].sms.setdefault(sms.subject[index], []).append(
-                Usage(int(sms.first_ts[index]), int(sms.amount[index]), sms.first_id[index], 0)
-            )
-        per_account: dict[str, list[tuple[int, int, Usage]]] = {}
-        for aggregate, kind in ((messages, "mono.message"), (sms, "sms.sent")):
-            per = consuming.get(kind, 0)
-            if not per:
-                continue
-            for index in range(len(aggregate.month)):
-                usage = Usage(
-                    int(aggregate.first_ts[index]), int(aggregate.amount[index]) * per, aggregate.first_id[index], 0
-                )
-                entry = (int(aggregate.first_ts[index]), int(aggregate.first_seq[index]), usage)
-                per_account.setdefault(aggregate.account[index], []).append(entry)
-        for account, entries in per_account.items():
-            histories[account].consumption = [usage for _, _, usage in sorted(entries, key=lambda e: (e[0], e[1]))]
-        for index in range(len(traffic.month)):
-            account, sim = traffic.account[index], traffic.subject[index]
-            if (account, sim) in complex_sims:
-                continue
-            # data packs read per-SIM monthly volumes from the history
-            histories[account].traffic.setdefault(sim, []).append(
-                Usage(int(traffic.first_ts[index]), int(traffic.amount[index]), traffic.first_id[index], 0)
-            )
+    def _pools(
+        simple: SimpleSims,
+        covers: npt.NDArray[np.bool_],
+        volume: IntArray,
+        first_ids: ObjectArray,
+        carriers: ObjectArray,
+    ) -> dict[tuple[str, str], PoolPart]:
+        """Per (account, carrier): the simple SIMs' part of a data pack pool in one month."""
+        found: dict[tuple[str, str], PoolPart] = {}
+        for index in np.flatnonzero(covers).tolist():
+            count, total, firsts = found.setdefault((simple.account[index], carriers[index]), (0, 0, []))
+            first = first_ids[index]
+            if first:
+                firsts.append((simple.sim[index], first))
+            found[(simple.account[index], carriers[index])] = (count + 1, total + int(volume[index]), firsts)
+        return found
 
-    def rate(self, months: Sequence[int]) -> Rating:
-        """Rate ``months``: the invoices, with no outcomes (explanations use the reference rater)."""
-        tariff = self.tariff
-        histories, errors, traffic, simple_keys = self.histories()
-        if errors:
-            return Rating({}, {}, tuple(sorted(errors, key=lambda error: (error.source, error.line))))
-        simple = self._simple_sims(histories, simple_keys)
-        last = max(months, default=0)
-        documents: dict[int, InvoiceDocument] = {}
-        vectorised = self._vector_rules(simple, traffic, months)
-        ledgers = {account: points_ledger(history, last, tariff) for account, history in histories.items()}
-        for month in months:
-            lines_by_account: dict[str, list[Line]] = {}
-            for block in vectorised[month]:
-                for line_account, line in self._materialise(block, simple, month):
-                    lines_by_account.setdefault(line_account, []).append(line)
-            invoices = []
-            for account, history in histories.items():
-                close = ledgers[account].get(month)
-                lines = lines_by_account.get(account, [])
-                lines.extend(self._reference_lines(history, simple_keys, month, close))
-                if lines or (close is not None and close.active) or month in history.event_months:
-                    invoices.append(build_invoice(account, lines, PointsBlock.from_close(close), tariff))
-            documents[month] = InvoiceDocument(month, tariff.label, sort_invoices(invoices))
-        return Rating(documents, {}, ())
+    def _block(
+        self, item: str, rule: str, sims: IntArray, quantity: IntArray, price: Decimal, details: dict[str, Any]
+    ) -> LineBlock:
+        return LineBlock(item, rule, sims, quantity, self._amounts(quantity, price), price, details)
 
     def _reference_lines(
-        self, history: AccountHistory, simple_keys: set[tuple[str, str]], month: int, close: Any
+        self,
+        history: AccountHistory,
+        month: int,
+        close: PointsClose | None,
+        simple_pools: dict[tuple[str, str], PoolPart],
     ) -> list[Line]:
+        """Lines of the subjects the reference rule units rate."""
         tariff = self.tariff
-        complex_history = replace(
-            history, sims={sim: p for sim, p in history.sims.items() if (history.account, sim) not in simple_keys}
-        )
         outcomes: list[Outcome] = []
-        outcomes += sim_basic_fee(complex_history, month, tariff)
-        outcomes += line_maintenance_fee(complex_history, month, tariff)
-        outcomes += data_fee(complex_history if tariff.data_plan == "metered" else history, month, tariff)
+        outcomes += sim_basic_fee(history, month, tariff)
+        outcomes += line_maintenance_fee(history, month, tariff)
+        if tariff.data_plan == "metered":
+            outcomes += metered_data_fee(history, month, tariff)
+        else:
+            outcomes += pack_charges(self._merge_pools(history, month, simple_pools), month, tariff)
         outcomes += gateway_fee(history, month, tariff)
         outcomes += suboption_fee(history, month, tariff)
         outcomes += platform_basic_fee(history, month, tariff)
@@ -348,171 +651,71 @@ class FastRater:
             outcomes += points_charges(close, month, tariff)
         return [make_line(outcome, tariff) for outcome in outcomes if isinstance(outcome, Charge)]
 
-    @staticmethod
-    def _simple_sims(histories: dict[str, AccountHistory], keys: set[tuple[str, str]]) -> SimpleSims:
-        ordered = sorted(keys)
-        periods = [histories[account].sims[sim][0] for account, sim in ordered]
-        return SimpleSims(
-            account=[account for account, _ in ordered],
-            sim=[sim for _, sim in ordered],
-            start=np.array([p.start for p in periods], dtype=np.int64),
-            end=np.array([NEVER if p.end is None else p.end for p in periods], dtype=np.int64),
-            start_month=np.array([p.start_month for p in periods], dtype=np.int64),
-            end_month=np.array([NEVER if p.end_month is None else p.end_month for p in periods], dtype=np.int64),
-            start_id=[p.start_id for p in periods],
-        )
+    def _merge_pools(
+        self, history: AccountHistory, month: int, simple_pools: dict[tuple[str, str], PoolPart]
+    ) -> dict[str, Pool]:
+        """Data pack pools: the simple SIMs' part plus the replayed SIMs' part, evidence in ICCID order."""
+        merged: dict[str, PoolPart] = {
+            carrier: part for (account, carrier), part in simple_pools.items() if account == history.account
+        }
+        for carrier, (count, volume, firsts) in history_pools(history, month, self.tariff).items():
+            before = merged.get(carrier, (0, 0, []))
+            merged[carrier] = (before[0] + count, before[1] + volume, before[2] + firsts)
+        return {
+            carrier: Pool(count, volume, tuple(first for _, first in sorted(firsts)))
+            for carrier, (count, volume, firsts) in merged.items()
+        }
 
-    def _vector_rules(
-        self, simple: SimpleSims, traffic: Aggregates, months: Sequence[int]
-    ) -> dict[int, list[VectorLines]]:
-        """SMC-38, SMC-39 and metered SMC-40 for the simple SIMs, month by month, as arrays."""
+    def rate(self, months: Sequence[int]) -> Rating:
+        """Rate ``months``. The documents are built lazily; outcomes are left to the reference rater."""
         tariff = self.tariff
-        switches = tariff.interpretations
-        count = len(simple.sim)
-        index_of = {key: position for position, key in enumerate(zip(simple.account, simple.sim, strict=True))}
-        rows = np.array(
-            [index_of.get(key, -1) for key in zip(traffic.account.tolist(), traffic.subject.tolist(), strict=True)],
-            dtype=np.int64,
-        )
-        keep = rows >= 0
-        rows, month_of_row = rows[keep], traffic.month[keep]
-        volume_of_row, events_of_row = traffic.amount[keep], traffic.events[keep]
-        used_of_row, last_used_of_row = traffic.used_id[keep], traffic.last_used_id[keep]
-        # sorted keys of (sim, month) with communication, for "last communication up to month M"
-        span = 1 << 20
-        communicated = volume_of_row > 0
-        comm_keys = rows[communicated] * span + month_of_row[communicated]
-        comm_order = np.argsort(comm_keys, kind="stable")
-        comm_keys = comm_keys[comm_order]
-        comm_last_ids = last_used_of_row[communicated][comm_order]
-        transitional = tariff.transitional_start
-        counted_from = simple.start_month.copy()
-        before = (simple.start < month_start(transitional)) & (simple.end >= month_start(transitional))
-        counted_from[before] = np.maximum(counted_from[before], transitional)
-        length = tariff.idle_months
-        sims = np.arange(count, dtype=np.int64)
-        result: dict[int, list[VectorLines]] = {}
+        clock = time.perf_counter()
+        self._aggregate()
+        simple, traffic = self._simple_sims()
+        self.timings["aggregate"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        histories, errors = self._histories()
+        self.timings["replay"] = time.perf_counter() - clock
+        if errors:
+            return Rating({}, {}, tuple(sorted(errors, key=lambda error: (error.source, error.line))))
+        clock = time.perf_counter()
+        evidence = Evidence(self.connection, None) if tariff.data_plan != "metered" else None
+        blocks, pools = self._vector_rules(simple, traffic, months, evidence)
+        self.timings["vectorise"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        last = max(months, default=0)
+        closes = {account: points_ledger(history, last, tariff) for account, history in histories.items()}
+        accounts = sorted(set(histories) | set(simple.account.tolist()))
+        lines: dict[tuple[int, str], list[Line]] = {}
         for month in months:
-            in_month = month_of_row == month
-            volume = np.zeros(count, dtype=np.int64)
-            volume[rows[in_month]] = volume_of_row[in_month]
-            events = np.zeros(count, dtype=np.int64)
-            events[rows[in_month]] = events_of_row[in_month]
-            used_id = np.full(count, None, dtype=object)
-            used_id[rows[in_month]] = used_of_row[in_month]
-            covers = (simple.start_month <= month) & (simple.end_month >= month)
-            used = volume > 0
-            edge = (simple.start_month == month) | (simple.end_month == month)
-            basic = covers & (used | (edge & (not switches.exempt_first_and_last_month)))
-            blocks = [
-                VectorLines(
-                    "sim_basic_fee",
-                    "SMC-38",
-                    sims[basic],
-                    np.ones(int(basic.sum()), dtype=np.int64),
-                    tariff.sim_basic_fee,
-                    {"used_id": used_id[basic]},
-                )
-            ]
-            # SMC-39: the anchor of the idle run is max(counted_from, last communication + 1)
-            position = np.searchsorted(comm_keys, sims * span + month, side="right") - 1
-            valid = position >= 0
-            safe = np.where(valid, position, 0)
-            same = valid & (comm_keys[safe] // span == sims) if len(comm_keys) else np.zeros(count, dtype=bool)
-            last_month = np.where(same, comm_keys[safe] % span if len(comm_keys) else 0, -(10**9))
-            after_use = same & (last_month + 1 >= counted_from)
-            anchor = np.where(after_use, last_month + 1, counted_from)
-            idle = np.maximum(0, month - anchor + 1)
-            through_end = simple.end >= month_start(month + 1)
-            fee = covers & (idle >= length) & (idle % length == 0)
-            if switches.deleted_in_final_month == "no_fee":
-                fee &= through_end
-            last_ids = np.full(count, None, dtype=object)
-            if len(comm_keys):
-                last_ids[same] = comm_last_ids[safe[same]]
-            blocks.append(
-                VectorLines(
-                    "line_maintenance_fee",
-                    "SMC-39",
-                    sims[fee],
-                    np.ones(int(fee.sum()), dtype=np.int64),
-                    tariff.line_maintenance_fee,
-                    {
-                        "last_id": np.where(after_use, last_ids, np.full(count, None, dtype=object))[fee],
-                        "idle": idle[fee],
-                        "transitional": ((anchor == transitional) & (simple.start < month_start(transitional)))[fee],
-                    },
-                )
-            )
-            if tariff.data_plan == "metered":
-                unit = tariff.data_unit_bytes
-                if tariff.data_unit_rounding == "down":
-                    units = volume // unit
-                elif tariff.data_unit_rounding == "up":
-                    units = -(-volume // unit)
-                else:
-                    units = np.array(
-                        [round_money(Decimal(int(v)) / unit, 0, tariff.data_unit_rounding) for v in volume.tolist()],
-                        dtype=np.int64,
-                    )
-                charged = covers & (units > 0)
-                first_ids = np.full(count, None, dtype=object)
-                first_ids[rows[in_month]] = traffic.first_id[keep][in_month]
-                blocks.append(
-                    VectorLines(
-                        "data_fee",
-                        "SMC-40",
-                        sims[charged],
-                        units[charged],
-                        tariff.data_unit_price,
-                        {"first_id": first_ids[charged], "volume": volume[charged], "events": events[charged]},
-                    )
-                )
-            result[month] = blocks
-        return result
+            for account, history in histories.items():
+                found = self._reference_lines(history, month, closes[account].get(month), pools.get(month, {}))
+                if found:
+                    lines[(month, account)] = found
+        months_with_events = {account: history.event_months for account, history in histories.items()}
+        invoices = _Invoices(
+            tariff, list(months), simple, blocks, lines, closes, months_with_events, accounts, self.connection
+        )
+        invoices.evidence = evidence
+        account_index = {account: position for position, account in enumerate(accounts)}
+        sim_account = np.array([account_index[account] for account in simple.account.tolist()], dtype=np.int64)
+        for month, month_blocks in blocks.items():
+            per_account = np.zeros(len(accounts), dtype=np.int64)
+            for block in month_blocks:
+                np.add.at(per_account, sim_account[block.sims], block.amount_minor)
+            scale = Decimal(10) ** tariff.amount_decimals
+            for account, minor in zip(accounts, per_account.tolist(), strict=True):
+                extra = sum((line.amount for line in lines.get((month, account), [])), Decimal(0))
+                invoices.totals[(month, account)] = minor + int(extra * scale)
+        self.timings["totals"] = time.perf_counter() - clock
+        return Rating(LazyDocuments(invoices), {}, ())
 
-    def _materialise(self, block: VectorLines, simple: SimpleSims, month: int) -> list[tuple[str, Line]]:
-        """Turn one block of vectorised charges into invoice lines (notes from the shared rule code)."""
-        tariff = self.tariff
-        amounts = _amounts(block.quantity, block.unit_price, tariff)
-        lines: list[tuple[str, Line]] = []
-        sims = block.sims.tolist()
-        quantities = block.quantity.tolist()
-        extra = {key: value.tolist() for key, value in block.extra.items()}
-        for position, sim_index in enumerate(sims):
-            start_id = simple.start_id[sim_index]
-            if block.item == "sim_basic_fee":
-                used = extra["used_id"][position]
-                evidence: tuple[str, ...] = (start_id, used) if used else (start_id,)
-                note = registration_note(SIM_BASIC_WORDING, month, 1, bool(used))
-            elif block.item == "line_maintenance_fee":
-                last = extra["last_id"][position]
-                evidence = (start_id, last) if last else (start_id,)
-                note = maintenance_note(
-                    month,
-                    tariff.idle_months,
-                    extra["idle"][position],
-                    last is not None,
-                    extra["transitional"][position],
-                )
-            else:
-                first = extra["first_id"][position]
-                evidence = (first,) if first else ()
-                note = metered_note(
-                    month, extra["volume"][position], extra["events"][position], quantities[position], tariff
-                )
-            line = Line(
-                block.item,
-                block.rule,
-                simple.sim[sim_index],
-                quantities[position],
-                block.unit_price,
-                amounts[position],
-                evidence,
-                note,
-            )
-            lines.append((simple.account[sim_index], line))
-        return lines
+
+def _without_consumption(tariff: Tariff) -> Tariff:
+    """The tariff with no point consumption (consumption comes from the monthly aggregates)."""
+    from dataclasses import replace
+
+    return replace(tariff, points_consumption={})
 
 
 def rate_connection(connection: duckdb.DuckDBPyConnection, tariff: Tariff, months: Sequence[int]) -> Rating:
@@ -523,12 +726,13 @@ def rate_connection(connection: duckdb.DuckDBPyConnection, tariff: Tariff, month
 def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Sequence[int]) -> Rating:
     """Rate event logs and/or a store with the fast rater.
 
-    A store alone is rated in place; files (with or without a store) are first ingested into an
-    in-memory store, which also deduplicates them.
+    A store alone is rated in place (read-only); files, with or without a store, are first
+    ingested into an in-memory store, which also deduplicates them.
     """
     if db is not None and not paths:
         with EventStore(db, read_only=True) as store:
-            return rate_connection(store.connection, tariff, months)
+            rating = rate_connection(store.connection, tariff, months)
+            return _materialised(rating)
     with EventStore(":memory:") as memory:
         if db is not None:
             with EventStore(db, read_only=True) as source:
@@ -538,4 +742,10 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
                 memory.ingest_file(path)
         except StoreError as exc:
             return Rating({}, {}, (EventError(str(exc)),))
-        return rate_connection(memory.connection, tariff, months)
+        return _materialised(rate_connection(memory.connection, tariff, months))
+
+
+def _materialised(rating: Rating) -> Rating:
+    """Build every document now (the connection closes after this)."""
+    documents = {month: rating.documents[month] for month in rating.documents}
+    return Rating(documents, rating.outcomes, rating.errors)

@@ -8,6 +8,9 @@ whole batches, and rerunning the same command completes it.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -16,11 +19,13 @@ from typing import Any, Final
 import duckdb
 import pyarrow as pa
 
-from metering.eventlog import ARROW_SCHEMA, events_to_arrow, read_event_log
+from metering.eventlog import ARROW_SCHEMA, events_to_arrow, log_format, read_event_log
 from metering.events import EVENT_COLUMNS, Event
 from metering.rating import deduplicate
 
 STORE_SCHEMA: Final = "mgwsim.store/1"
+MEMORY_LIMIT: Final = os.environ.get("MGWSIM_MEMORY_LIMIT", "1GB")
+"""DuckDB's memory limit for a store; beyond it DuckDB spills to a private temporary directory."""
 BATCH_EVENTS: Final = 500_000
 
 COLUMNS_SQL: Final = """
@@ -63,9 +68,13 @@ class EventStore:
         self.path = str(path)
         if read_only and self.path != ":memory:" and not Path(self.path).is_file():
             raise StoreError(f"{self.path}: no such store (create it with `mgwsim ingest … --db {self.path}`)")
+        self.spill = tempfile.mkdtemp(prefix="mgwsim-duckdb-")
         try:
-            self.connection = duckdb.connect(self.path, read_only=read_only)
+            self.connection = duckdb.connect(
+                self.path, read_only=read_only, config={"memory_limit": MEMORY_LIMIT, "temp_directory": self.spill}
+            )
         except duckdb.Error as exc:
+            shutil.rmtree(self.spill, ignore_errors=True)
             raise StoreError(f"{self.path}: cannot open the DuckDB store ({str(exc).splitlines()[0]})") from None
         if not read_only:
             self.connection.execute(f"CREATE TABLE IF NOT EXISTS events ({COLUMNS_SQL})")
@@ -76,7 +85,7 @@ class EventStore:
         except duckdb.Error:
             found = None
         if found != STORE_SCHEMA:
-            self.connection.close()
+            self.close()
             raise StoreError(f"{self.path}: not an mgwsim event store ({STORE_SCHEMA})")
 
     def __enter__(self) -> EventStore:
@@ -87,7 +96,12 @@ class EventStore:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         """Close the connection."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection and remove the spill directory."""
         self.connection.close()
+        shutil.rmtree(self.spill, ignore_errors=True)
 
     def scalar(self, sql: str) -> Any:
         """The single value of a query (the whole result is fetched, as DuckDB requires)."""
@@ -142,7 +156,24 @@ class EventStore:
         return added, len(unique) - added
 
     def ingest_file(self, path: Path, batch_events: int = BATCH_EVENTS) -> tuple[int, int]:
-        """Validate ``path`` entirely, then append it batch by batch; return ``(added, skipped)``."""
+        """Validate ``path`` entirely, then append it batch by batch; return ``(added, skipped)``.
+
+        Parquet logs are validated and appended in bulk, as one transaction (see
+        :mod:`metering.parquet_ingest`); other logs are read row by row.
+        """
+        if log_format(path) == "parquet" and path.is_file():
+            from metering.parquet_ingest import ingest_parquet
+
+            self.connection.begin()
+            try:
+                result = ingest_parquet(self.connection, path, self._next_seq())
+            except BaseException:
+                self.connection.rollback()
+                raise
+            if result is not None:
+                self.connection.commit()
+                return result
+            self.connection.rollback()
         events = list(read_event_log(path))
         added = skipped = 0
         for start in range(0, len(events), batch_events):

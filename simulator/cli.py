@@ -27,6 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+bench_app = typer.Typer(help="Benchmarks: figures measured side by side in one run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -159,6 +161,20 @@ def ingest(
                 stderr.print(f"{path}: {added} events added, {skipped} already stored", markup=False)
     except (EventLogError, StoreError) as exc:
         fail(str(exc))
+
+
+@bench_app.command("metering")
+def bench_metering(
+    events: Annotated[int, typer.Option("--events", "-n", help="sim.traffic events to generate.")] = 10_000_000,
+    sims: Annotated[int, typer.Option(help="SIMs the traffic is spread over.")] = 100_000,
+    workdir: Annotated[Path | None, typer.Option(help="Directory for the temporary Parquet file and store.")] = None,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 1,
+) -> None:
+    """Ingest + rate 12 months of generated traffic, beside a bare DuckDB GROUP BY of the same file."""
+    from metering.bench import run_metering_bench
+
+    report = run_metering_bench(events, sims, workdir, seed, progress=lambda text: stderr.print(text, markup=False))
+    Console().print(report.table())
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ beyond the pack is metered at the normal rate for the pool (it is not a cap).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from metering.history import AccountHistory
 from metering.money import divide_round
 from metering.rules import Charge, NoCharge, Outcome
@@ -67,24 +69,30 @@ def metered_data_fee(history: AccountHistory, month: int, tariff: Tariff) -> lis
     return outcomes
 
 
-def data_pack_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[Outcome]:
-    """SMC-40 data pack: per carrier pool, the pack fee plus metered volume beyond it."""
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """One account's SIMs of one carrier in a month, for the data pack.
+
+    Attributes:
+        sims: Registered SIMs of the carrier that touch the month.
+        volume: Their bytes in the month.
+        evidence: First traffic event of each SIM with traffic, in ICCID order.
+    """
+
+    sims: int
+    volume: int
+    evidence: tuple[str, ...]
+
+
+def pack_charges(pools: dict[str, Pool], month: int, tariff: Tariff) -> list[Outcome]:
+    """SMC-40 data pack charges from per-carrier pools: the pack fee plus volume beyond it."""
     pack = tariff.data_pack
-    assert pack is not None, "data_pack_fee needs a tariff with a data pack"
-    pools: dict[str, list[str]] = {}
-    for sim in _registered_sims(history, month):
-        pools.setdefault(tariff.carrier_of(sim), []).append(sim)
+    assert pack is not None, "pack_charges needs a tariff with a data pack"
     outcomes: list[Outcome] = []
     name = format_month(month)
     for carrier in sorted(pools):
+        pool = pools[carrier]
         subject = f"pool:{carrier}"
-        volume = 0
-        evidence: list[str] = []
-        for sim in pools[carrier]:
-            sim_volume, _, first = _month_volume(history, sim, month)
-            volume += sim_volume
-            if first:
-                evidence.append(first)
         outcomes.append(
             Charge(
                 "data_fee",
@@ -92,12 +100,12 @@ def data_pack_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[O
                 subject,
                 1,
                 pack.price,
-                tuple(evidence),
-                f"data pack for {len(pools[carrier])} {carrier} SIM(s) in {name}: {pack.bytes} bytes "
+                pool.evidence,
+                f"data pack for {pool.sims} {carrier} SIM(s) in {name}: {pack.bytes} bytes "
                 f"(free allowance {pack.free_bytes} bytes used first) (Art. 40(2))",
             )
         )
-        beyond = max(0, volume - pack.free_bytes - pack.bytes)
+        beyond = max(0, pool.volume - pack.free_bytes - pack.bytes)
         units = divide_round(beyond, tariff.data_unit_bytes, tariff.data_unit_rounding)
         if units:
             outcomes.append(
@@ -107,12 +115,36 @@ def data_pack_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[O
                     subject,
                     units,
                     tariff.data_unit_price,
-                    tuple(evidence),
-                    f"pool volume {volume} bytes in {name} exceeds the free allowance and the pack by "
+                    pool.evidence,
+                    f"pool volume {pool.volume} bytes in {name} exceeds the free allowance and the pack by "
                     f"{beyond} bytes = {units} unit(s) at the normal rate (Art. 40(1), 40(2))",
                 )
             )
     return outcomes
+
+
+def history_pools(
+    history: AccountHistory, month: int, tariff: Tariff
+) -> dict[str, tuple[int, int, list[tuple[str, str]]]]:
+    """Per carrier: registered SIM count, volume, and ``(iccid, first event id)`` of SIMs with traffic."""
+    pools: dict[str, tuple[int, int, list[tuple[str, str]]]] = {}
+    for sim in _registered_sims(history, month):
+        carrier = tariff.carrier_of(sim)
+        count, volume, firsts = pools.get(carrier, (0, 0, []))
+        sim_volume, _, first = _month_volume(history, sim, month)
+        if first:
+            firsts.append((sim, first))
+        pools[carrier] = (count + 1, volume + sim_volume, firsts)
+    return pools
+
+
+def data_pack_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[Outcome]:
+    """SMC-40 data pack: per carrier pool, the pack fee plus metered volume beyond it."""
+    pools = {
+        carrier: Pool(count, volume, tuple(first for _, first in sorted(firsts)))
+        for carrier, (count, volume, firsts) in history_pools(history, month, tariff).items()
+    }
+    return pack_charges(pools, month, tariff)
 
 
 def data_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[Outcome]:

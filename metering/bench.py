@@ -1,0 +1,216 @@
+"""``mgwsim bench metering``: ingest and rating throughput beside a bare DuckDB GROUP BY.
+
+The benchmark generates N ``sim.traffic`` events over S SIMs (10 accounts, every SIM registered
+before 2026) spread over the 12 JST months of 2026, writes them as Parquet, and then measures in
+one run, each in a fresh child process so peak memory is the work's own:
+
+1. bill path: the Parquet log ingested into an in-memory store and all 12 months rated by the fast
+   rater (events/s, peak RSS, the rater's phases) — rating yields every line's quantity and amount
+   and every invoice's totals, in columns; building the invoice documents (a Python object, note
+   and evidence per line, as ``mgwsim bill`` prints them) is timed on its own after that;
+2. store path: the same log ingested into a DuckDB file (``mgwsim ingest``);
+3. the bare ``SELECT sim, month, sum(bytes) … GROUP BY`` over the same file (median of 3).
+
+Figures are wall-clock on a shared machine: compare the ratios, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.table import Table
+
+from metering.timeutil import month_start, parse_month
+
+ACCOUNTS = 10
+YEAR_START = month_start(parse_month("2026-01"))
+YEAR_END = month_start(parse_month("2027-01"))
+MONTH_SQL = "(year(make_timestamp(ts + 32400000000)) * 12 + month(make_timestamp(ts + 32400000000)) - 1)"
+
+
+def generate_traffic(path: Path, events: int, sims: int, seed: int) -> int:
+    """Write ``sims`` registrations and ``events`` traffic events as Parquet; return the row count."""
+    rng = np.random.default_rng(seed)
+    iccids = pa.array([f"8981300{index:012d}" for index in range(sims)])
+    accounts = pa.array([f"acct-{index}" for index in range(ACCOUNTS)])
+    registered = np.full(sims, month_start(parse_month("2025-12")) + 3_600_000_000, dtype=np.int64)
+    sim_of = rng.integers(0, sims, events, dtype=np.int64)
+    ts = rng.integers(YEAR_START, YEAR_END, events, dtype=np.int64)
+    rows = sims + events
+    every_sim = np.concatenate([np.arange(sims, dtype=np.int64), sim_of])
+    kinds = pa.array(["sim.registered", "sim.traffic"])
+    kind_index = np.concatenate([np.zeros(sims, dtype=np.int32), np.ones(events, dtype=np.int32)])
+    ids = pa.array(np.char.add("e", np.arange(rows).astype(str)))
+    up = np.concatenate([np.zeros(sims, dtype=np.int64), rng.integers(0, 4000, events)])
+    down = np.concatenate([np.zeros(sims, dtype=np.int64), rng.integers(0, 2000, events)])
+    traffic_mask = pa.array(np.concatenate([np.zeros(sims, dtype=bool), np.ones(events, dtype=bool)]))
+    null_int = pa.nulls(rows, pa.int64())
+    table = pa.table(
+        {
+            "ts": pa.array(np.concatenate([registered, ts]), type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "type": kinds.take(pa.array(kind_index)),
+            "account": accounts.take(pa.array((every_sim % ACCOUNTS).astype(np.int32))),
+            "id": ids,
+            "sim": iccids.take(pa.array(every_sim)),
+            "up_bytes": pa.compute.if_else(traffic_mask, pa.array(up), null_int),
+            "down_bytes": pa.compute.if_else(traffic_mask, pa.array(down), null_int),
+            "route": pa.compute.if_else(traffic_mask, pa.scalar("closed"), pa.nulls(rows, pa.string())),
+        }
+    )
+    pq.write_table(table, path, row_group_size=1_000_000)
+    return rows
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _bill_path(path: str, queue: Any) -> None:
+    from metering.fast import FastRater
+    from metering.store import EventStore
+    from metering.tariff import load_tariff
+
+    tariff = load_tariff()
+    months = list(range(parse_month("2026-01"), parse_month("2026-12") + 1))
+    start = time.perf_counter()
+    with EventStore(":memory:") as store:
+        store.ingest_file(Path(path))
+        ingested = time.perf_counter()
+        rater = FastRater(store.connection, tariff)
+        rating = rater.rate(months)
+        rated = time.perf_counter()
+        peak_rated = _peak_rss_mb()
+        lines = sum(len(invoice.lines) for month in rating.documents for invoice in rating.documents[month].invoices)
+        built = time.perf_counter()
+    queue.put(
+        {
+            "ingest": ingested - start,
+            "rate": rated - ingested,
+            "build": built - rated,
+            "peak_rated_mb": peak_rated,
+            "phases": dict(rater.timings),
+            "lines": lines,
+            "errors": len(rating.errors),
+            "peak_mb": _peak_rss_mb(),
+        }
+    )
+
+
+def _store_path(path: str, database: str, queue: Any) -> None:
+    from metering.store import EventStore
+
+    start = time.perf_counter()
+    with EventStore(database) as store:
+        added, _ = store.ingest_file(Path(path))
+    queue.put({"ingest": time.perf_counter() - start, "added": added, "peak_mb": _peak_rss_mb()})
+
+
+def _group_by(path: str, queue: Any) -> None:
+    import duckdb
+
+    connection = duckdb.connect()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        connection.sql(
+            f"SELECT sim, {MONTH_SQL.replace('ts +', 'epoch_us(ts) +')} AS month, sum(up_bytes + down_bytes) "
+            f"FROM read_parquet('{path}') WHERE type = 'sim.traffic' GROUP BY ALL"
+        ).to_arrow_table()
+        times.append(time.perf_counter() - start)
+    queue.put({"times": times, "peak_mb": _peak_rss_mb()})
+
+
+def _in_child(target: Callable[..., None], *args: Any) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    while True:
+        try:
+            result: dict[str, Any] = queue.get(timeout=1)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"benchmark step {target.__name__} failed (exit code {process.exitcode})") from None
+    process.join()
+    return result
+
+
+@dataclass
+class MeteringBenchReport:
+    """The figures of one ``mgwsim bench metering`` run."""
+
+    events: int
+    sims: int
+    rows: int
+    generate_s: float
+    bill: dict[str, Any] = field(default_factory=dict)
+    store: dict[str, Any] = field(default_factory=dict)
+    group_by: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def group_by_median(self) -> float:
+        """Median seconds of the bare GROUP BY."""
+        return float(statistics.median(self.group_by["times"]))
+
+    @property
+    def bill_events_per_s(self) -> float:
+        """Events per second through ingest + rating of 12 months."""
+        return float(self.rows / (self.bill["ingest"] + self.bill["rate"]))
+
+    def table(self) -> Table:
+        """The report as a rich table."""
+        table = Table(title=f"mgwsim bench metering: {self.events:,} traffic events, {self.sims:,} SIMs, 12 months")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        table.add_column("goal", justify="right")
+        rate = self.bill["rate"]
+        ratio = rate / self.group_by_median
+        rows = [
+            ("rows in the Parquet log", f"{self.rows:,}", ""),
+            ("ingest (Parquet → in-memory store)", f"{self.bill['ingest']:.2f} s", ""),
+            ("rating, 12 months (fast rater)", f"{rate:.2f} s", ""),
+            *[(f"  · {name}", f"{seconds:.2f} s", "") for name, seconds in self.bill["phases"].items()],
+            ("ingest + rating throughput", f"{self.bill_events_per_s:,.0f} events/s", "≥ 1,000,000"),
+            ("peak memory, ingest + rating", f"{self.bill['peak_rated_mb']:,.0f} MB", "< 2,048 MB"),
+            (f"building the 12 documents ({self.bill['lines']:,} lines)", f"{self.bill['build']:.2f} s", ""),
+            ("  peak memory with the documents built", f"{self.bill['peak_mb']:,.0f} MB", ""),
+            ("bare DuckDB GROUP BY sim, month (median of 3)", f"{self.group_by_median:.2f} s", ""),
+            ("rating / bare GROUP BY", f"{ratio:.2f}x", "≤ 3x"),
+            ("ingest into a DuckDB file (mgwsim ingest)", f"{self.store['ingest']:.2f} s", ""),
+            ("  throughput", f"{self.rows / self.store['ingest']:,.0f} events/s", ""),
+        ]
+        for row in rows:
+            table.add_row(*row)
+        return table
+
+
+def run_metering_bench(
+    events: int, sims: int, workdir: Path | None, seed: int, progress: Callable[[str], None]
+) -> MeteringBenchReport:
+    """Run the benchmark; ``progress`` receives one line per step."""
+    with tempfile.TemporaryDirectory(dir=workdir) as directory:
+        path = Path(directory) / "traffic.parquet"
+        progress(f"generating {events:,} traffic events over {sims:,} SIMs …")
+        start = time.perf_counter()
+        rows = generate_traffic(path, events, sims, seed)
+        report = MeteringBenchReport(events, sims, rows, time.perf_counter() - start)
+        progress("bill path: ingest into memory + rate 12 months …")
+        report.bill = _in_child(_bill_path, str(path))
+        progress("bare GROUP BY …")
+        report.group_by = _in_child(_group_by, str(path))
+        progress("store path: ingest into a DuckDB file …")
+        report.store = _in_child(_store_path, str(path), str(Path(directory) / "store.duckdb"))
+    return report
