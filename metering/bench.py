@@ -74,7 +74,16 @@ def generate_traffic(path: Path, events: int, sims: int, seed: int) -> int:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _generate(path: str, events: int, sims: int, seed: int, queue: Any) -> None:
+    queue.put({"rows": generate_traffic(Path(path), events, sims, seed)})
 
 
 def _bill_path(path: str, queue: Any) -> None:
@@ -205,7 +214,7 @@ def run_metering_bench(
         path = Path(directory) / "traffic.parquet"
         progress(f"generating {events:,} traffic events over {sims:,} SIMs …")
         start = time.perf_counter()
-        rows = generate_traffic(path, events, sims, seed)
+        rows = _in_child(_generate, str(path), events, sims, seed)["rows"]
         report = MeteringBenchReport(events, sims, rows, time.perf_counter() - start)
         progress("bill path: ingest into memory + rate 12 months …")
         report.bill = _in_child(_bill_path, str(path))

@@ -17,6 +17,8 @@ import typer
 from rich.console import Console
 
 from metering.eventlog import EventLogError
+from metering.pipeline import Inputs, load_inputs
+from metering.rating import Rating
 from metering.tariff import TariffError, load_tariff
 from metering.timeutil import TimeFormatError, parse_month_range
 
@@ -70,9 +72,7 @@ DbOpt = Annotated[
 ]
 
 
-def _load(events: list[Path] | None, db: Path | None, tariff_path: Path | None, month: str):  # type: ignore[no-untyped-def]
-    from metering.pipeline import load_inputs
-
+def _load(events: list[Path] | None, db: Path | None, tariff_path: Path | None, month: str) -> Inputs:
     try:
         months = parse_month_range(month)
     except TimeFormatError as exc:
@@ -83,6 +83,16 @@ def _load(events: list[Path] | None, db: Path | None, tariff_path: Path | None, 
         tariff = load_tariff(tariff_path)
         return load_inputs(list(events or []), db, tariff, months)
     except (EventLogError, TariffError) as exc:
+        fail(str(exc))
+
+
+def _rate(inputs: Inputs, rater: str) -> Rating:
+    """Rate, turning bad input found while reading into the one-line error."""
+    from metering.store import StoreError
+
+    try:
+        return inputs.rate(rater)
+    except (EventLogError, StoreError) as exc:
         fail(str(exc))
 
 
@@ -105,12 +115,13 @@ def bill(
     Example: mgwsim bill scenarios/disputes/basic-fee.jsonl --month 2026-01 --format table
     """
     inputs = _load(events, db, tariff, month)
-    rating = inputs.rate(rater.value)
+    with stderr.status(f"rating {month} …"):
+        rating = _rate(inputs, rater.value)
+        documents = [rating.documents[m] for m in sorted(rating.documents)]
     if rating.errors:
         first = rating.errors[0]
         more = f" ({len(rating.errors) - 1} more)" if len(rating.errors) > 1 else ""
         fail(f"{first}{more}")
-    documents = [rating.documents[m] for m in sorted(rating.documents)]
     if output_format is OutputFormat.json:
         if len(documents) == 1:
             text = documents[0].dumps()
@@ -140,7 +151,7 @@ def explain(
     from metering.explain import explain as explain_rating
 
     inputs = _load(events, db, tariff, month)
-    rating = inputs.rate("reference")
+    rating = _rate(inputs, "reference")
     if rating.errors:
         fail(f"{rating.errors[0]}" + (f" ({len(rating.errors) - 1} more)" if len(rating.errors) > 1 else ""))
     sys.stdout.write(explain_rating(rating, inputs.tariff, inputs.events_by_id(), subject))

@@ -100,4 +100,4 @@ def test_every_rule_is_covered_by_a_golden_case() -> None:
     for path in CASES:
         for entry in load_case(path)["invoices"]:
             rules.update(line["rule"] for line in entry["lines"])
-    assert {"SMC-38", "SMC-39", "SMC-40", "SMC-41", "SMC-42", "MONO-57", "SMS-71", "PT-4", "PT-5"} <= rules
+    assert {"SMC-38", "SMC-39", "SMC-40", "SMC-41", "SMC-42", "MONO-57", "MONO-58", "SMS-71", "PT-4", "PT-5"} <= rules

@@ -130,10 +130,13 @@ def test_fast_and_reference_raters_give_identical_invoices(tmp_path_factory: Any
     seed, accounts, tariff_name = case
     tariff = TARIFFS[tariff_name]
     events = events_of(make_history(seed, accounts))
-    path = tmp_path_factory.mktemp("log") / "generated.jsonl"
+    directory = tmp_path_factory.mktemp("log")
+    path = directory / "generated.jsonl"
     write_event_log(events, path)
+    again = directory / "again.parquet"  # a re-delivery of part of the log, in the other format
+    write_event_log(random.Random(seed).sample(events, k=len(events) // 3), again)
     reference = rate_reference(events, tariff, MONTHS)
-    fast = rate_fast([path], None, tariff, MONTHS)
+    fast = rate_fast([path, again], None, tariff, MONTHS)
     assert not reference.errors and not fast.errors
     for month in MONTHS:
         assert fast.documents[month].dumps() == reference.documents[month].dumps()

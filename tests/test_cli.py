@@ -1,0 +1,142 @@
+"""The ``mgwsim`` command line as a user runs it: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import DISPUTES, write_jsonl
+
+
+def mgwsim(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulator.cli", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result
+    assert result.stdout == "", "nothing half-written on standard output"
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bill_prints_the_invoice_document() -> None:
+    result = mgwsim("bill", DISPUTES / "points.jsonl", "--month", "2026-02")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["schema"] == "mgwsim.invoice/1"
+    assert document["month"] == "2026-02" and document["timezone"] == "Asia/Tokyo"
+    accounts = {invoice["account"]: invoice for invoice in document["invoices"]}
+    assert accounts["acct-p2"]["total"] == "121"
+    assert accounts["acct-p2"]["points"]["shortfall_purchased"] == 20000
+    assert all(isinstance(line["amount"], str) for invoice in document["invoices"] for line in invoice["lines"])
+
+
+def test_both_raters_print_the_same_bytes() -> None:
+    fast = mgwsim("bill", DISPUTES / "line-maintenance.jsonl", "--month", "2025-12..2026-12")
+    reference = mgwsim(
+        "bill", DISPUTES / "line-maintenance.jsonl", "--month", "2025-12..2026-12", "--rater", "reference"
+    )
+    assert fast.returncode == reference.returncode == 0
+    assert fast.stdout == reference.stdout
+    assert len(json.loads(fast.stdout)) == 13
+
+
+def test_table_format_for_people() -> None:
+    result = mgwsim(
+        "bill", DISPUTES / "data-pack.jsonl", "-m", "2026-01", "-t", DISPUTES / "tariffs/data-pack.toml", "-f", "table"
+    )
+    assert result.returncode == 0
+    assert "pool:kddi" in result.stdout and "695" in result.stdout
+
+
+def test_bad_event_line_names_file_and_line(tmp_path: Path) -> None:
+    lines = (DISPUTES / "jst-month-edge.jsonl").read_text().splitlines()
+    lines.insert(1, '{"ts": "2026-01-11T09:00:00", "type": "sms.sent", "account": "acct-1", "kind": "a2p"}')
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert_one_line_error(mgwsim("bill", path, "-m", "2026-01"), f"{path}:2:", "no UTC offset")
+
+
+def test_inconsistent_history_names_the_event(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "log.jsonl",
+        [{"ts": "2026-01-11T09:00:00+09:00", "type": "sim.deleted", "account": "a", "sim": "8981300000000000001"}],
+    )
+    for rater in ("fast", "reference"):
+        assert_one_line_error(
+            mgwsim("bill", path, "-m", "2026-01", "--rater", rater), f"{path}:1:", "is not registered"
+        )
+
+
+def test_secrets_are_rejected_and_never_echoed(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "log.jsonl",
+        [
+            {
+                "ts": "2026-01-11T09:00:00+09:00",
+                "type": "sim.registered",
+                "account": "a",
+                "sim": "8981300000000000001",
+                "puk": "73914628",
+            }
+        ],
+    )
+    result = mgwsim("bill", path, "-m", "2026-01")
+    assert_one_line_error(result, f"{path}:1:", "secret field")
+    assert "73914628" not in result.stderr
+
+
+def test_bad_tariff_and_bad_month(tmp_path: Path) -> None:
+    tariff = tmp_path / "t.toml"
+    tariff.write_text('[tariff]\nbase = "default"\nname = "t"\nversion = "1"\n[gateway_fee]\nmonthly = "-5"\n')
+    assert_one_line_error(
+        mgwsim("bill", DISPUTES / "points.jsonl", "-m", "2026-01", "-t", tariff), "gateway_fee.monthly"
+    )
+    assert_one_line_error(mgwsim("bill", DISPUTES / "points.jsonl", "-m", "2026-1"), "--month")
+    assert_one_line_error(mgwsim("bill", tmp_path / "missing.jsonl", "-m", "2026-01"), "no such file")
+
+
+def test_explain_names_rule_article_and_evidence() -> None:
+    result = mgwsim("explain", DISPUTES / "line-maintenance.jsonl", "-m", "2025-12", "--subject", "8981300000000000032")
+    assert result.returncode == 0
+    assert "NOT CHARGED line_maintenance_fee" in result.stdout
+    assert "deleted during 2025-12 (I-3)" in result.stdout
+    assert "m6: sim.deleted at 2025-12-20T10:00:00+09:00" in result.stdout
+    assert "8981300000000000031" not in result.stdout
+    everything = mgwsim("explain", DISPUTES / "jst-month-edge.jsonl", "-m", "2026-01..2026-02").stdout
+    assert "no sim basic fee: SIM registered but not used for communication in 2026-01" in everything
+    assert "CHARGED sim_basic_fee for 8981300000000000011: 1 x 10 = 10 JPY [SMC-38" in everything
+
+
+def test_ingest_is_idempotent_and_the_store_bills_like_the_file(tmp_path: Path) -> None:
+    store = tmp_path / "store.duckdb"
+    first = mgwsim("ingest", DISPUTES / "points.jsonl", "--db", store)
+    again = mgwsim("ingest", DISPUTES / "points.jsonl", "--db", store)
+    assert first.returncode == again.returncode == 0
+    assert "11 events added, 0 already stored" in first.stderr
+    assert "0 events added, 11 already stored" in again.stderr
+    from_store = mgwsim("bill", "--db", store, "-m", "2026-01..2026-03")
+    from_file = mgwsim("bill", DISPUTES / "points.jsonl", "-m", "2026-01..2026-03")
+    assert from_store.returncode == 0 and from_store.stdout == from_file.stdout
+
+
+def test_ingest_refuses_a_reused_id_with_other_content(tmp_path: Path) -> None:
+    store = tmp_path / "store.duckdb"
+    assert mgwsim("ingest", DISPUTES / "points.jsonl", "--db", store).returncode == 0
+    changed = [json.loads(line) for line in (DISPUTES / "points.jsonl").read_text().splitlines()]
+    changed[1]["points"] = 40000
+    path = write_jsonl(tmp_path / "changed.jsonl", changed)
+    assert_one_line_error(mgwsim("ingest", path, "--db", store), f"{path}:2", "different content")
+    assert "11 already stored" in mgwsim("ingest", DISPUTES / "points.jsonl", "--db", store).stderr
+
+
+def test_help_explains() -> None:
+    result = mgwsim("bill", "--help")
+    assert result.returncode == 0 and "--month" in result.stdout and "--tariff" in result.stdout
