@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from metering.events import EVENT_COLUMNS, Event, EventError
 from metering.history import AccountHistory, Usage, processing_order, replay
-from metering.invoice import InvoiceDocument, Line, PointsBlock, build_invoice, make_line, sort_invoices
+from metering.invoice import InvoiceDocument, Line, build_invoice, make_line, points_block, sort_invoices
 from metering.money import divide_round, round_money
 from metering.rating import Rating
 from metering.rules import Charge, Outcome
@@ -284,8 +284,8 @@ def _build_document(invoices: _Invoices, month: int) -> InvoiceDocument:
     for account in invoices.accounts:
         close = invoices.closes.get(account, {}).get(month)
         lines = columnar.get(account, []) + invoices.lines.get((month, account), [])
-        if lines or (close is not None and close.active) or month in invoices.event_months.get(account, ()):
-            built.append(build_invoice(account, lines, PointsBlock.from_close(close), tariff))
+        if lines or (close is not None and close.block.active) or month in invoices.event_months.get(account, ()):
+            built.append(build_invoice(account, lines, points_block(close), tariff))
     return InvoiceDocument(month, tariff.label, sort_invoices(built))
 
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from metering.money import ZERO, format_money, round_money
 from metering.rules import ITEMS, Charge
-from metering.rules.points import PointsClose
+from metering.rules.points import PointsBlock, PointsClose
 from metering.tariff import Tariff
 from metering.timeutil import format_month
 
@@ -47,46 +47,6 @@ class Line:
             "amount": format_money(self.amount),
             "evidence": list(self.evidence),
             "note": self.note,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class PointsBlock:
-    """The points block of an invoice (see :class:`~metering.rules.points.PointsClose`)."""
-
-    opening: int = 0
-    granted: int = 0
-    purchased: int = 0
-    shortfall_purchased: int = 0
-    consumed: int = 0
-    expired: int = 0
-    closing: int = 0
-
-    @classmethod
-    def from_close(cls, close: PointsClose | None) -> PointsBlock:
-        """The block of a month's close (all zero when there is none)."""
-        if close is None:
-            return cls()
-        return cls(
-            close.opening,
-            close.granted,
-            close.purchased,
-            close.shortfall_purchased,
-            close.consumed,
-            close.expired,
-            close.closing,
-        )
-
-    def to_json(self) -> dict[str, int]:
-        """The block as EVENTS.md writes it."""
-        return {
-            "opening": self.opening,
-            "granted": self.granted,
-            "purchased": self.purchased,
-            "shortfall_purchased": self.shortfall_purchased,
-            "consumed": self.consumed,
-            "expired": self.expired,
-            "closing": self.closing,
         }
 
 
@@ -156,6 +116,11 @@ def make_line(charge: Charge, tariff: Tariff) -> Line:
         charge.evidence,
         charge.note,
     )
+
+
+def points_block(close: PointsClose | None) -> PointsBlock:
+    """The invoice's points block for a month's close (all zero when there is none)."""
+    return PointsBlock() if close is None else close.block
 
 
 def build_invoice(account: str, lines: Iterable[Line], points: PointsBlock, tariff: Tariff) -> Invoice:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from metering.events import Event, EventError
 from metering.history import AccountHistory, processing_order, replay
-from metering.invoice import InvoiceDocument, PointsBlock, build_invoice, make_line, sort_invoices
+from metering.invoice import InvoiceDocument, build_invoice, make_line, points_block, sort_invoices
 from metering.rating import Rating, deduplicate
 from metering.rules import Charge, Outcome
 from metering.rules.data_fee import data_fee
@@ -78,8 +78,8 @@ def rate_reference(events: Iterable[Event], tariff: Tariff, months: Sequence[int
             if close is not None:
                 found.extend(points_charges(close, month, tariff))
             lines = [make_line(outcome, tariff) for outcome in found if isinstance(outcome, Charge)]
-            points = PointsBlock.from_close(close)
-            if lines or (close is not None and close.active) or month in history.event_months:
+            points = points_block(close)
+            if lines or (close is not None and close.block.active) or month in history.event_months:
                 invoices.append(build_invoice(account, lines, points, tariff))
                 outcomes[(month, account)] = tuple(found)
         documents[month] = InvoiceDocument(month, tariff.label, sort_invoices(invoices))

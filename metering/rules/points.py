@@ -37,11 +37,11 @@ class Lot:
 
 
 @dataclass(frozen=True, slots=True)
-class PointsClose:
-    """The points block of one month: the month's close and the deduction on the 1st after.
+class PointsBlock:
+    """The points of one account in one month: the month's close and the deduction on the 1st after.
 
-    The identity ``closing = opening + granted + purchased + shortfall_purchased - consumed - expired``
-    always holds.
+    It is the ``points`` block of the invoice. The identity
+    ``closing = opening + granted + purchased + shortfall_purchased - consumed - expired`` always holds.
     """
 
     opening: int = 0
@@ -51,23 +51,32 @@ class PointsClose:
     consumed: int = 0
     expired: int = 0
     closing: int = 0
-    purchase_ids: tuple[str, ...] = ()
-    consumption_ids: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, int]:
+        """The block as EVENTS.md writes it."""
+        return {
+            "opening": self.opening,
+            "granted": self.granted,
+            "purchased": self.purchased,
+            "shortfall_purchased": self.shortfall_purchased,
+            "consumed": self.consumed,
+            "expired": self.expired,
+            "closing": self.closing,
+        }
 
     @property
     def active(self) -> bool:
-        """Whether anything happened to the account's points in the month."""
-        return any(
-            (
-                self.opening,
-                self.granted,
-                self.purchased,
-                self.shortfall_purchased,
-                self.consumed,
-                self.expired,
-                self.closing,
-            )
-        )
+        """Whether the account held or moved any points in the month."""
+        return any(self.to_json().values())
+
+
+@dataclass(frozen=True, slots=True)
+class PointsClose:
+    """A month's :class:`PointsBlock` with the events that decided it (for invoice evidence)."""
+
+    block: PointsBlock
+    purchase_ids: tuple[str, ...] = ()
+    consumption_ids: tuple[str, ...] = field(default=())
 
 
 def _consumption_key(order: str) -> Callable[[Lot], tuple[int | bool, ...]]:
@@ -143,7 +152,7 @@ def points_ledger(history: AccountHistory, last_month: int, tariff: Tariff) -> d
             if lot.remaining and lot.expires <= end:
                 expired += lot.remaining
                 lot.remaining = 0
-        closes[month] = PointsClose(
+        month_block = PointsBlock(
             opening=opening,
             granted=granted,
             purchased=purchased,
@@ -151,9 +160,8 @@ def points_ledger(history: AccountHistory, last_month: int, tariff: Tariff) -> d
             consumed=consumed,
             expired=expired,
             closing=sum(lot.remaining for lot in lots),
-            purchase_ids=tuple(purchase_ids),
-            consumption_ids=tuple(usage.event_id for usage in used[:1]),
         )
+        closes[month] = PointsClose(month_block, tuple(purchase_ids), tuple(usage.event_id for usage in used[:1]))
     return closes
 
 
@@ -162,30 +170,30 @@ def points_charges(close: PointsClose, month: int, tariff: Tariff) -> list[Outco
     outcomes: list[Outcome] = []
     name = format_month(month)
     price = tariff.point_price
-    if close.purchased:
+    if close.block.purchased:
         outcomes.append(
             Charge(
                 "points_purchase",
                 "PT-4",
                 "points",
-                close.purchased,
+                close.block.purchased,
                 price,
                 close.purchase_ids,
-                f"{close.purchased} points bought in {name} at {tariff.points_block_price} yen per "
+                f"{close.block.purchased} points bought in {name} at {tariff.points_block_price} yen per "
                 f"{tariff.points_block} points before tax (PT-4, PT-7)",
             )
         )
-    if close.shortfall_purchased:
+    if close.block.shortfall_purchased:
         outcomes.append(
             Charge(
                 "points_shortfall",
                 "PT-5",
                 "points",
-                close.shortfall_purchased,
+                close.block.shortfall_purchased,
                 price,
                 close.consumption_ids,
-                f"{close.consumed} points consumed by messages in {name} exceeded the usable balance; "
-                f"{close.shortfall_purchased} points bought at the month-end close, granted on the last day "
+                f"{close.block.consumed} points consumed by messages in {name} exceeded the usable balance; "
+                f"{close.block.shortfall_purchased} points bought at the month-end close, granted on the last day "
                 f"of {name} (PT-5, PT-7)",
             )
         )
