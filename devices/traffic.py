@@ -118,7 +118,10 @@ def _empty() -> IntArray:
 
 
 def _month_starts(origin_jst_s: int, start: int, end: int, every: int) -> list[int]:
-    """Scenario seconds of JST month starts in ``[start, end)`` whose month index is a multiple of ``every``."""
+    """Scenario seconds of the JST month starts from the month containing ``start`` up to ``end``.
+
+    Only months whose index (year * 12 + month - 1) is a multiple of ``every`` are listed.
+    """
     from datetime import UTC, datetime
 
     found: list[int] = []
@@ -128,7 +131,7 @@ def _month_starts(origin_jst_s: int, start: int, end: int, every: int) -> list[i
         at = int(datetime(year, month, 1, tzinfo=UTC).timestamp()) - origin_jst_s
         if at >= end:
             return found
-        if at >= start and (year * 12 + month - 1) % every == 0:
+        if (year * 12 + month - 1) % every == 0:
             found.append(at)
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
 
@@ -178,7 +181,7 @@ def session_bursts(profile: TrafficProfile, seed: int, sim: int, start: int, end
                 )
             )
     if profile.firmware_bytes:
-        for month_start in _month_starts(origin_jst_s, start, end + DAY * 31, profile.firmware_every_months):
+        for month_start in _month_starts(origin_jst_s, start - 7 * DAY, end, profile.firmware_every_months):
             at = month_start + int(phases[2] * 7 * DAY)
             if start <= at < end:
                 parts.append((np.array([at]), np.array([0]), np.array([profile.firmware_bytes]), np.array([0])))

@@ -745,6 +745,16 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
         return _materialised(rate_connection(memory.connection, tariff, months))
 
 
+def rate_events(events: Sequence[Event], tariff: Tariff, months: Sequence[int]) -> Rating:
+    """Rate events held in memory (the simulator's online metering) with the fast rater."""
+    with EventStore(":memory:") as memory:
+        try:
+            memory.append(events)
+        except StoreError as exc:
+            return Rating({}, {}, (EventError(str(exc)),))
+        return _materialised(rate_connection(memory.connection, tariff, months))
+
+
 def _materialised(rating: Rating) -> Rating:
     """Build every document now (the connection closes after this)."""
     documents = {month: rating.documents[month] for month in rating.documents}

@@ -11,7 +11,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +19,10 @@ from rich.console import Console
 from metering.eventlog import EventLogError
 from metering.pipeline import Inputs, load_inputs
 from metering.rating import Rating
+
+if TYPE_CHECKING:
+    from simulator.runner import RunResult
+    from simulator.scenario import Scenario
 from metering.tariff import TariffError, load_tariff
 from metering.timeutil import TimeFormatError, parse_month_range
 
@@ -172,6 +176,99 @@ def ingest(
                 stderr.print(f"{path}: {added} events added, {skipped} already stored", markup=False)
     except (EventLogError, StoreError) as exc:
         fail(str(exc))
+
+
+ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/quickstart.toml.")]
+
+
+def _scenario(path: Path) -> Scenario:
+    from simulator.scenario import ScenarioError, load_scenario
+
+    try:
+        return load_scenario(path)
+    except ScenarioError as exc:
+        fail(str(exc))
+
+
+def _simulate(scenario: Scenario, rater: str) -> RunResult:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simulator.runner import MeteringFailure, run_scenario
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(f"simulating {scenario.name} ({scenario.sim_count:,} SIMs)", total=1.0)
+        try:
+            return run_scenario(scenario, lambda done: progress.update(task, completed=done), rater)
+        except MeteringFailure as exc:
+            fail(str(exc), status=3)
+
+
+@app.command()
+def run(
+    scenario_path: ScenarioArg,
+    out: Annotated[
+        Path | None, typer.Option(help="Write events.jsonl, invoices/YYYY-MM.json, report.png, summary.json here.")
+    ] = None,
+    events: Annotated[
+        Path | None, typer.Option("--events", help="Also write the event log here (.jsonl, .jsonl.gz or .parquet).")
+    ] = None,
+    rater: Annotated[Rater, typer.Option(help="Rater of the online metering.")] = Rater.fast,
+) -> None:
+    """Simulate a scenario, meter it in-process, print a summary; exit 1 if an [expect] check fails.
+
+    Example: mgwsim run scenarios/quickstart.toml --out out/quickstart
+    """
+    from metering.eventlog import log_format
+    from simulator.runner import check_expectations, write_outputs
+    from simulator.summary import summary_tables
+
+    if events is not None:
+        try:
+            log_format(events)
+        except EventLogError as exc:
+            fail(f"--events: {exc}")
+    scenario = _scenario(scenario_path)
+    result = _simulate(scenario, rater.value)
+    written = write_outputs(result, out, events)
+    console = Console()
+    for table in summary_tables(result):
+        console.print(table)
+    for path in written:
+        stderr.print(f"wrote {path}", markup=False)
+    failures = check_expectations(result)
+    for failure in failures:
+        stderr.print(f"mgwsim: expectation failed: {failure}", markup=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def check(
+    scenario_path: ScenarioArg,
+    golden: Annotated[Path, typer.Option(help="Directory of golden invoices (one YYYY-MM.json per month).")],
+    update: Annotated[bool, typer.Option("--update", help="Rewrite the golden files from this run.")] = False,
+) -> None:
+    """Rerun a scenario and compare its invoices with golden files; exit 1 on any drift."""
+    from simulator.runner import compare_golden
+
+    scenario = _scenario(scenario_path)
+    result = _simulate(scenario, "fast")
+    differences = compare_golden(result, golden, update)
+    if update:
+        stderr.print(f"{golden}: {len(result.documents)} golden invoice file(s) written", markup=False)
+        return
+    for difference in differences:
+        sys.stdout.write(f"drift: {difference}\n")
+    if differences:
+        stderr.print(f"mgwsim: {len(differences)} difference(s) from {golden}", markup=False)
+        raise typer.Exit(1)
+    stderr.print(f"{golden}: {len(result.documents)} month(s) match", markup=False)
 
 
 @bench_app.command("metering")

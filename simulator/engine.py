@@ -1,0 +1,565 @@
+"""The reference engine: one SimPy process per device, one event per session and state change.
+
+SimPy only waits and feeds commands into the pure state machines (:mod:`devices.sim_card`,
+:mod:`gateway.mobile_gateway`); the traffic inside a session is drawn in bulk
+(:func:`devices.traffic.session_bursts`) and checked by the gateway's policies
+(:mod:`gateway.policy`). Everything that happens is written as events of the ``mgwsim.events/1``
+log; the metering core rates them afterwards, exactly as ``mgwsim bill`` would.
+
+Processes (small generator functions, as in SimPy's own examples):
+
+* :meth:`Engine.device` — power on, the PIN flow, then attach / session / back-off until the end;
+* :meth:`Engine.session` — one data session until coverage is lost, the gateway changes, the
+  mass-traffic policy cuts it, or the run ends;
+* :meth:`Engine.operations` — the scenario's scheduled operations;
+* :meth:`Engine.sms` — SMS the accounts send to their devices each day.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import simpy
+
+from devices.coverage import Outages, route_outages
+from devices.keyed_random import STREAM_FLEET, keyed_generator
+from devices.sim_card import CardState, Command, SimCard, SimSecrets
+from devices.traffic import DAY, Bursts, session_bursts
+from gateway.mobile_gateway import Admission, GatewayCommand, MobileGateway
+from metering.events import BILLED_TYPES, Event
+from simulator.scenario import FleetSpec, Scenario
+
+US: Final = 1_000_000
+JST_S: Final = 9 * 3600
+PIN_RETRY_S: Final = 10
+PUK_RETRY_S: Final = 60
+ATTACH_RETRY_S: Final = 10
+ATTACH_BACKOFF_S: Final = 12 * 60
+ATTACH_FAILURES_BEFORE_BACKOFF: Final = 5
+
+SimProcess = Generator[simpy.Event, Any, None]
+
+
+@dataclass
+class Device:
+    """One device with its SIM.
+
+    Attributes:
+        index: Global SIM number (the key of its random streams).
+        fleet: Its fleet.
+        account_number: Position of its account (part of the ICCID).
+        iccid: The SIM's ICCID.
+        imei: The device's IMEI (changes on ``device.swap``).
+        card: The SIM card state machine.
+        outages: Its coverage outages.
+        status: ``active``, ``locked``, ``unlocked``, ``dead``.
+        sessions: Sessions opened so far (numbers the session ids).
+    """
+
+    index: int
+    fleet: FleetSpec
+    account_number: int
+    iccid: str
+    imei: str
+    card: SimCard
+    outages: Outages
+    status: str = "active"
+    sessions: int = 0
+    registrations: int = 0
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the summary table and the report."""
+
+    sessions: int = 0
+    closures: Counter[str] = field(default_factory=Counter)
+    refusals: Counter[str] = field(default_factory=Counter)
+    throttled_sessions: int = 0
+    traffic_per_day: Counter[int] = field(default_factory=Counter)
+    interruptions_per_day: Counter[int] = field(default_factory=Counter)
+    status_per_day: dict[int, Counter[str]] = field(default_factory=dict)
+
+    @property
+    def interruptions(self) -> int:
+        """Sessions cut by the mass-traffic policy (Art. 49(2))."""
+        return self.closures["mass_traffic"]
+
+
+def _secrets(seed: int, index: int) -> SimSecrets:
+    draws = keyed_generator(seed, STREAM_FLEET, index, 1).integers(0, 10, 20)
+    digits = "".join(str(int(d)) for d in draws)
+    return SimSecrets(pin=digits[:4], puk=digits[4:12], passcode=digits[12:20])
+
+
+def _wrong(code: str) -> str:
+    """A code of the same length that is not ``code`` (what a misconfigured firmware sends)."""
+    return "".join(str((int(digit) + 1) % 10) for digit in code)
+
+
+class Engine:
+    """Runs one scenario with one SimPy process per device."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        """Build the world at the scenario start (nothing has happened yet)."""
+        self.scenario = scenario
+        self.env = simpy.Environment()
+        self.horizon = scenario.horizon_s
+        self.origin_jst_s = scenario.start_us // US + JST_S
+        self.events: list[Event] = []
+        self.stats = RunStats()
+        self.gateways: dict[str, MobileGateway] = {}
+        self.changed: dict[str, simpy.Event] = {spec.id: self.env.event() for spec in scenario.gateways}
+        self.registered: dict[str, bool] = {}
+        self.month_usage: Counter[tuple[str, int]] = Counter()
+        self.devices: list[Device] = []
+        accounts = {account: number for number, account in enumerate(scenario.accounts)}
+        index = 0
+        for fleet in scenario.fleets:
+            for position in range(fleet.count):
+                iccid = fleet.iccid(position, accounts[fleet.account])
+                card = SimCard(iccid, _secrets(scenario.seed, index), pin_enabled=fleet.pin != "disabled")
+                imei = f"35{index:013d}"
+                outages = route_outages(fleet.route, scenario.seed, index, self.horizon)
+                self.devices.append(Device(index, fleet, accounts[fleet.account], iccid, imei, card, outages))
+                self.registered[iccid] = False
+                index += 1
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def instant(self, at: float) -> int:
+        """Epoch microseconds of scenario second ``at``."""
+        return self.scenario.start_us + int(at) * US
+
+    def emit(self, at: float, event_type: str, account: str, event_id: str, **values: Any) -> None:
+        """Record one event at scenario second ``at``.
+
+        Billed types carry their values as event fields; diagnostic types carry them as the
+        event's extra fields (as the log reader would read them back).
+        """
+        if event_type in BILLED_TYPES:
+            event = Event(ts=self.instant(at), type=event_type, account=account, id=event_id, **values)
+        else:
+            extra = json.dumps(values, sort_keys=True, separators=(",", ":")) if values else ""
+            event = Event(ts=self.instant(at), type=event_type, account=account, id=event_id, extra=extra)
+        self.events.append(event)
+
+    def notify(self, gateway: str) -> None:
+        """Wake the sessions on ``gateway``: something about it changed."""
+        event = self.changed[gateway]
+        self.changed[gateway] = self.env.event()
+        event.succeed()
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def command(self, gateway_id: str, command: GatewayCommand, sim: str = "", imei: str = "") -> None:
+        """Apply a command to a gateway and wake its sessions."""
+        self.gateways[gateway_id] = self.gateways[gateway_id].apply(command, sim, imei)
+        self.notify(gateway_id)
+
+    def create_gateway(self, gateway_id: str) -> None:
+        """Create a gateway with its configured settings (Art. 41: the fee starts)."""
+        spec = next(spec for spec in self.scenario.gateways if spec.id == gateway_id)
+        now = self.env.now
+        self.gateways[gateway_id] = MobileGateway(
+            spec.id, spec.account, mass_traffic=spec.mass_traffic, traffic_control=spec.traffic_control
+        )
+        self.emit(now, "gateway.created", spec.account, f"{spec.id}/created/{now}", gateway=spec.id)
+        for wanted, command in (
+            (spec.switch, GatewayCommand.CONNECT_SWITCH),
+            (spec.internet, GatewayCommand.ENABLE_INTERNET),
+            (spec.power, GatewayCommand.POWER_ON),
+        ):
+            if wanted:
+                self.command(spec.id, command)
+        if spec.terminal_lock:
+            self.emit(
+                now,
+                "option.enabled",
+                spec.account,
+                f"{spec.id}/terminal_lock/{now}",
+                option="terminal_lock",
+                target=spec.id,
+            )
+
+    def register(self, device: Device) -> None:
+        """Register a SIM in the system and to its fleet's gateway (and the Mono Platform)."""
+        now, fleet = self.env.now, device.fleet
+        device.registrations += 1
+        self.registered[device.iccid] = True
+        self.emit(
+            now, "sim.registered", fleet.account, f"{device.iccid}/registered/{device.registrations}", sim=device.iccid
+        )
+        if fleet.mono:
+            self.emit(
+                now,
+                "mono.device.registered",
+                fleet.account,
+                f"{device.iccid}/device/{device.registrations}",
+                sim=device.iccid,
+            )
+        gateway = self.gateways.get(fleet.gateway)
+        if gateway is not None and device.iccid not in gateway.sims:
+            self.command(fleet.gateway, GatewayCommand.ADD_SIM, device.iccid)
+            if any(spec.terminal_lock for spec in self.scenario.gateways if spec.id == fleet.gateway):
+                self.command(fleet.gateway, GatewayCommand.LOCK_IMEI, device.iccid, device.imei)
+
+    def delete(self, device: Device) -> None:
+        """Delete a SIM (Art. 38: the deletion request) and its device ID."""
+        now, fleet = self.env.now, device.fleet
+        self.registered[device.iccid] = False
+        if fleet.mono:
+            self.emit(
+                now,
+                "mono.device.deleted",
+                fleet.account,
+                f"{device.iccid}/device-deleted/{device.registrations}",
+                sim=device.iccid,
+            )
+        self.emit(now, "sim.deleted", fleet.account, f"{device.iccid}/deleted/{device.registrations}", sim=device.iccid)
+        gateway = self.gateways.get(fleet.gateway)
+        if gateway is not None and device.iccid in gateway.sims:
+            self.command(fleet.gateway, GatewayCommand.REMOVE_SIM, device.iccid)
+        else:
+            self.notify(fleet.gateway)
+
+    def fleet_devices(self, name: str) -> list[Device]:
+        """The devices of a fleet, in order."""
+        return [device for device in self.devices if device.fleet.name == name]
+
+    def operations(self) -> SimProcess:
+        """Carry out the scheduled operations at their times."""
+        for operation in self.scenario.operations:
+            if operation.at > self.env.now:
+                yield self.env.timeout(operation.at - self.env.now)
+            self.operate(operation.action, operation.arguments)
+
+    def operate(self, action: str, arguments: Any) -> None:
+        """Carry out one operation now."""
+        now = self.env.now
+        if action == "gateway.create":
+            self.create_gateway(arguments["gateway"])
+        elif action == "gateway.delete":
+            gateway = self.gateways[arguments["gateway"]]
+            self.command(gateway.id, GatewayCommand.DELETE)
+            self.emit(now, "gateway.deleted", gateway.account, f"{gateway.id}/deleted/{now}", gateway=gateway.id)
+        elif action in ("gateway.power", "gateway.internet", "gateway.switch"):
+            gateway = self.gateways[arguments["gateway"]]
+            on = bool(arguments["value"])
+            command = {
+                "gateway.power": (GatewayCommand.POWER_ON, GatewayCommand.POWER_OFF),
+                "gateway.internet": (GatewayCommand.ENABLE_INTERNET, GatewayCommand.DISABLE_INTERNET),
+                "gateway.switch": (GatewayCommand.CONNECT_SWITCH, GatewayCommand.DISCONNECT_SWITCH),
+            }[action][0 if on else 1]
+            self.command(gateway.id, command)
+            self.emit(
+                now,
+                action,
+                gateway.account,
+                f"{gateway.id}/{action}/{now}",
+                gateway=gateway.id,
+                state="on" if on else "off",
+            )
+        elif action == "sim.register":
+            waiting = [device for device in self.fleet_devices(arguments["fleet"]) if not self.registered[device.iccid]]
+            for device in waiting[: arguments["count"]]:
+                self.register(device)
+        elif action == "sim.delete":
+            present = [device for device in self.fleet_devices(arguments["fleet"]) if self.registered[device.iccid]]
+            for device in present[: arguments["count"]]:
+                self.delete(device)
+        elif action == "device.swap":
+            for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
+                device.imei = f"36{device.index:013d}"
+                self.notify(device.fleet.gateway)
+        elif action in ("option.enable", "option.disable"):
+            kind = "option.enabled" if action == "option.enable" else "option.disabled"
+            option, target = arguments["option"], arguments["target"]
+            self.emit(now, kind, arguments["account"], f"{option}:{target}/{kind}/{now}", option=option, target=target)
+        elif action == "points.buy":
+            self.emit(now, "points.purchased", arguments["account"], f"points/{now}", points=arguments["points"])
+
+    # -- devices --------------------------------------------------------------------------------
+
+    def pin_flow(self, device: Device) -> Generator[simpy.Event, Any, bool]:
+        """Power the card on and enter the PIN as the fleet's firmware does; False if the SIM is out."""
+        fleet, account = device.fleet, device.fleet.account
+        device.card, _ = device.card.apply(Command.POWER_ON)
+        if device.card.state is CardState.READY:
+            return True
+        secrets = device.card.secrets
+        if fleet.pin == "correct":
+            device.card, _ = device.card.apply(Command.VERIFY_PIN, secrets.pin)
+            return device.card.state is CardState.READY
+        attempt = 0
+        while device.card.state is CardState.PIN_REQUIRED:
+            attempt += 1
+            device.card, answer = device.card.apply(Command.VERIFY_PIN, _wrong(secrets.pin))
+            self.emit(
+                self.env.now,
+                "sim.pin_failed",
+                account,
+                f"{device.iccid}/pin/{attempt}",
+                sim=device.iccid,
+                tries_left=answer.tries_left,
+            )
+            if device.card.state is CardState.PIN_REQUIRED:
+                yield self.env.timeout(PIN_RETRY_S)
+        self.emit(self.env.now, "sim.locked", account, f"{device.iccid}/locked", sim=device.iccid)
+        device.status = "locked"
+        if fleet.puk == "none" or self.env.now + fleet.puk_after_s >= self.horizon:
+            return False
+        yield self.env.timeout(fleet.puk_after_s)
+        if fleet.puk == "correct":
+            new_pin = _wrong(_wrong(secrets.pin))
+            device.card, _ = device.card.apply(Command.UNBLOCK_PIN, secrets.puk, new_pin)
+            self.emit(self.env.now, "sim.unlocked", account, f"{device.iccid}/unlocked", sim=device.iccid)
+            device.status = "unlocked"
+            return True
+        while device.card.state is CardState.BLOCKED:
+            device.card, answer = device.card.apply(Command.UNBLOCK_PIN, _wrong(secrets.puk), "0000")
+            if device.card.state is CardState.BLOCKED:
+                yield self.env.timeout(PUK_RETRY_S)
+        self.emit(self.env.now, "sim.dead", account, f"{device.iccid}/dead", sim=device.iccid)
+        device.status = "dead"
+        return False
+
+    def admit(self, device: Device) -> Admission:
+        """Ask the device's gateway for a session (Art. 34, terminal lock)."""
+        gateway = self.gateways.get(device.fleet.gateway)
+        if gateway is None:
+            return Admission(False, cause="gateway_off")
+        return gateway.admit(device.iccid, device.imei, device.fleet.profile.destination, self.registered[device.iccid])
+
+    def device(self, device: Device) -> SimProcess:
+        """A device from power-on to the end of the run."""
+        yield self.env.timeout(device.index % 60)
+        usable = yield from self.pin_flow(device)
+        if not usable:
+            return
+        failures, last_refusal = 0, ""
+        while self.env.now < self.horizon:
+            outage, change = device.outages.state_at(int(self.env.now))
+            if outage:
+                yield self.env.timeout(min(change, self.horizon) - self.env.now)
+                continue
+            admission = self.admit(device)
+            if not admission.ok:
+                if admission.cause != last_refusal:
+                    self.stats.refusals[admission.cause] += 1
+                    self.emit(
+                        self.env.now,
+                        "session.deleted",
+                        device.fleet.account,
+                        f"{device.iccid}/refused/{int(self.env.now)}",
+                        sim=device.iccid,
+                        cause=admission.cause,
+                    )
+                last_refusal = admission.cause
+                failures += 1
+                wait = ATTACH_BACKOFF_S if failures % ATTACH_FAILURES_BEFORE_BACKOFF == 0 else ATTACH_RETRY_S
+                yield self.env.timeout(min(wait, self.horizon - self.env.now))
+                continue
+            failures, last_refusal = 0, ""
+            yield from self.session(device, admission)
+
+    def session(self, device: Device, admission: Admission) -> SimProcess:
+        """One data session: open, carry traffic, close with its cause."""
+        fleet, account = device.fleet, device.fleet.account
+        gateway = self.gateways[fleet.gateway]
+        device.sessions += 1
+        session_id = f"{device.iccid}-{device.sessions}"
+        start = int(self.env.now)
+        self.stats.sessions += 1
+        self.emit(
+            start,
+            "session.created",
+            account,
+            f"{session_id}/created",
+            sim=device.iccid,
+            gateway=gateway.id,
+            session=session_id,
+            route=admission.route,
+        )
+        _, coverage_ends = device.outages.state_at(start)
+        limit = min(coverage_ends, self.horizon)
+        bursts = session_bursts(fleet.profile, self.scenario.seed, device.index, start, limit, self.origin_jst_s)
+        cut = gateway.mass_traffic.cut_at(bursts.times, bursts.volume()) if gateway.mass_traffic else None
+        if cut is not None:
+            planned, cause = int(bursts.times[cut]) + 1, "mass_traffic"
+        else:
+            planned, cause = limit, "coverage_lost" if coverage_ends < self.horizon else "end_of_run"
+        while self.env.now < planned:
+            timer = self.env.timeout(planned - self.env.now)
+            yield timer | self.changed[fleet.gateway]
+            if timer.processed:
+                break
+            again = self.admit(device)
+            if not again.ok or again.route != admission.route:
+                cause = again.cause or "route_changed"
+                break
+        end = int(self.env.now)
+        self.stats.closures[cause] += 1
+        if cause == "mass_traffic":
+            self.stats.interruptions_per_day[(self.origin_jst_s + end) // DAY] += 1
+        kept = bursts.cut(int(np.searchsorted(bursts.times, end, side="left")))
+        self.record_traffic(device, session_id, kept, admission.route)
+        self.emit(
+            end,
+            "session.deleted",
+            account,
+            f"{session_id}/deleted",
+            sim=device.iccid,
+            gateway=gateway.id,
+            session=session_id,
+            cause=cause,
+        )
+
+    def record_traffic(self, device: Device, session_id: str, bursts: Bursts, route: str) -> None:
+        """Write a session's traffic: one ``sim.traffic`` per JST day, platform messages per hour."""
+        if not len(bursts):
+            return
+        fleet = device.fleet
+        gateway = self.gateways[fleet.gateway]
+        up, down = bursts.up, bursts.down
+        jst = self.origin_jst_s + bursts.times
+        if gateway.traffic_control is not None:
+            months = self.month_index(jst)
+            throttled = False
+            for month in np.unique(months).tolist():
+                rows = months == month
+                volume = up[rows] + down[rows]
+                allowed, hit = gateway.traffic_control.apply(volume, self.month_usage[(device.iccid, month)])
+                scale = np.where(volume > 0, allowed / np.maximum(volume, 1), 0)
+                up = up.copy()
+                down = down.copy()
+                up[rows] = (up[rows] * scale).astype(np.int64)
+                down[rows] = allowed - up[rows]
+                throttled |= hit
+            self.stats.throttled_sessions += int(throttled)
+        days = jst // DAY
+        for day in np.unique(days).tolist():
+            rows = days == day
+            day_up, day_down = int(up[rows].sum()), int(down[rows].sum())
+            last = int(bursts.times[rows][-1])
+            month = int(self.month_index(np.array([self.origin_jst_s + last]))[0])
+            self.month_usage[(device.iccid, month)] += day_up + day_down
+            self.stats.traffic_per_day[day] += day_up + day_down
+            if day_up + day_down:
+                self.emit(
+                    last,
+                    "sim.traffic",
+                    fleet.account,
+                    f"{session_id}/{day}",
+                    sim=device.iccid,
+                    up_bytes=day_up,
+                    down_bytes=day_down,
+                    route=route,
+                    session=session_id,
+                    gateway=gateway.id,
+                )
+        if fleet.mono and bursts.messages.any():
+            hours = jst // 3600
+            carrying = bursts.messages > 0
+            for hour in np.unique(hours[carrying]).tolist():
+                rows = carrying & (hours == hour)
+                self.emit(
+                    int(bursts.times[rows][-1]),
+                    "mono.message",
+                    fleet.account,
+                    f"{session_id}/m/{hour}",
+                    sim=device.iccid,
+                    count=int(bursts.messages[rows].sum()),
+                    bytes=int(bursts.up[rows].sum() + bursts.down[rows].sum()),
+                )
+
+    @staticmethod
+    def month_index(jst_seconds: Any) -> Any:
+        """JST month indexes (year * 12 + month - 1) of JST epoch seconds."""
+        return np.asarray(jst_seconds, dtype="datetime64[s]").astype("datetime64[M]").astype(np.int64) + 1970 * 12
+
+    def sms(self) -> SimProcess:
+        """Each day at noon JST, the accounts send their devices' daily SMS."""
+        senders = [device for device in self.devices if device.fleet.profile.sms_per_day]
+        if not senders:
+            return
+        first_day = self.origin_jst_s // DAY
+        day = first_day
+        while True:
+            noon = day * DAY + 12 * 3600 - self.origin_jst_s
+            if noon >= self.horizon:
+                return
+            if noon >= self.env.now:
+                yield self.env.timeout(noon - self.env.now)
+                for device in senders:
+                    if self.registered[device.iccid]:
+                        profile = device.fleet.profile
+                        self.emit(
+                            noon,
+                            "sms.sent",
+                            device.fleet.account,
+                            f"{device.iccid}/sms/{day}",
+                            kind=profile.sms_kind,
+                            count=profile.sms_per_day,
+                            delivered=device.outages.state_at(noon)[0] is False,
+                        )
+            day += 1
+
+    def census(self) -> SimProcess:
+        """Once a day, count the SIMs by state (for the report)."""
+        day = 0
+        while day * DAY < self.horizon:
+            counts: Counter[str] = Counter(device.status for device in self.devices)
+            counts["registered"] = sum(self.registered.values())
+            self.stats.status_per_day[day] = counts
+            day += 1
+            yield self.env.timeout(DAY)
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """At time 0: create the gateways and register the fleets that start registered."""
+        for spec in self.scenario.gateways:
+            if spec.create:
+                self.create_gateway(spec.id)
+        for device in self.devices:
+            if device.fleet.register:
+                self.register(device)
+
+    def run(self, progress: Any = None) -> list[Event]:
+        """Run to the end of the last month; return the events in log order (time, then id).
+
+        Args:
+            progress: Called with the fraction of simulated time done, about once a simulated day.
+        """
+        self.start()
+        self.env.process(self.operations())
+        self.env.process(self.sms())
+        self.env.process(self.census())
+        for device in self.devices:
+            self.env.process(self.device(device))
+        step = DAY
+        at = step
+        while at < self.horizon:
+            self.env.run(until=at)
+            if progress is not None:
+                progress(at / self.horizon)
+            at += step
+        self.env.run(until=self.horizon + 1)  # sessions still open close at the horizon
+        if progress is not None:
+            progress(1.0)
+        return sorted(self.events, key=lambda event: (event.ts, event.id))
+
+
+def iter_secrets(scenario: Scenario) -> Iterator[tuple[str, SimSecrets]]:
+    """Every SIM's secrets, for tests that scan outputs for leaks (never written anywhere)."""
+    index = 0
+    for fleet in scenario.fleets:
+        for position in range(fleet.count):
+            yield fleet.iccid(position, scenario.accounts.index(fleet.account)), _secrets(scenario.seed, index)
+            index += 1

@@ -1,0 +1,211 @@
+"""Running a scenario: the engine, the online metering, the expectations, and the outputs.
+
+:func:`run_scenario` simulates and meters in-process (the online metering is the fast rater over
+the events the run produced, exactly what ``mgwsim bill`` computes from the written log).
+:func:`write_outputs` writes the event log, one invoice document per month and the PNG report,
+each atomically; :func:`compare_golden` is the CI regression check of ``mgwsim check``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from metering.eventlog import AtomicWriter, write_event_log
+from metering.events import Event
+from metering.fast import rate_events
+from metering.invoice import InvoiceDocument
+from metering.rating import Rating
+from metering.reference import rate_reference
+from metering.timeutil import format_month
+from simulator.engine import Engine, RunStats
+from simulator.scenario import Scenario
+
+
+@dataclass
+class RunResult:
+    """What one run produced."""
+
+    scenario: Scenario
+    events: list[Event]
+    stats: RunStats
+    sim_states: Counter[str]
+    rating: Rating
+
+    @property
+    def documents(self) -> list[InvoiceDocument]:
+        """The invoice documents, month by month."""
+        return [self.rating.documents[month] for month in sorted(self.rating.documents)]
+
+    def charges_by_item(self) -> dict[int, Counter[str]]:
+        """Month → item → amount (all accounts)."""
+        found: dict[int, Counter[str]] = {}
+        for document in self.documents:
+            month = found.setdefault(document.month, Counter())
+            for invoice in document.invoices:
+                for line in invoice.lines:
+                    month[line.item] += line.amount  # type: ignore[assignment]
+        return found
+
+
+class MeteringFailure(Exception):
+    """The run's own event log did not rate: a defect of the simulator, reported as such."""
+
+
+def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = None, rater: str = "fast") -> RunResult:
+    """Simulate the scenario and meter its events in-process."""
+    engine = Engine(scenario)
+    events = engine.run(progress)
+    if rater == "reference":
+        rating = rate_reference(events, scenario.tariff, scenario.billing_months)
+    else:
+        rating = rate_events(events, scenario.tariff, scenario.billing_months)
+    if rating.errors:
+        raise MeteringFailure(f"the simulated event log does not rate: {rating.errors[0]}")
+    states = Counter(device.status for device in engine.devices)
+    states["registered at the end"] = sum(engine.registered.values())
+    return RunResult(scenario, events, engine.stats, states, rating)
+
+
+def check_expectations(result: RunResult) -> list[str]:
+    """The ``[expect]`` checks that failed, in words (empty: all passed)."""
+    expect, failures = result.scenario.expect, []
+    states, stats = result.sim_states, result.stats
+    for name, wanted, got in (("locked", expect.locked, states["locked"]), ("dead", expect.dead, states["dead"])):
+        if wanted is not None and wanted != got:
+            failures.append(f"expected {wanted} {name} SIMs, got {got}")
+    for name, floor, got in (
+        ("interruptions", expect.interruptions_min, stats.interruptions),
+        ("sessions", expect.sessions_min, stats.sessions),
+        ("refused attaches", expect.refused_min, sum(stats.refusals.values())),
+    ):
+        if floor is not None and got < floor:
+            failures.append(f"expected at least {floor} {name}, got {got}")
+    totals = {
+        f"{format_month(document.month)}/{invoice.account}": invoice.total
+        for document in result.documents
+        for invoice in document.invoices
+    }
+    for key, wanted_total in expect.totals.items():
+        got_total = totals.get(key, Decimal(0))
+        if got_total != wanted_total:
+            failures.append(f"expected total {wanted_total} for {key}, got {got_total}")
+    return failures
+
+
+def write_outputs(result: RunResult, out: Path | None, events_path: Path | None) -> list[Path]:
+    """Write the event log, the invoices (JSON per month) and the PNG report; return the paths."""
+    written: list[Path] = []
+    if events_path is not None:
+        write_event_log(result.events, events_path)
+        written.append(events_path)
+    if out is None:
+        return written
+    out.mkdir(parents=True, exist_ok=True)
+    if events_path is None:
+        log = out / "events.jsonl"
+        write_event_log(result.events, log)
+        written.append(log)
+    for document in result.documents:
+        path = out / "invoices" / f"{format_month(document.month)}.json"
+        with AtomicWriter(path) as temporary:
+            temporary.write_text(document.dumps() + "\n", encoding="utf-8")
+        written.append(path)
+    from simulator.report import write_report
+
+    report = out / "report.png"
+    write_report(result, report)
+    written.append(report)
+    summary = out / "summary.json"
+    with AtomicWriter(summary) as temporary:
+        temporary.write_text(json.dumps(summary_of(result), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    written.append(summary)
+    return written
+
+
+def summary_of(result: RunResult) -> dict[str, Any]:
+    """The run's figures as plain data (``summary.json``)."""
+    stats = result.stats
+    return {
+        "scenario": result.scenario.name,
+        "events": len(result.events),
+        "sims": dict(result.sim_states),
+        "sessions": stats.sessions,
+        "closures": dict(stats.closures),
+        "refusals": dict(stats.refusals),
+        "interruptions": stats.interruptions,
+        "throttled_sessions": stats.throttled_sessions,
+        "charges": {
+            format_month(month): {item: str(amount) for item, amount in sorted(items.items())}
+            for month, items in result.charges_by_item().items()
+        },
+    }
+
+
+def compare_golden(result: RunResult, golden: Path, update: bool) -> list[str]:
+    """Compare (or, with ``update``, rewrite) the golden invoices; return the differences found."""
+    differences: list[str] = []
+    expected_files = {path.name for path in golden.glob("*.json")} if golden.is_dir() else set()
+    produced = {f"{format_month(document.month)}.json": document for document in result.documents}
+    if update:
+        golden.mkdir(parents=True, exist_ok=True)
+        for name in expected_files - set(produced):
+            (golden / name).unlink()
+        for name, document in produced.items():
+            with AtomicWriter(golden / name) as temporary:
+                temporary.write_text(document.dumps() + "\n", encoding="utf-8")
+        return []
+    for name in sorted(expected_files - set(produced)):
+        differences.append(f"{name}: golden file has no month in this run")
+    for name, document in sorted(produced.items()):
+        if name not in expected_files:
+            differences.append(f"{name}: no golden file (run with --update to create it)")
+            continue
+        expected = json.loads((golden / name).read_text(encoding="utf-8"))
+        differences.extend(f"{name}: {text}" for text in diff_documents(expected, document.to_json()))
+    return differences
+
+
+def diff_documents(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """Differences between two invoice documents, by meaning, in words."""
+    found: list[str] = []
+    if expected.get("tariff") != got.get("tariff"):
+        found.append(f"tariff {expected.get('tariff')} became {got.get('tariff')}")
+    before = {invoice["account"]: invoice for invoice in expected.get("invoices", [])}
+    after = {invoice["account"]: invoice for invoice in got.get("invoices", [])}
+    for account in sorted(set(before) | set(after)):
+        old, new = before.get(account), after.get(account)
+        if old is None or new is None:
+            found.append(f"account {account}: invoice {'added' if old is None else 'removed'}")
+            continue
+        for key in ("subtotal", "tax", "total"):
+            if Decimal(old[key]) != Decimal(new[key]):
+                found.append(f"account {account}: {key} {old[key]} became {new[key]}")
+        if old["points"] != new["points"]:
+            found.append(f"account {account}: points {old['points']} became {new['points']}")
+
+        def key_of(line: dict[str, Any]) -> tuple[str, str, str]:
+            return line["item"], line["subject"], line["unit_price"]
+
+        old_lines = {key_of(line): line for line in old["lines"]}
+        new_lines = {key_of(line): line for line in new["lines"]}
+        for line_key in sorted(set(old_lines) | set(new_lines)):
+            was, now = old_lines.get(line_key), new_lines.get(line_key)
+            label = f"account {account}: {line_key[0]} {line_key[1]}"
+            if was is None or now is None:
+                found.append(f"{label}: line {'added' if was is None else 'removed'}")
+            elif (was["quantity"], Decimal(was["amount"]), was["evidence"]) != (
+                now["quantity"],
+                Decimal(now["amount"]),
+                now["evidence"],
+            ):
+                found.append(
+                    f"{label}: quantity {was['quantity']} -> {now['quantity']}, "
+                    f"amount {was['amount']} -> {now['amount']}"
+                )
+    return found

@@ -1,0 +1,494 @@
+"""Scenario files (TOML): what to simulate, validated with errors that name the key and line.
+
+A scenario names its start (JST), length in months, seed and tariff; its accounts, gateways and
+fleets of devices; operations scheduled at given times; and optional ``[expect]`` checks. See
+``scenarios/quickstart.toml`` for a commented example. :func:`load_scenario` raises
+:class:`ScenarioError` with one line: ``file:line: key 'fleets[1].count': reason``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Final
+
+from devices.coverage import ZONES
+from devices.traffic import PROFILES, TrafficProfile
+from gateway.policy import MassTrafficPolicy, TrafficControl
+from metering.events import NAME_PATTERN, OPTION_PATTERN
+from metering.tariff import Tariff, TariffError, load_tariff
+from metering.timeutil import TimeFormatError, month_of_instant, month_start, parse_instant
+
+CARRIER_PREFIXES: Final = {"kddi": "8981300", "softbank": "8981200"}
+PIN_ENTRIES: Final = ("disabled", "correct", "misconfigured")
+PUK_ENTRIES: Final = ("none", "correct", "wrong")
+OPERATIONS: Final = (
+    "gateway.create",
+    "gateway.delete",
+    "gateway.power",
+    "gateway.internet",
+    "gateway.switch",
+    "sim.register",
+    "sim.delete",
+    "device.swap",
+    "option.enable",
+    "option.disable",
+    "points.buy",
+)
+EXPECT_KEYS: Final = ("locked", "dead", "interruptions_min", "sessions_min", "refused_min", "totals")
+
+
+class ScenarioError(Exception):
+    """A bad scenario: one line naming the file, line, key and reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """A gateway of the scenario and its initial settings."""
+
+    id: str
+    account: str
+    power: bool = True
+    switch: bool = True
+    internet: bool = False
+    terminal_lock: bool = False
+    create: bool = True
+    mass_traffic: MassTrafficPolicy | None = None
+    traffic_control: TrafficControl | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSpec:
+    """A group of identical devices with their SIMs.
+
+    Attributes:
+        name: Fleet name.
+        account: Owning account.
+        gateway: Gateway the SIMs are registered to.
+        count: Number of devices (one SIM each).
+        profile: Traffic profile.
+        carrier: ``kddi`` or ``softbank`` (the ICCID prefix).
+        route: Coverage zones the devices pass through (empty: open sky).
+        pin: PIN entry behaviour: ``disabled``, ``correct``, ``misconfigured`` (keeps sending a wrong PIN).
+        puk: What the operator does later for a locked SIM: ``none``, ``correct``, ``wrong``.
+        puk_after_s: Seconds after the lock at which the operator enters the PUK.
+        mono: Whether the SIMs get Mono Platform device IDs.
+        register: Whether the SIMs are registered at the start (else by an operation).
+        number: Position of the fleet in the file (part of every ICCID).
+    """
+
+    name: str
+    account: str
+    gateway: str
+    count: int
+    profile: TrafficProfile
+    carrier: str = "kddi"
+    route: tuple[str, ...] = ()
+    pin: str = "disabled"
+    puk: str = "none"
+    puk_after_s: int = 86_400
+    mono: bool = False
+    register: bool = True
+    number: int = 0
+
+    def iccid(self, index: int, account_number: int) -> str:
+        """The ICCID of the fleet's ``index``-th SIM (19 digits, carrier prefix first)."""
+        return f"{CARRIER_PREFIXES[self.carrier]}{account_number:02d}{self.number:02d}{index:08d}"
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A scheduled operation.
+
+    Attributes:
+        at: Seconds after the scenario start.
+        action: One of :data:`OPERATIONS`.
+        arguments: The operation's own keys (gateway, fleet, count, value, option, target, points …).
+        line: Line in the scenario file (for messages).
+    """
+
+    at: int
+    action: str
+    arguments: Mapping[str, Any]
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Expectations:
+    """``[expect]``: checks a run must pass (``mgwsim run`` exits 1 otherwise)."""
+
+    locked: int | None = None
+    dead: int | None = None
+    interruptions_min: int | None = None
+    sessions_min: int | None = None
+    refused_min: int | None = None
+    totals: Mapping[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A validated scenario."""
+
+    name: str
+    source: str
+    start_us: int
+    months: int
+    seed: int
+    tariff: Tariff
+    accounts: tuple[str, ...]
+    gateways: tuple[GatewaySpec, ...]
+    fleets: tuple[FleetSpec, ...]
+    operations: tuple[Operation, ...]
+    expect: Expectations
+    description: str = ""
+
+    @property
+    def first_month(self) -> int:
+        """The JST month of the start."""
+        return month_of_instant(self.start_us)
+
+    @property
+    def billing_months(self) -> list[int]:
+        """The JST months the scenario covers."""
+        return list(range(self.first_month, self.first_month + self.months))
+
+    @property
+    def horizon_s(self) -> int:
+        """Seconds from the start to the end of the last month."""
+        return (month_start(self.first_month + self.months) - self.start_us) // 1_000_000
+
+    @property
+    def sim_count(self) -> int:
+        """SIMs in all fleets."""
+        return sum(fleet.count for fleet in self.fleets)
+
+
+class _Reader:
+    """Typed access to a TOML table that names the key and its line on every error."""
+
+    def __init__(self, source: str, lines: list[str], path: tuple[str | int, ...], data: Any) -> None:
+        self.source, self.lines, self.path = source, lines, path
+        if not isinstance(data, dict):
+            raise self.error(None, "must be a table")
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def name(self, key: str | None) -> str:
+        text = ""
+        for part in self.path + ((key,) if key else ()):
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        return text
+
+    def line_of(self, key: str | None) -> int:
+        """The line of the key in the file (found by scanning headers and assignments)."""
+        header = None
+        parts = [part for part in self.path if isinstance(part, str)]
+        index = next((part for part in self.path if isinstance(part, int)), 0)
+        if parts:
+            header = parts[0]
+        number = 0
+        if header:
+            pattern = re.compile(rf"^\s*\[\[?\s*{re.escape(header)}\s*\]\]?")
+            seen = -1
+            for position, line in enumerate(self.lines):
+                if pattern.match(line):
+                    seen += 1
+                    if seen == index or not line.strip().startswith("[["):
+                        number = position + 1
+                        break
+        if key:
+            assignment = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+            for position in range(number, len(self.lines)):
+                text = self.lines[position]
+                if position > number and text.strip().startswith("["):
+                    break
+                if assignment.match(text):
+                    return position + 1
+        return max(number, 1)
+
+    def error(self, key: str | None, reason: str) -> ScenarioError:
+        where = f"{self.source}:{self.line_of(key)}"
+        return ScenarioError(f"{where}: key '{self.name(key)}': {reason}" if key or self.path else f"{where}: {reason}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, check: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise self.error(key, "is required")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and kind is int:
+            raise self.error(key, "must be an integer")
+        if not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise self.error(key, f"must be {names.replace('str', 'a string').replace('int', 'an integer')}")
+        if check is not None:
+            reason = check(value)
+            if reason:
+                raise self.error(key, reason)
+        return value
+
+    def table(self, key: str, index: int | None = None, value: Any = None) -> _Reader:
+        self.used.add(key)
+        path = self.path + ((key,) if index is None else (key, index))
+        return _Reader(self.source, self.lines, path, self.data.get(key, {}) if value is None else value)
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise self.error(key, "unknown key")
+
+
+def _positive(value: int) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _one_of(choices: Collection[str]) -> Any:
+    return lambda value: None if value in choices else f"must be one of {', '.join(sorted(choices))}"
+
+
+def _named(value: str) -> str | None:
+    return None if re.fullmatch(NAME_PATTERN, value) else "must be 1-128 characters of [A-Za-z0-9._:@/-]"
+
+
+def _instant(reader: _Reader, key: str, start_us: int | None = None) -> int:
+    text = reader.get(key, str)
+    try:
+        instant = parse_instant(text)
+    except TimeFormatError as exc:
+        raise reader.error(key, str(exc)) from None
+    if start_us is not None and instant < start_us:
+        raise reader.error(key, "is before the scenario start")
+    return instant
+
+
+def _profiles(top: _Reader) -> dict[str, TrafficProfile]:
+    profiles = dict(PROFILES)
+    table = top.table("profiles")
+    known = {item.name: item for item in fields(TrafficProfile)}
+    for name in sorted(table.data):
+        spec = table.table(name)
+        base = profiles[spec.get("base", str, "idle", check=_one_of(profiles))]
+        changes: dict[str, Any] = {"name": name}
+        for key in spec.data:
+            if key == "base":
+                continue
+            if key not in known or key == "name":
+                raise spec.error(key, "unknown key")
+            if key in ("destination", "sms_kind"):
+                choices = ("closed", "internet") if key == "destination" else ("2fa", "a2p")
+                changes[key] = spec.get(key, str, check=_one_of(choices))
+            else:
+                changes[key] = spec.get(key, int, check=_non_negative)
+        profiles[name] = replace(base, **changes)
+        spec.finish()
+    table.finish()
+    return profiles
+
+
+def scenario_from_text(text: str, source: str) -> Scenario:
+    """Validate a scenario document.
+
+    Raises:
+        ScenarioError: For the first bad key.
+    """
+    lines = text.splitlines()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise ScenarioError(f"{source}:{match.group(1) if match else 1}: not valid TOML ({exc})") from None
+    top = _Reader(source, lines, (), data)
+    head = top.table("scenario")
+    name = head.get("name", str, check=_named)
+    description = head.get("description", str, "")
+    start_us = _instant(head, "start")
+    months = head.get("months", int, check=lambda v: None if 1 <= v <= 120 else "must be between 1 and 120")
+    seed = head.get("seed", int, 0, check=_non_negative)
+    tariff_name = head.get("tariff", str, "default")
+    try:
+        tariff = load_tariff(None if tariff_name == "default" else Path(source).parent / tariff_name)
+    except TariffError as exc:
+        raise head.error("tariff", str(exc)) from None
+    head.finish()
+
+    account_list = top.get("accounts", list)
+    accounts: list[str] = []
+    for index, entry in enumerate(account_list):
+        reader = top.table("accounts", index, entry)
+        account = reader.get("id", str, check=_named)
+        if account in accounts:
+            raise reader.error("id", f"account {account!r} appears twice")
+        accounts.append(account)
+        reader.finish()
+    if not accounts:
+        raise top.error("accounts", "needs at least one account")
+
+    gateways: list[GatewaySpec] = []
+    for index, entry in enumerate(top.get("gateways", list, [])):
+        reader = top.table("gateways", index, entry)
+        gateway_id = reader.get("id", str, check=_named)
+        if any(existing.id == gateway_id for existing in gateways):
+            raise reader.error("id", f"gateway {gateway_id!r} appears twice")
+        mass = None
+        if "mass_traffic" in reader.data:
+            policy = reader.table("mass_traffic")
+            mass = MassTrafficPolicy(
+                policy.get("threshold_mb", int, check=_positive) * 1_000_000,
+                policy.get("window_min", int, check=_positive) * 60,
+            )
+            policy.finish()
+        control = None
+        if "traffic_control" in reader.data:
+            policy = reader.table("traffic_control")
+            control = TrafficControl(
+                policy.get("quota_mb", int, check=_positive) * 1_000_000,
+                policy.get("throttle_kbps", int, check=_positive),
+            )
+            policy.finish()
+        gateways.append(
+            GatewaySpec(
+                id=gateway_id,
+                account=reader.get("account", str, check=_one_of(accounts)),
+                power=reader.get("power", bool, True),
+                switch=reader.get("switch", bool, True),
+                internet=reader.get("internet", bool, False),
+                terminal_lock=reader.get("terminal_lock", bool, False),
+                create=reader.get("create", bool, True),
+                mass_traffic=mass,
+                traffic_control=control,
+            )
+        )
+        reader.finish()
+
+    profiles = _profiles(top)
+    fleets: list[FleetSpec] = []
+    gateway_ids = {gateway.id: gateway for gateway in gateways}
+    for index, entry in enumerate(top.get("fleets", list, [])):
+        reader = top.table("fleets", index, entry)
+        fleet_name = reader.get("name", str, check=_named)
+        if any(existing.name == fleet_name for existing in fleets):
+            raise reader.error("name", f"fleet {fleet_name!r} appears twice")
+        account = reader.get("account", str, check=_one_of(accounts))
+        gateway_id = reader.get("gateway", str, check=_one_of(gateway_ids))
+        if gateway_ids[gateway_id].account != account:
+            raise reader.error("gateway", f"gateway {gateway_id!r} belongs to another account")
+        route = reader.get("route", list, [])
+        for zone in route:
+            if zone not in ZONES:
+                raise reader.error("route", f"unknown zone {zone!r} (zones: {', '.join(ZONES)})")
+        pin = reader.get("pin", str, "disabled", check=_one_of(PIN_ENTRIES))
+        fleets.append(
+            FleetSpec(
+                name=fleet_name,
+                account=account,
+                gateway=gateway_id,
+                count=reader.get("count", int, check=lambda v: None if 1 <= v <= 10**7 else "must be 1..10,000,000"),
+                profile=profiles[reader.get("profile", str, "telemetry", check=_one_of(profiles))],
+                carrier=reader.get("carrier", str, "kddi", check=_one_of(CARRIER_PREFIXES)),
+                route=tuple(route),
+                pin=pin,
+                puk=reader.get("puk", str, "none", check=_one_of(PUK_ENTRIES)),
+                puk_after_s=reader.get("puk_after_hours", int, 24, check=_non_negative) * 3600,
+                mono=reader.get("mono", bool, False),
+                register=reader.get("register", bool, True),
+                number=index,
+            )
+        )
+        reader.finish()
+    if len(fleets) > 99 or len(accounts) > 99:
+        raise top.error("fleets", "at most 99 fleets and 99 accounts")
+
+    operations: list[Operation] = []
+    fleet_names = {fleet.name for fleet in fleets}
+    for index, entry in enumerate(top.get("operations", list, [])):
+        reader = top.table("operations", index, entry)
+        at = (_instant(reader, "at", start_us) - start_us) // 1_000_000
+        action = reader.get("do", str, check=_one_of(OPERATIONS))
+        arguments: dict[str, Any] = {}
+        table_of_needs: dict[str, dict[str, tuple[type, Any]]] = {
+            "gateway.create": {"gateway": (str, _one_of(gateway_ids))},
+            "gateway.delete": {"gateway": (str, _one_of(gateway_ids))},
+            "gateway.power": {"gateway": (str, _one_of(gateway_ids)), "value": (bool, None)},
+            "gateway.internet": {"gateway": (str, _one_of(gateway_ids)), "value": (bool, None)},
+            "gateway.switch": {"gateway": (str, _one_of(gateway_ids)), "value": (bool, None)},
+            "sim.register": {"fleet": (str, _one_of(fleet_names)), "count": (int, _positive)},
+            "sim.delete": {"fleet": (str, _one_of(fleet_names)), "count": (int, _positive)},
+            "device.swap": {"fleet": (str, _one_of(fleet_names)), "count": (int, _positive)},
+            "option.enable": {"account": (str, _one_of(accounts)), "option": (str, _option), "target": (str, _named)},
+            "option.disable": {"account": (str, _one_of(accounts)), "option": (str, _option), "target": (str, _named)},
+            "points.buy": {"account": (str, _one_of(accounts)), "points": (int, _positive)},
+        }
+        for key, (kind, check) in table_of_needs[action].items():
+            arguments[key] = reader.get(key, kind, check=check)
+        if action in ("option.enable", "option.disable") and arguments["option"] not in tariff.suboptions:
+            raise reader.error("option", f"the tariff has no sub-option {arguments['option']!r}")
+        operations.append(Operation(at, action, arguments, reader.line_of("do")))
+        reader.finish()
+    operations.sort(key=lambda operation: operation.at)
+
+    expect = top.table("expect")
+    totals: dict[str, Decimal] = {}
+    if "totals" in expect.data:
+        table = expect.table("totals")
+        for key in table.data:
+            if not re.fullmatch(r"\d{4}-\d{2}/.+", key):
+                raise table.error(key, "must be 'YYYY-MM/account'")
+            try:
+                totals[key] = Decimal(table.get(key, str))
+            except InvalidOperation:
+                raise table.error(key, "must be a decimal string") from None
+        table.finish()
+    expectations = Expectations(
+        locked=expect.get("locked", int, None, check=_non_negative),
+        dead=expect.get("dead", int, None, check=_non_negative),
+        interruptions_min=expect.get("interruptions_min", int, None, check=_non_negative),
+        sessions_min=expect.get("sessions_min", int, None, check=_non_negative),
+        refused_min=expect.get("refused_min", int, None, check=_non_negative),
+        totals=totals,
+    )
+    expect.finish()
+    top.finish()
+    return Scenario(
+        name=name,
+        source=source,
+        start_us=start_us,
+        months=months,
+        seed=seed,
+        tariff=tariff,
+        accounts=tuple(accounts),
+        gateways=tuple(gateways),
+        fleets=tuple(fleets),
+        operations=tuple(operations),
+        expect=expectations,
+        description=description,
+    )
+
+
+def _option(value: str) -> str | None:
+    return None if re.fullmatch(OPTION_PATTERN, value) else "must be a lower-case name like 'ip_address'"
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Load and validate a scenario file.
+
+    Raises:
+        ScenarioError: For an unreadable file or the first bad key.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
+    return scenario_from_text(text, str(path))
