@@ -186,7 +186,7 @@ def session_bursts(profile: TrafficProfile, seed: int, sim: int, start: int, end
             if start <= at < end:
                 parts.append((np.array([at]), np.array([0]), np.array([profile.firmware_bytes]), np.array([0])))
     if profile.runaway_bytes_per_minute:
-        times = np.arange(start - start % 60 + 60, end, 60, dtype=np.int64)
+        times = np.arange(start + (-start) % 60, end, 60, dtype=np.int64)
         count = len(times)
         parts.append(
             (

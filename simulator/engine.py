@@ -83,6 +83,7 @@ class RunStats:
     throttled_sessions: int = 0
     traffic_per_day: Counter[int] = field(default_factory=Counter)
     interruptions_per_day: Counter[int] = field(default_factory=Counter)
+    attach_attempts: list[tuple[str, int]] = field(default_factory=list)
     status_per_day: dict[int, Counter[str]] = field(default_factory=dict)
 
     @property
@@ -349,6 +350,7 @@ class Engine:
                 yield self.env.timeout(min(change, self.horizon) - self.env.now)
                 continue
             admission = self.admit(device)
+            self.stats.attach_attempts.append((device.iccid, int(self.env.now)))
             if not admission.ok:
                 if admission.cause != last_refusal:
                     self.stats.refusals[admission.cause] += 1
@@ -532,7 +534,11 @@ class Engine:
                 self.register(device)
 
     def run(self, progress: Any = None) -> list[Event]:
-        """Run to the end of the last month; return the events in log order (time, then id).
+        """Run to the end of the last month; return the events in log order.
+
+        The log is ordered by time; events at the same instant keep the order in which they
+        happened (a registration before the traffic it allows), which is the tie order the
+        metering core reads.
 
         Args:
             progress: Called with the fraction of simulated time done, about once a simulated day.
@@ -553,7 +559,7 @@ class Engine:
         self.env.run(until=self.horizon + 1)  # sessions still open close at the horizon
         if progress is not None:
             progress(1.0)
-        return sorted(self.events, key=lambda event: (event.ts, event.id))
+        return sorted(self.events, key=lambda event: event.ts)
 
 
 def iter_secrets(scenario: Scenario) -> Iterator[tuple[str, SimSecrets]]:

@@ -107,10 +107,9 @@ def write_outputs(result: RunResult, out: Path | None, events_path: Path | None)
     if out is None:
         return written
     out.mkdir(parents=True, exist_ok=True)
-    if events_path is None:
-        log = out / "events.jsonl"
-        write_event_log(result.events, log)
-        written.append(log)
+    log = out / "events.jsonl"
+    write_event_log(result.events, log)
+    written.append(log)
     for document in result.documents:
         path = out / "invoices" / f"{format_month(document.month)}.json"
         with AtomicWriter(path) as temporary:

@@ -224,8 +224,9 @@ class _Reader:
         if isinstance(value, bool) and kind is int:
             raise self.error(key, "must be an integer")
         if not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.error(key, f"must be {names.replace('str', 'a string').replace('int', 'an integer')}")
+            words = {bool: "true or false", int: "an integer", str: "a string", list: "a list", dict: "a table"}
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            raise self.error(key, "must be " + " or ".join(words.get(k, k.__name__) for k in kinds))
         if check is not None:
             reason = check(value)
             if reason:

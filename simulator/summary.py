@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from metering.money import format_money
+from metering.rules import ITEMS
 from metering.timeutil import format_month
 
 if TYPE_CHECKING:
@@ -36,18 +37,16 @@ def summary_tables(result: RunResult) -> Iterator[Table]:
         sessions.add_row("throttled by traffic control", f"{stats.throttled_sessions:,}")
     yield sessions
 
-    charges = Table(
-        title=f"charges by item ({result.scenario.tariff.currency}, before tax; tariff {result.scenario.tariff.label})"
-    )
-    charges.add_column("item")
     by_month = result.charges_by_item()
     months = sorted(by_month)
-    for month in months:
-        charges.add_column(format_month(month), justify="right")
-    items = sorted({item for month in months for item in by_month[month]})
+    items = [item for item in ITEMS if any(item in by_month[month] for month in months)]
+    charges = Table(title=f"charges by item ({result.scenario.tariff.currency}; tariff {result.scenario.tariff.label})")
+    charges.add_column("month")
     for item in items:
-        charges.add_row(item, *(format_money(Decimal(by_month[month].get(item, 0))) for month in months))
+        charges.add_column(item.replace("_fee", "").replace("_", " "), justify="right")
+    charges.add_column("total with tax", justify="right")
     totals = {document.month: sum(invoice.total for invoice in document.invoices) for document in result.documents}
-    charges.add_section()
-    charges.add_row("total with tax", *(format_money(Decimal(totals.get(month, 0))) for month in months))
+    for month in months:
+        amounts = (format_money(Decimal(by_month[month].get(item, 0))) for item in items)
+        charges.add_row(format_month(month), *amounts, format_money(Decimal(totals.get(month, 0))))
     yield charges

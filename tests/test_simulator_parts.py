@@ -1,0 +1,124 @@
+"""The simulator's pure parts without SimPy: gateway, policies, coverage, traffic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devices.coverage import Outages, merge, route_outages
+from devices.traffic import PROFILES, session_bursts
+from gateway.mobile_gateway import GatewayCommand, GatewayState, IllegalGatewayCommand, MobileGateway
+from gateway.policy import MassTrafficPolicy, TrafficControl
+
+SIM = "8981300000000000001"
+ORIGIN = 1_767_225_600 + 9 * 3600  # 2026-01-01T00:00+09:00 in JST seconds
+
+
+def gateway(*commands: GatewayCommand) -> MobileGateway:
+    base = MobileGateway("gw-1", "acct-1").apply(GatewayCommand.ADD_SIM, SIM)
+    for command in commands:
+        base = base.apply(command)
+    return base
+
+
+@pytest.mark.parametrize(
+    ("commands", "registered", "destination", "ok", "cause"),
+    [
+        ((GatewayCommand.POWER_ON, GatewayCommand.CONNECT_SWITCH), True, "closed", True, ""),
+        ((GatewayCommand.POWER_ON,), True, "closed", False, "no_route"),
+        ((GatewayCommand.CONNECT_SWITCH,), True, "closed", False, "gateway_off"),
+        ((GatewayCommand.POWER_ON, GatewayCommand.CONNECT_SWITCH), False, "closed", False, "not_registered"),
+        ((GatewayCommand.POWER_ON, GatewayCommand.ENABLE_INTERNET), True, "internet", True, ""),
+        ((GatewayCommand.POWER_ON, GatewayCommand.CONNECT_SWITCH), True, "internet", False, "no_route"),
+        ((GatewayCommand.POWER_ON, GatewayCommand.ENABLE_INTERNET), True, "closed", False, "no_route"),
+    ],
+)
+def test_article_34_availability(
+    commands: tuple[GatewayCommand, ...], registered: bool, destination: str, ok: bool, cause: str
+) -> None:
+    admission = gateway(*commands).admit(SIM, "350000000000001", destination, registered)
+    assert (admission.ok, admission.cause) == (ok, cause)
+    if ok:
+        assert admission.route == destination
+
+
+def test_terminal_lock_refuses_another_imei() -> None:
+    locked = gateway(GatewayCommand.POWER_ON, GatewayCommand.CONNECT_SWITCH).apply(
+        GatewayCommand.LOCK_IMEI, SIM, "350000000000001"
+    )
+    assert locked.admit(SIM, "350000000000001", "closed", True).ok
+    assert locked.admit(SIM, "359999999999999", "closed", True).cause == "imei_mismatch"
+
+
+def test_illegal_gateway_commands_leave_it_unchanged() -> None:
+    on = gateway(GatewayCommand.POWER_ON)
+    with pytest.raises(IllegalGatewayCommand):
+        on.apply(GatewayCommand.POWER_ON)
+    with pytest.raises(IllegalGatewayCommand):
+        on.apply(GatewayCommand.ADD_SIM, SIM)
+    deleted = on.apply(GatewayCommand.DELETE)
+    for command in GatewayCommand:
+        with pytest.raises(IllegalGatewayCommand):
+            deleted.apply(command, SIM, "1")
+    assert deleted.state is GatewayState.DELETED and on.state is GatewayState.ON
+    assert deleted.admit(SIM, "", "closed", True).cause == "not_registered"
+
+
+def test_ip_address_assignment_is_stable() -> None:
+    two = gateway().apply(GatewayCommand.ADD_SIM, "8981300000000000002")
+    assert two.address_of(SIM) == "10.128.0.16" and two.address_of("8981300000000000002") == "10.128.0.17"
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(st.integers(1, 120), st.integers(0, 5_000_000)), min_size=1, max_size=80),
+    st.integers(1, 20_000_000),
+    st.integers(1, 3600),
+)
+def test_a_cut_session_carried_at_most_threshold_plus_one_window(
+    gaps_and_sizes: list[tuple[int, int]], threshold: int, window: int
+) -> None:
+    times = np.cumsum([gap for gap, _ in gaps_and_sizes]).astype(np.int64)
+    volumes = np.array([size for _, size in gaps_and_sizes], dtype=np.int64)
+    policy = MassTrafficPolicy(threshold, window)
+    cut = policy.cut_at(times, volumes)
+    windows = [volumes[(times > t - window) & (times <= t)].sum() for t in times]
+    if cut is None:
+        assert max(windows) <= threshold
+    else:
+        assert windows[cut] > threshold and all(w <= threshold for w in windows[:cut])
+        last_window = volumes[(times > times[cut] - window) & (times <= times[cut])].sum()
+        assert last_window <= threshold + volumes[cut], "the cut comes with the burst that crossed the threshold"
+
+
+def test_traffic_control_caps_after_the_quota() -> None:
+    control = TrafficControl(quota_bytes=1000, throttle_kbps=8)
+    allowed, hit = control.apply(np.array([400, 400, 400, 100_000]), used_before=100)
+    assert hit and allowed.tolist() == [400, 400, 400, 60_000]
+
+
+def test_outages() -> None:
+    assert merge([(5, 10), (0, 3), (8, 12)]) == [(0, 3), (5, 12)]
+    outages = Outages(((100, 200), (300, 400)))
+    assert outages.state_at(50) == (False, 100)
+    assert outages.state_at(100) == (True, 200)
+    assert outages.state_at(250) == (False, 300)
+    assert outages.state_at(500) == (False, 2**62)
+    tunnel = route_outages(("tunnel",), seed=1, sim=7, horizon_s=30 * 86_400)
+    assert tunnel == route_outages(("tunnel",), seed=1, sim=7, horizon_s=30 * 86_400)
+    assert 0.02 < tunnel.total_seconds() / (30 * 86_400) < 0.09, "about 3 minutes an hour"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(PROFILES)), st.integers(0, 40 * 86_400), st.integers(1, 20 * 86_400), st.integers(0, 100))
+def test_bursts_split_anywhere_add_up(profile: str, start: int, length: int, sim: int) -> None:
+    middle = start + length // 3
+    end = start + length
+    whole = session_bursts(PROFILES[profile], 9, sim, start, end, ORIGIN)
+    first = session_bursts(PROFILES[profile], 9, sim, start, middle, ORIGIN)
+    second = session_bursts(PROFILES[profile], 9, sim, middle, end, ORIGIN)
+    assert np.array_equal(whole.times, np.concatenate([first.times, second.times]))
+    assert np.array_equal(whole.volume(), np.concatenate([first.volume(), second.volume()]))
+    assert np.array_equal(whole.messages, np.concatenate([first.messages, second.messages]))

@@ -1,0 +1,154 @@
+"""SimPy runs: exact traces of small scenarios, determinism, goldens, online metering = bill."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from metering.eventlog import read_event_log
+from metering.fast import rate_fast
+from simulator.engine import Engine
+from simulator.runner import check_expectations, compare_golden, run_scenario, write_outputs
+from simulator.scenario import ScenarioError, load_scenario, scenario_from_text
+
+SCENARIOS = sorted((ROOT / "scenarios").glob("*.toml"))
+
+TINY = """
+[scenario]
+name = "tiny"
+start = "2026-01-01T00:00:00+09:00"
+months = 1
+seed = 1
+
+[[accounts]]
+id = "a"
+
+[[gateways]]
+id = "gw"
+account = "a"
+switch = true
+{gateway}
+
+[[fleets]]
+name = "f"
+account = "a"
+gateway = "gw"
+count = 1
+profile = "{profile}"
+{fleet}
+"""
+
+
+def tiny(gateway: str = "", fleet: str = "", profile: str = "telemetry") -> Engine:
+    return Engine(scenario_from_text(TINY.format(gateway=gateway, fleet=fleet, profile=profile), "tiny.toml"))
+
+
+def trace(engine: Engine) -> list[tuple[str, int]]:
+    start = engine.scenario.start_us
+    return [(event.type, (event.ts - start) // 1_000_000) for event in engine.run()]
+
+
+def test_pin_lockout_and_puk_trace() -> None:
+    events = trace(tiny(fleet='pin = "misconfigured"\npuk = "correct"\npuk_after_hours = 1'))
+    assert events[:7] == [
+        ("gateway.created", 0),
+        ("sim.registered", 0),
+        ("sim.pin_failed", 0),
+        ("sim.pin_failed", 10),
+        ("sim.pin_failed", 20),
+        ("sim.locked", 20),
+        ("sim.unlocked", 3620),
+    ]
+    assert events[7] == ("session.created", 3620)
+
+
+def test_wrong_puk_ten_times_kills_the_sim() -> None:
+    engine = tiny(fleet='pin = "misconfigured"\npuk = "wrong"\npuk_after_hours = 2')
+    events = trace(engine)
+    assert ("sim.dead", 20 + 7200 + 9 * 60) in events
+    assert not any(kind == "session.created" for kind, _ in events)
+    assert engine.devices[0].status == "dead"
+
+
+def test_attach_back_off_when_the_gateway_is_off() -> None:
+    engine = tiny(gateway="power = false")
+    events = trace(engine)
+    attempts = [at for _, at in engine.stats.attach_attempts[:12]]
+    assert attempts == [0, 10, 20, 30, 40, 760, 770, 780, 790, 800, 1520, 1530]
+    assert [kind for kind, _ in events].count("session.deleted") == 1, "one refusal diagnostic per cause"
+
+
+def test_secrets_stay_in_the_card() -> None:
+    engine = tiny(fleet='pin = "misconfigured"\npuk = "correct"\npuk_after_hours = 1')
+    text = "\n".join(repr(event) for event in engine.run())
+    secrets = engine.devices[0].card.secrets
+    for value in (secrets.puk, secrets.passcode):
+        assert value not in text
+
+
+def test_the_same_seed_gives_the_same_log_and_another_seed_another() -> None:
+    scenario = load_scenario(ROOT / "scenarios/tunnel-coverage.toml")
+    first, second = Engine(scenario).run(), Engine(scenario).run()
+    assert first == second
+    from dataclasses import replace
+
+    assert Engine(replace(scenario, seed=scenario.seed + 1)).run() != first
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[path.stem for path in SCENARIOS])
+def test_scenario_matches_its_golden_invoices_and_expectations(path: Path) -> None:
+    result = run_scenario(load_scenario(path))
+    assert compare_golden(result, ROOT / "scenarios/golden" / path.stem, update=False) == []
+    assert check_expectations(result) == []
+
+
+def test_online_metering_equals_bill_on_the_written_log(tmp_path: Path) -> None:
+    scenario = load_scenario(ROOT / "scenarios/quickstart.toml")
+    result = run_scenario(scenario)
+    write_outputs(result, tmp_path / "out", tmp_path / "events.parquet")
+    written = list(read_event_log(tmp_path / "out/events.jsonl"))
+    assert written == result.events
+    for log in (tmp_path / "out/events.jsonl", tmp_path / "events.parquet"):
+        billed = rate_fast([log], None, scenario.tariff, scenario.billing_months)
+        for month, document in billed.documents.items():
+            assert document.dumps() == result.rating.documents[month].dumps()
+    command = [sys.executable, "-m", "simulator.cli", "bill", str(tmp_path / "out/events.jsonl"), "-m", "2026-01"]
+    printed = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+    assert printed == json.loads((tmp_path / "out/invoices/2026-01.json").read_text())
+    assert (tmp_path / "out/report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_check_reports_drift(tmp_path: Path) -> None:
+    golden = tmp_path / "golden"
+    result = run_scenario(load_scenario(ROOT / "scenarios/pin-lockout.toml"))
+    compare_golden(result, golden, update=True)
+    document = json.loads((golden / "2026-04.json").read_text())
+    document["invoices"][0]["total"] = "1"
+    document["invoices"][0]["lines"][0]["quantity"] += 1
+    (golden / "2026-04.json").write_text(json.dumps(document))
+    drift = compare_golden(result, golden, update=False)
+    assert any("total 1 became" in line for line in drift)
+    assert any("quantity" in line for line in drift)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("count = 1", "count = 0"), "tiny.toml:21: key 'fleets[0].count': must be 1..10,000,000"),
+        (('profile = "telemetry"', 'profile = "warp"'), "key 'fleets[0].profile': must be one of"),
+        (("switch = true", 'switch = "yes"'), "tiny.toml:14: key 'gateways[0].switch': must be true or false"),
+        (("months = 1", 'months = 1\ncolour = "red"'), "tiny.toml:6: key 'scenario.colour': unknown key"),
+        (('start = "2026-01-01T00:00:00+09:00"', 'start = "2026-01-01T00:00:00"'), "no UTC offset"),
+        (('gateway = "gw"\ncount', 'gateway = "gw2"\ncount'), "key 'fleets[0].gateway': must be one of gw"),
+    ],
+)
+def test_scenario_errors_name_key_and_line(change: tuple[str, str], message: str) -> None:
+    text = TINY.format(gateway="", fleet="", profile="telemetry").replace(*change)
+    with pytest.raises(ScenarioError) as raised:
+        scenario_from_text(text, "tiny.toml")
+    assert message in str(raised.value)
