@@ -71,6 +71,9 @@ class Device:
     status: str = "active"
     sessions: int = 0
     registrations: int = 0
+    powered: bool = True
+    power_cycles: int = 0
+    power_changed: simpy.Event | None = None
 
 
 @dataclass
@@ -274,6 +277,12 @@ class Engine:
             present = [device for device in self.fleet_devices(arguments["fleet"]) if self.registered[device.iccid]]
             for device in present[: arguments["count"]]:
                 self.delete(device)
+        elif action == "device.power":
+            for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
+                device.powered = bool(arguments["value"])
+                if device.powered and device.power_changed is not None and not device.power_changed.triggered:
+                    device.power_changed.succeed()
+                self.notify(device.fleet.gateway)
         elif action == "device.swap":
             for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
                 device.imei = f"36{device.index:013d}"
@@ -291,8 +300,11 @@ class Engine:
         """Power the card on and enter the PIN as the fleet's firmware does; False if the SIM is out."""
         fleet, account = device.fleet, device.fleet.account
         device.card, _ = device.card.apply(Command.POWER_ON)
+        device.power_cycles += 1
         if device.card.state is CardState.READY:
             return True
+        if device.card.state in (CardState.BLOCKED, CardState.DEAD):
+            return False
         secrets = device.card.secrets
         if fleet.pin == "correct":
             device.card, _ = device.card.apply(Command.VERIFY_PIN, secrets.pin)
@@ -338,13 +350,24 @@ class Engine:
         return gateway.admit(device.iccid, device.imei, device.fleet.profile.destination, self.registered[device.iccid])
 
     def device(self, device: Device) -> SimProcess:
-        """A device from power-on to the end of the run."""
+        """A device from power-on to the end of the run (and through any power cycles)."""
         yield self.env.timeout(device.index % 60)
-        usable = yield from self.pin_flow(device)
-        if not usable:
-            return
-        failures, last_refusal = 0, ""
         while self.env.now < self.horizon:
+            if device.powered:
+                usable = yield from self.pin_flow(device)
+                if usable:
+                    yield from self.attached_life(device)
+            if device.powered or self.env.now >= self.horizon:
+                return
+            if device.card.powered:
+                device.card, _ = device.card.apply(Command.POWER_OFF)
+            device.power_changed = self.env.event()
+            yield device.power_changed | self.env.timeout(self.horizon - self.env.now)
+
+    def attached_life(self, device: Device) -> SimProcess:
+        """Attach, keep a session, re-attach with back-off, until power-off or the end of the run."""
+        failures, last_refusal = 0, ""
+        while self.env.now < self.horizon and device.powered:
             outage, change = device.outages.state_at(int(self.env.now))
             if outage:
                 yield self.env.timeout(min(change, self.horizon) - self.env.now)
@@ -400,6 +423,9 @@ class Engine:
             timer = self.env.timeout(planned - self.env.now)
             yield timer | self.changed[fleet.gateway]
             if timer.processed:
+                break
+            if not device.powered:
+                cause = "power_off"
                 break
             again = self.admit(device)
             if not again.ok or again.route != admission.route:

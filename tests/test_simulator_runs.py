@@ -83,6 +83,34 @@ def test_attach_back_off_when_the_gateway_is_off() -> None:
     assert [kind for kind, _ in events].count("session.deleted") == 1, "one refusal diagnostic per cause"
 
 
+def test_power_cycle_ends_the_session_and_asks_for_the_pin_again() -> None:
+    operations = """
+[[operations]]
+at = "2026-01-02T00:00:00+09:00"
+do = "device.power"
+fleet = "f"
+count = 1
+value = false
+
+[[operations]]
+at = "2026-01-03T00:00:00+09:00"
+do = "device.power"
+fleet = "f"
+count = 1
+value = true
+"""
+    engine = Engine(
+        scenario_from_text(TINY.format(gateway="", fleet='pin = "correct"', profile="telemetry") + operations, "t.toml")
+    )
+    events = engine.run()
+    closed = [json.loads(event.extra)["cause"] for event in events if event.type == "session.deleted"]
+    assert closed == ["power_off", "end_of_run"]
+    opened = [(event.ts - engine.scenario.start_us) // 1_000_000 for event in events if event.type == "session.created"]
+    assert opened == [0, 2 * 86_400]
+    assert engine.devices[0].power_cycles == 2, "the card was powered on twice and the PIN verified twice"
+    assert engine.devices[0].card.state.value == "ready"
+
+
 def test_secrets_stay_in_the_card() -> None:
     engine = tiny(fleet='pin = "misconfigured"\npuk = "correct"\npuk_after_hours = 1')
     text = "\n".join(repr(event) for event in engine.run())
