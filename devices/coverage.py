@@ -40,18 +40,23 @@ ZONES: Final[dict[str, Zone]] = {
 
 
 def zone_outages(zone: Zone, rng: np.random.Generator, horizon_s: int) -> list[tuple[int, int]]:
-    """Outage intervals ``[start, end)`` (whole seconds) of one zone up to ``horizon_s``."""
-    intervals: list[tuple[int, int]] = []
-    now = 0.0
-    while True:
-        now += float(rng.exponential(zone.mean_gap_s))
-        if now >= horizon_s:
-            return intervals
-        length = max(1.0, float(rng.exponential(zone.mean_outage_s)))
-        start, end = int(now), min(horizon_s, int(now + length))
-        if end > start:
-            intervals.append((start, end))
-        now += length
+    """Outage intervals ``[start, end)`` (whole seconds) of one zone up to ``horizon_s``, drawn in bulk."""
+    expected = int(horizon_s / (zone.mean_gap_s + zone.mean_outage_s)) + 1
+    count = expected + 4 * int(expected**0.5) + 8
+    gaps = rng.exponential(zone.mean_gap_s, count)
+    lengths = np.maximum(1.0, rng.exponential(zone.mean_outage_s, count))
+    starts = np.cumsum(gaps) + np.concatenate(([0.0], np.cumsum(lengths)[:-1]))
+    while starts[-1] < horizon_s:  # rare: draw more than the margin allowed for
+        more_gaps = rng.exponential(zone.mean_gap_s, count)
+        more_lengths = np.maximum(1.0, rng.exponential(zone.mean_outage_s, count))
+        base = starts[-1] + lengths[-1]
+        more_starts = base + np.cumsum(more_gaps) + np.concatenate(([0.0], np.cumsum(more_lengths)[:-1]))
+        starts, lengths = np.concatenate((starts, more_starts)), np.concatenate((lengths, more_lengths))
+    keep = starts < horizon_s
+    begin = starts[keep].astype(np.int64)
+    finish = np.minimum(horizon_s, (starts[keep] + lengths[keep]).astype(np.int64))
+    valid = finish > begin
+    return list(zip(begin[valid].tolist(), finish[valid].tolist(), strict=True))
 
 
 def merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from devices.keyed_random import STREAM_PHASE, STREAM_TRAFFIC, keyed_generator
+from devices.keyed_random import STREAM_PHASE, STREAM_TRAFFIC, keyed_uniform
 
 DAY: Final = 86_400
 IntArray = npt.NDArray[np.int64]
@@ -136,11 +136,27 @@ def _month_starts(origin_jst_s: int, start: int, end: int, every: int) -> list[i
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
 
 
+def device_phases(seed: int, sim: int) -> npt.NDArray[np.float64]:
+    """A device's fixed phases in [0, 1): telemetry, platform messages, firmware day, spare."""
+    return np.array([float(keyed_uniform(seed, STREAM_PHASE, sim, 0, draw)) for draw in range(4)])
+
+
+def daily_uploads(
+    profile: TrafficProfile, seed: int, sims: npt.ArrayLike, days: npt.ArrayLike
+) -> tuple[IntArray, IntArray]:
+    """Second of the JST day and size (±10 %) of the daily upload of each (SIM, day), vectorised."""
+    draw = keyed_uniform(seed, STREAM_TRAFFIC, sims, days)
+    offsets = (draw * DAY).astype(np.int64)
+    jitter = (draw * (1 << 20)) % 1.0
+    sizes = (profile.daily_upload_bytes * (0.9 + 0.2 * jitter)).astype(np.int64)
+    return np.atleast_1d(offsets), np.atleast_1d(sizes)
+
+
 def session_bursts(profile: TrafficProfile, seed: int, sim: int, start: int, end: int, origin_jst_s: int) -> Bursts:
     """The bursts a device sends in ``[start, end)`` (scenario seconds)."""
     if end <= start:
         return Bursts(_empty(), _empty(), _empty(), _empty())
-    phases = keyed_generator(seed, STREAM_PHASE, sim).random(4)
+    phases = device_phases(seed, sim)
     parts: list[tuple[IntArray, IntArray, IntArray, IntArray]] = []
     if profile.telemetry_interval_s:
         interval = profile.telemetry_interval_s
@@ -161,11 +177,10 @@ def session_bursts(profile: TrafficProfile, seed: int, sim: int, start: int, end
     for day in range(first_day, last_day + 1):
         day_start = day * DAY - origin_jst_s
         if profile.daily_upload_bytes:
-            draw = keyed_generator(seed, STREAM_TRAFFIC, sim, day).random(2)
-            at = day_start + int(draw[0] * DAY)
+            upload_at, size = daily_uploads(profile, seed, sim, np.array([day]))
+            at = day_start + int(upload_at[0])
             if start <= at < end:
-                size = int(profile.daily_upload_bytes * (0.9 + 0.2 * draw[1]))
-                parts.append((np.array([at]), np.array([size]), np.array([0]), np.array([0])))
+                parts.append((np.array([at]), size, np.array([0]), np.array([0])))
         if profile.platform_messages_per_day:
             spacing = DAY // profile.platform_messages_per_day
             offsets = np.arange(profile.platform_messages_per_day, dtype=np.int64) * spacing + int(phases[1] * spacing)

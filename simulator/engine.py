@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import numpy as np
 import simpy
+from simpy.events import URGENT
 
 from devices.coverage import Outages, route_outages
 from devices.keyed_random import STREAM_FLEET, keyed_generator
@@ -95,6 +96,46 @@ class RunStats:
         return self.closures["mass_traffic"]
 
 
+@dataclass
+class DailyTraffic:
+    """Per SIM and JST day (and hour, for platform messages): traffic summed over sessions."""
+
+    days: dict[tuple[int, int], list[Any]] = field(default_factory=dict)
+    hours: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    devices: dict[int, Device] = field(default_factory=dict)
+
+    def add(self, device: Device, day: int, up: int, down: int, stamp: int, route: str, gateway: str) -> None:
+        """Add one session's part of a day."""
+        self.devices[device.index] = device
+        entry = self.days.setdefault((device.index, day), [0, 0, stamp, route, gateway])
+        entry[0] += up
+        entry[1] += down
+        entry[2] = max(entry[2], stamp)
+
+    def add_messages(self, device: Device, hour: int, count: int, size: int, stamp: int) -> None:
+        """Add one session's platform messages of an hour."""
+        self.devices[device.index] = device
+        entry = self.hours.setdefault((device.index, hour), [0, 0, stamp])
+        entry[0] += count
+        entry[1] += size
+        entry[2] = max(entry[2], stamp)
+
+
+class UrgentTimeout(simpy.events.Event):
+    """A timeout processed before ordinary events of the same instant (scheduled operations).
+
+    Operations at an instant therefore always come before what devices do at that instant, in
+    every engine. Built like SimPy's own ``Timeout``, with ``URGENT`` priority.
+    """
+
+    def __init__(self, env: simpy.Environment, delay: float) -> None:
+        """Schedule the timeout ``delay`` seconds from now."""
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, URGENT, delay)
+
+
 def _secrets(seed: int, index: int) -> SimSecrets:
     draws = keyed_generator(seed, STREAM_FLEET, index, 1).integers(0, 10, 20)
     digits = "".join(str(int(d)) for d in draws)
@@ -121,6 +162,7 @@ class Engine:
         self.changed: dict[str, simpy.Event] = {spec.id: self.env.event() for spec in scenario.gateways}
         self.registered: dict[str, bool] = {}
         self.month_usage: Counter[tuple[str, int]] = Counter()
+        self.daily_traffic = DailyTraffic()
         self.devices: list[Device] = []
         accounts = {account: number for number, account in enumerate(scenario.accounts)}
         index = 0
@@ -240,7 +282,7 @@ class Engine:
         """Carry out the scheduled operations at their times."""
         for operation in self.scenario.operations:
             if operation.at > self.env.now:
-                yield self.env.timeout(operation.at - self.env.now)
+                yield UrgentTimeout(self.env, operation.at - self.env.now)
             self.operate(operation.action, operation.arguments)
 
     def operate(self, action: str, arguments: Any) -> None:
@@ -401,16 +443,20 @@ class Engine:
         session_id = f"{device.iccid}-{device.sessions}"
         start = int(self.env.now)
         self.stats.sessions += 1
-        self.emit(
-            start,
-            "session.created",
-            account,
-            f"{session_id}/created",
-            sim=device.iccid,
-            gateway=gateway.id,
-            session=session_id,
-            route=admission.route,
-        )
+        per_session = self.scenario.traffic_records == "session"
+        if per_session:
+            self.emit(
+                start,
+                "session.created",
+                account,
+                f"{session_id}/created",
+                sim=device.iccid,
+                gateway=gateway.id,
+                session=session_id,
+                route=admission.route,
+                address=gateway.address_of(device.iccid),
+                dns=gateway.dns,
+            )
         _, coverage_ends = device.outages.state_at(start)
         limit = min(coverage_ends, self.horizon)
         bursts = session_bursts(fleet.profile, self.scenario.seed, device.index, start, limit, self.origin_jst_s)
@@ -436,20 +482,27 @@ class Engine:
         if cause == "mass_traffic":
             self.stats.interruptions_per_day[(self.origin_jst_s + end) // DAY] += 1
         kept = bursts.cut(int(np.searchsorted(bursts.times, end, side="left")))
-        self.record_traffic(device, session_id, kept, admission.route)
-        self.emit(
-            end,
-            "session.deleted",
-            account,
-            f"{session_id}/deleted",
-            sim=device.iccid,
-            gateway=gateway.id,
-            session=session_id,
-            cause=cause,
-        )
+        self.record_traffic(device, session_id, end, kept, admission.route)
+        if per_session:
+            self.emit(
+                end,
+                "session.deleted",
+                account,
+                f"{session_id}/deleted",
+                sim=device.iccid,
+                gateway=gateway.id,
+                session=session_id,
+                cause=cause,
+            )
 
-    def record_traffic(self, device: Device, session_id: str, bursts: Bursts, route: str) -> None:
-        """Write a session's traffic: one ``sim.traffic`` per JST day, platform messages per hour."""
+    def record_traffic(self, device: Device, session_id: str, end: int, bursts: Bursts, route: str) -> None:
+        """Account a session's traffic: per JST day (and platform messages per JST hour).
+
+        A day's record is stamped at the last second the session spent in that day, so it always
+        lies inside the session (and so inside the SIM's registration). With ``traffic_records =
+        "session"`` every session writes its own records; with ``"daily"`` the records of a SIM are
+        summed per day (and hour) and written when the run ends.
+        """
         if not len(bursts):
             return
         fleet = device.fleet
@@ -457,30 +510,22 @@ class Engine:
         up, down = bursts.up, bursts.down
         jst = self.origin_jst_s + bursts.times
         if gateway.traffic_control is not None:
-            months = self.month_index(jst)
-            throttled = False
-            for month in np.unique(months).tolist():
-                rows = months == month
-                volume = up[rows] + down[rows]
-                allowed, hit = gateway.traffic_control.apply(volume, self.month_usage[(device.iccid, month)])
-                scale = np.where(volume > 0, allowed / np.maximum(volume, 1), 0)
-                up = up.copy()
-                down = down.copy()
-                up[rows] = (up[rows] * scale).astype(np.int64)
-                down[rows] = allowed - up[rows]
-                throttled |= hit
-            self.stats.throttled_sessions += int(throttled)
+            up, down = self.throttle(device, gateway.traffic_control, jst, up, down)
         days = jst // DAY
+        daily = self.scenario.traffic_records == "daily"
         for day in np.unique(days).tolist():
             rows = days == day
             day_up, day_down = int(up[rows].sum()), int(down[rows].sum())
-            last = int(bursts.times[rows][-1])
-            month = int(self.month_index(np.array([self.origin_jst_s + last]))[0])
-            self.month_usage[(device.iccid, month)] += day_up + day_down
+            if not day_up + day_down:
+                continue
+            stamp = min(end, (day + 1) * DAY - self.origin_jst_s) - 1
+            self.month_usage[(device.iccid, int(self.month_index(np.array([day * DAY]))[0]))] += day_up + day_down
             self.stats.traffic_per_day[day] += day_up + day_down
-            if day_up + day_down:
+            if daily:
+                self.daily_traffic.add(device, day, day_up, day_down, stamp, route, gateway.id)
+            else:
                 self.emit(
-                    last,
+                    stamp,
                     "sim.traffic",
                     fleet.account,
                     f"{session_id}/{day}",
@@ -496,20 +541,69 @@ class Engine:
             carrying = bursts.messages > 0
             for hour in np.unique(hours[carrying]).tolist():
                 rows = carrying & (hours == hour)
-                self.emit(
-                    int(bursts.times[rows][-1]),
-                    "mono.message",
-                    fleet.account,
-                    f"{session_id}/m/{hour}",
-                    sim=device.iccid,
-                    count=int(bursts.messages[rows].sum()),
-                    bytes=int(bursts.up[rows].sum() + bursts.down[rows].sum()),
-                )
+                count = int(bursts.messages[rows].sum())
+                size = int(bursts.up[rows].sum() + bursts.down[rows].sum())
+                stamp = int(bursts.times[rows][-1])
+                if daily:
+                    self.daily_traffic.add_messages(device, hour, count, size, stamp)
+                else:
+                    self.emit(
+                        stamp,
+                        "mono.message",
+                        fleet.account,
+                        f"{session_id}/m/{hour}",
+                        sim=device.iccid,
+                        count=count,
+                        bytes=size,
+                    )
+
+    def throttle(self, device: Device, control: Any, jst: Any, up: Any, down: Any) -> tuple[Any, Any]:
+        """Apply the gateway's traffic control to a session's bursts, month by month."""
+        months = self.month_index(jst)
+        up, down = up.copy(), down.copy()
+        throttled = False
+        for month in np.unique(months).tolist():
+            rows = months == month
+            volume = up[rows] + down[rows]
+            allowed, hit = control.apply(volume, self.month_usage[(device.iccid, month)])
+            scale = np.where(volume > 0, allowed / np.maximum(volume, 1), 0)
+            up[rows] = (up[rows] * scale).astype(np.int64)
+            down[rows] = allowed - up[rows]
+            throttled |= hit
+        self.stats.throttled_sessions += int(throttled)
+        return up, down
 
     @staticmethod
     def month_index(jst_seconds: Any) -> Any:
         """JST month indexes (year * 12 + month - 1) of JST epoch seconds."""
         return np.asarray(jst_seconds, dtype="datetime64[s]").astype("datetime64[M]").astype(np.int64) + 1970 * 12
+
+    def flush_daily(self) -> None:
+        """Write the per-day traffic and per-hour message records of ``traffic_records = "daily"``."""
+        for (index, day), (up, down, stamp, route, gateway) in sorted(self.daily_traffic.days.items()):
+            device = self.daily_traffic.devices[index]
+            self.emit(
+                stamp,
+                "sim.traffic",
+                device.fleet.account,
+                f"{device.iccid}/d/{day}",
+                sim=device.iccid,
+                up_bytes=up,
+                down_bytes=down,
+                route=route,
+                gateway=gateway,
+            )
+        for (index, hour), (count, size, stamp) in sorted(self.daily_traffic.hours.items()):
+            device = self.daily_traffic.devices[index]
+            self.emit(
+                stamp,
+                "mono.message",
+                device.fleet.account,
+                f"{device.iccid}/m/{hour}",
+                sim=device.iccid,
+                count=count,
+                bytes=size,
+            )
 
     def sms(self) -> SimProcess:
         """Each day at noon JST, the accounts send their devices' daily SMS."""
@@ -583,6 +677,7 @@ class Engine:
                 progress(at / self.horizon)
             at += step
         self.env.run(until=self.horizon + 1)  # sessions still open close at the horizon
+        self.flush_daily()
         if progress is not None:
             progress(1.0)
         return sorted(self.events, key=lambda event: event.ts)

@@ -146,6 +146,7 @@ class Scenario:
     operations: tuple[Operation, ...]
     expect: Expectations
     description: str = ""
+    traffic_records: str = "session"
 
     @property
     def first_month(self) -> int:
@@ -316,6 +317,7 @@ def scenario_from_text(text: str, source: str) -> Scenario:
     months = head.get("months", int, check=lambda v: None if 1 <= v <= 120 else "must be between 1 and 120")
     seed = head.get("seed", int, 0, check=_non_negative)
     tariff_name = head.get("tariff", str, "default")
+    traffic_records = head.get("traffic_records", str, "session", check=_one_of(("session", "daily")))
     try:
         tariff = load_tariff(None if tariff_name == "default" else Path(source).parent / tariff_name)
     except TariffError as exc:
@@ -473,6 +475,7 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         operations=tuple(operations),
         expect=expectations,
         description=description,
+        traffic_records=traffic_records,
     )
 
 
