@@ -16,7 +16,7 @@ anything else raises :class:`IllegalGatewayCommand` leaving the gateway unchange
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Final
@@ -77,7 +77,9 @@ class MobileGateway:
         state: Lifecycle state.
         switch: Whether it is connected to a switch (closed network).
         internet: Whether internet breakout is enabled.
-        sims: ICCIDs registered to it, in registration order.
+        sims: ICCIDs registered to it.
+        hosts: ICCID → host number of its IP address (IP address assignment, in registration order).
+        next_host: The host number the next SIM gets.
         imei_locks: ICCID → IMEI for SIMs under terminal lock.
         dns: DNS server given to devices.
         mass_traffic: The Art. 49(2) interruption policy, if any.
@@ -89,31 +91,39 @@ class MobileGateway:
     state: GatewayState = GatewayState.OFF
     switch: bool = False
     internet: bool = False
-    sims: tuple[str, ...] = ()
-    imei_locks: tuple[tuple[str, str], ...] = ()
+    sims: frozenset[str] = frozenset()
+    hosts: Mapping[str, int] = field(default_factory=dict)
+    next_host: int = 16
+    imei_locks: Mapping[str, str] = field(default_factory=dict)
     dns: str = "10.0.0.53"
     mass_traffic: MassTrafficPolicy | None = field(default=None)
     traffic_control: TrafficControl | None = field(default=None)
 
-    def apply(self, command: GatewayCommand, argument: str = "", imei: str = "") -> MobileGateway:
-        """Apply one command (``argument``: the ICCID for SIM and IMEI-lock commands).
+    def apply(self, command: GatewayCommand, sims: Sequence[str] = (), imeis: Sequence[str] = ()) -> MobileGateway:
+        """Apply one command.
+
+        Args:
+            command: The command.
+            sims: The ICCIDs of SIM and IMEI-lock commands (several at once: registering a fleet
+                is one command).
+            imeis: For ``LOCK_IMEI``, the IMEI of each SIM.
 
         Raises:
-            IllegalGatewayCommand: When the command is not possible in the gateway's state.
+            IllegalGatewayCommand: When the command is not possible in the gateway's state, or a
+                SIM command does not fit the registry (the gateway is then unchanged).
         """
         handler = TRANSITIONS.get((self.state, command))
         if handler is None:
             raise IllegalGatewayCommand(f"{command.value} is not possible on gateway {self.id} ({self.state.value})")
-        return handler(self, argument, imei)
+        return handler(self, tuple(sims), tuple(imeis))
 
     def address_of(self, sim: str) -> str:
-        """The IP address the gateway assigns to a registered SIM (IP address assignment)."""
-        index = self.sims.index(sim)
-        return str(ipaddress.IPv4Address("10.128.0.0") + 16 + index)
+        """The IP address the gateway assigned to a registered SIM (IP address assignment)."""
+        return str(ipaddress.IPv4Address("10.128.0.0") + self.hosts[sim])
 
     def locked_imei(self, sim: str) -> str | None:
         """The IMEI a SIM is locked to, if terminal lock applies to it."""
-        return dict(self.imei_locks).get(sim)
+        return self.imei_locks.get(sim)
 
     def admit(self, sim: str, imei: str, destination: str, registered: bool) -> Admission:
         """May ``sim`` (in a device with ``imei``) open a session towards ``destination``? (Art. 34)."""
@@ -130,35 +140,41 @@ class MobileGateway:
         return Admission(True, route=destination)
 
 
-Handler = Callable[[MobileGateway, str, str], MobileGateway]
+Handler = Callable[[MobileGateway, tuple[str, ...], tuple[str, ...]], MobileGateway]
 
 
 def _set(**changes: object) -> Handler:
-    return lambda gateway, _argument, _imei: replace(gateway, **changes)  # type: ignore[arg-type]
+    return lambda gateway, _sims, _imeis: replace(gateway, **changes)  # type: ignore[arg-type]
 
 
-def _add_sim(gateway: MobileGateway, sim: str, _imei: str) -> MobileGateway:
-    if sim in gateway.sims:
-        raise IllegalGatewayCommand(f"SIM {sim} is already registered to gateway {gateway.id}")
-    return replace(gateway, sims=(*gateway.sims, sim))
+def _add_sims(gateway: MobileGateway, sims: tuple[str, ...], _imeis: tuple[str, ...]) -> MobileGateway:
+    present = [sim for sim in sims if sim in gateway.sims]
+    if present or len(set(sims)) != len(sims):
+        raise IllegalGatewayCommand(f"SIM {(present or sims)[0]} is already registered to gateway {gateway.id}")
+    hosts = dict(gateway.hosts)
+    hosts.update((sim, gateway.next_host + offset) for offset, sim in enumerate(sims))
+    return replace(gateway, sims=gateway.sims | frozenset(sims), hosts=hosts, next_host=gateway.next_host + len(sims))
 
 
-def _remove_sim(gateway: MobileGateway, sim: str, _imei: str) -> MobileGateway:
-    if sim not in gateway.sims:
-        raise IllegalGatewayCommand(f"SIM {sim} is not registered to gateway {gateway.id}")
-    locks = tuple(pair for pair in gateway.imei_locks if pair[0] != sim)
-    return replace(gateway, sims=tuple(s for s in gateway.sims if s != sim), imei_locks=locks)
+def _remove_sims(gateway: MobileGateway, sims: tuple[str, ...], _imeis: tuple[str, ...]) -> MobileGateway:
+    missing = [sim for sim in sims if sim not in gateway.sims]
+    if missing:
+        raise IllegalGatewayCommand(f"SIM {missing[0]} is not registered to gateway {gateway.id}")
+    gone = frozenset(sims)
+    hosts = {sim: host for sim, host in gateway.hosts.items() if sim not in gone}
+    locks = {sim: imei for sim, imei in gateway.imei_locks.items() if sim not in gone}
+    return replace(gateway, sims=gateway.sims - gone, hosts=hosts, imei_locks=locks)
 
 
-def _lock(gateway: MobileGateway, sim: str, imei: str) -> MobileGateway:
-    if sim not in gateway.sims or not imei:
-        raise IllegalGatewayCommand(f"terminal lock needs a SIM registered to gateway {gateway.id} and an IMEI")
-    locks = tuple(pair for pair in gateway.imei_locks if pair[0] != sim)
-    return replace(gateway, imei_locks=(*locks, (sim, imei)))
+def _lock(gateway: MobileGateway, sims: tuple[str, ...], imeis: tuple[str, ...]) -> MobileGateway:
+    if len(sims) != len(imeis) or not all(imeis) or any(sim not in gateway.sims for sim in sims):
+        raise IllegalGatewayCommand(f"terminal lock needs SIMs registered to gateway {gateway.id} and their IMEIs")
+    return replace(gateway, imei_locks={**gateway.imei_locks, **dict(zip(sims, imeis, strict=True))})
 
 
-def _unlock(gateway: MobileGateway, sim: str, _imei: str) -> MobileGateway:
-    return replace(gateway, imei_locks=tuple(pair for pair in gateway.imei_locks if pair[0] != sim))
+def _unlock(gateway: MobileGateway, sims: tuple[str, ...], _imeis: tuple[str, ...]) -> MobileGateway:
+    gone = frozenset(sims)
+    return replace(gateway, imei_locks={sim: imei for sim, imei in gateway.imei_locks.items() if sim not in gone})
 
 
 _ANY_TIME: Final[dict[GatewayCommand, Handler]] = {
@@ -166,8 +182,8 @@ _ANY_TIME: Final[dict[GatewayCommand, Handler]] = {
     GatewayCommand.DISCONNECT_SWITCH: _set(switch=False),
     GatewayCommand.ENABLE_INTERNET: _set(internet=True),
     GatewayCommand.DISABLE_INTERNET: _set(internet=False),
-    GatewayCommand.ADD_SIM: _add_sim,
-    GatewayCommand.REMOVE_SIM: _remove_sim,
+    GatewayCommand.ADD_SIM: _add_sims,
+    GatewayCommand.REMOVE_SIM: _remove_sims,
     GatewayCommand.LOCK_IMEI: _lock,
     GatewayCommand.UNLOCK_IMEI: _unlock,
     GatewayCommand.DELETE: _set(state=GatewayState.DELETED),

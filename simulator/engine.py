@@ -203,9 +203,11 @@ class Engine:
 
     # -- operations -----------------------------------------------------------------------------
 
-    def command(self, gateway_id: str, command: GatewayCommand, sim: str = "", imei: str = "") -> None:
+    def command(
+        self, gateway_id: str, command: GatewayCommand, sims: tuple[str, ...] = (), imeis: tuple[str, ...] = ()
+    ) -> None:
         """Apply a command to a gateway and wake its sessions."""
-        self.gateways[gateway_id] = self.gateways[gateway_id].apply(command, sim, imei)
+        self.gateways[gateway_id] = self.gateways[gateway_id].apply(command, sims, imeis)
         self.notify(gateway_id)
 
     def create_gateway(self, gateway_id: str) -> None:
@@ -233,46 +235,65 @@ class Engine:
                 target=spec.id,
             )
 
-    def register(self, device: Device) -> None:
-        """Register a SIM in the system and to its fleet's gateway (and the Mono Platform)."""
-        now, fleet = self.env.now, device.fleet
-        device.registrations += 1
-        self.registered[device.iccid] = True
-        self.emit(
-            now, "sim.registered", fleet.account, f"{device.iccid}/registered/{device.registrations}", sim=device.iccid
-        )
-        if fleet.mono:
-            self.emit(
-                now,
-                "mono.device.registered",
-                fleet.account,
-                f"{device.iccid}/device/{device.registrations}",
-                sim=device.iccid,
-            )
-        gateway = self.gateways.get(fleet.gateway)
-        if gateway is not None and device.iccid not in gateway.sims:
-            self.command(fleet.gateway, GatewayCommand.ADD_SIM, device.iccid)
-            if any(spec.terminal_lock for spec in self.scenario.gateways if spec.id == fleet.gateway):
-                self.command(fleet.gateway, GatewayCommand.LOCK_IMEI, device.iccid, device.imei)
+    def register(self, devices: list[Device]) -> None:
+        """Register SIMs in the system and to their fleet's gateway (and the Mono Platform)."""
+        now = self.env.now
+        for device in devices:
+            fleet = device.fleet
+            device.registrations += 1
+            self.registered[device.iccid] = True
+            number = device.registrations
+            self.emit(now, "sim.registered", fleet.account, f"{device.iccid}/registered/{number}", sim=device.iccid)
+            if fleet.mono:
+                self.emit(
+                    now, "mono.device.registered", fleet.account, f"{device.iccid}/device/{number}", sim=device.iccid
+                )
+        for gateway_id, group in self._by_gateway(devices).items():
+            gateway = self.gateways.get(gateway_id)
+            if gateway is None:
+                continue
+            adding = [device for device in group if device.iccid not in gateway.sims]
+            if not adding:
+                continue
+            self.command(gateway_id, GatewayCommand.ADD_SIM, tuple(device.iccid for device in adding))
+            if any(spec.terminal_lock for spec in self.scenario.gateways if spec.id == gateway_id):
+                self.command(
+                    gateway_id,
+                    GatewayCommand.LOCK_IMEI,
+                    tuple(device.iccid for device in adding),
+                    tuple(device.imei for device in adding),
+                )
 
-    def delete(self, device: Device) -> None:
-        """Delete a SIM (Art. 38: the deletion request) and its device ID."""
-        now, fleet = self.env.now, device.fleet
-        self.registered[device.iccid] = False
-        if fleet.mono:
-            self.emit(
-                now,
-                "mono.device.deleted",
-                fleet.account,
-                f"{device.iccid}/device-deleted/{device.registrations}",
-                sim=device.iccid,
-            )
-        self.emit(now, "sim.deleted", fleet.account, f"{device.iccid}/deleted/{device.registrations}", sim=device.iccid)
-        gateway = self.gateways.get(fleet.gateway)
-        if gateway is not None and device.iccid in gateway.sims:
-            self.command(fleet.gateway, GatewayCommand.REMOVE_SIM, device.iccid)
-        else:
-            self.notify(fleet.gateway)
+    def delete(self, devices: list[Device]) -> None:
+        """Delete SIMs (Art. 38: the deletion request) and their device IDs."""
+        now = self.env.now
+        for device in devices:
+            fleet = device.fleet
+            self.registered[device.iccid] = False
+            number = device.registrations
+            if fleet.mono:
+                self.emit(
+                    now,
+                    "mono.device.deleted",
+                    fleet.account,
+                    f"{device.iccid}/device-deleted/{number}",
+                    sim=device.iccid,
+                )
+            self.emit(now, "sim.deleted", fleet.account, f"{device.iccid}/deleted/{number}", sim=device.iccid)
+        for gateway_id, group in self._by_gateway(devices).items():
+            gateway = self.gateways.get(gateway_id)
+            present = tuple(device.iccid for device in group if gateway is not None and device.iccid in gateway.sims)
+            if present:
+                self.command(gateway_id, GatewayCommand.REMOVE_SIM, present)
+            else:
+                self.notify(gateway_id)
+
+    @staticmethod
+    def _by_gateway(devices: list[Device]) -> dict[str, list[Device]]:
+        groups: dict[str, list[Device]] = {}
+        for device in devices:
+            groups.setdefault(device.fleet.gateway, []).append(device)
+        return groups
 
     def fleet_devices(self, name: str) -> list[Device]:
         """The devices of a fleet, in order."""
@@ -313,12 +334,10 @@ class Engine:
             )
         elif action == "sim.register":
             waiting = [device for device in self.fleet_devices(arguments["fleet"]) if not self.registered[device.iccid]]
-            for device in waiting[: arguments["count"]]:
-                self.register(device)
+            self.register(waiting[: arguments["count"]])
         elif action == "sim.delete":
             present = [device for device in self.fleet_devices(arguments["fleet"]) if self.registered[device.iccid]]
-            for device in present[: arguments["count"]]:
-                self.delete(device)
+            self.delete(present[: arguments["count"]])
         elif action == "device.power":
             for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
                 device.powered = bool(arguments["value"])
@@ -649,9 +668,7 @@ class Engine:
         for spec in self.scenario.gateways:
             if spec.create:
                 self.create_gateway(spec.id)
-        for device in self.devices:
-            if device.fleet.register:
-                self.register(device)
+        self.register([device for device in self.devices if device.fleet.register])
 
     def run(self, progress: Any = None) -> list[Event]:
         """Run to the end of the last month; return the events in log order.

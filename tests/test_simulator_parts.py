@@ -17,7 +17,7 @@ ORIGIN = 1_767_225_600 + 9 * 3600  # 2026-01-01T00:00+09:00 in JST seconds
 
 
 def gateway(*commands: GatewayCommand) -> MobileGateway:
-    base = MobileGateway("gw-1", "acct-1").apply(GatewayCommand.ADD_SIM, SIM)
+    base = MobileGateway("gw-1", "acct-1").apply(GatewayCommand.ADD_SIM, (SIM,))
     for command in commands:
         base = base.apply(command)
     return base
@@ -46,7 +46,7 @@ def test_article_34_availability(
 
 def test_terminal_lock_refuses_another_imei() -> None:
     locked = gateway(GatewayCommand.POWER_ON, GatewayCommand.CONNECT_SWITCH).apply(
-        GatewayCommand.LOCK_IMEI, SIM, "350000000000001"
+        GatewayCommand.LOCK_IMEI, (SIM,), ("350000000000001",)
     )
     assert locked.admit(SIM, "350000000000001", "closed", True).ok
     assert locked.admit(SIM, "359999999999999", "closed", True).cause == "imei_mismatch"
@@ -57,17 +57,17 @@ def test_illegal_gateway_commands_leave_it_unchanged() -> None:
     with pytest.raises(IllegalGatewayCommand):
         on.apply(GatewayCommand.POWER_ON)
     with pytest.raises(IllegalGatewayCommand):
-        on.apply(GatewayCommand.ADD_SIM, SIM)
+        on.apply(GatewayCommand.ADD_SIM, (SIM,))
     deleted = on.apply(GatewayCommand.DELETE)
     for command in GatewayCommand:
         with pytest.raises(IllegalGatewayCommand):
-            deleted.apply(command, SIM, "1")
+            deleted.apply(command, (SIM,), ("1",))
     assert deleted.state is GatewayState.DELETED and on.state is GatewayState.ON
     assert deleted.admit(SIM, "", "closed", True).cause == "not_registered"
 
 
 def test_ip_address_assignment_is_stable() -> None:
-    two = gateway().apply(GatewayCommand.ADD_SIM, "8981300000000000002")
+    two = gateway().apply(GatewayCommand.ADD_SIM, ("8981300000000000002",))
     assert two.address_of(SIM) == "10.128.0.16" and two.address_of("8981300000000000002") == "10.128.0.17"
 
 
