@@ -136,6 +136,17 @@ class UrgentTimeout(simpy.events.Event):
         env.schedule(self, URGENT, delay)
 
 
+@dataclass(frozen=True)
+class OpenSession:
+    """A session as it opens: id, start, its bursts, and the end it would reach by itself."""
+
+    session_id: str
+    start: int
+    bursts: Bursts
+    planned_end: int
+    cause: str
+
+
 def _secrets(seed: int, index: int) -> SimSecrets:
     draws = keyed_generator(seed, STREAM_FLEET, index, 1).integers(0, 10, 20)
     digits = "".join(str(int(d)) for d in draws)
@@ -454,20 +465,18 @@ class Engine:
             failures, last_refusal = 0, ""
             yield from self.session(device, admission)
 
-    def session(self, device: Device, admission: Admission) -> SimProcess:
-        """One data session: open, carry traffic, close with its cause."""
-        fleet, account = device.fleet, device.fleet.account
+    def open_session(self, device: Device, admission: Admission, start: int) -> OpenSession:
+        """Open a session at ``start``: its id, its bursts, and when and why it would end by itself."""
+        fleet = device.fleet
         gateway = self.gateways[fleet.gateway]
         device.sessions += 1
         session_id = f"{device.iccid}-{device.sessions}"
-        start = int(self.env.now)
         self.stats.sessions += 1
-        per_session = self.scenario.traffic_records == "session"
-        if per_session:
+        if self.scenario.traffic_records == "session":
             self.emit(
                 start,
                 "session.created",
-                account,
+                fleet.account,
                 f"{session_id}/created",
                 sim=device.iccid,
                 gateway=gateway.id,
@@ -481,12 +490,38 @@ class Engine:
         bursts = session_bursts(fleet.profile, self.scenario.seed, device.index, start, limit, self.origin_jst_s)
         cut = gateway.mass_traffic.cut_at(bursts.times, bursts.volume()) if gateway.mass_traffic else None
         if cut is not None:
-            planned, cause = int(bursts.times[cut]) + 1, "mass_traffic"
-        else:
-            planned, cause = limit, "coverage_lost" if coverage_ends < self.horizon else "end_of_run"
-        while self.env.now < planned:
-            timer = self.env.timeout(planned - self.env.now)
-            yield timer | self.changed[fleet.gateway]
+            return OpenSession(session_id, start, bursts, int(bursts.times[cut]) + 1, "mass_traffic")
+        return OpenSession(
+            session_id, start, bursts, limit, "coverage_lost" if coverage_ends < self.horizon else "end_of_run"
+        )
+
+    def close_session(self, device: Device, admission: Admission, session: OpenSession, end: int, cause: str) -> None:
+        """Close a session at ``end``: count it, account its traffic, write its end."""
+        self.stats.closures[cause] += 1
+        if cause == "mass_traffic":
+            self.stats.interruptions_per_day[(self.origin_jst_s + end) // DAY] += 1
+        bursts = session.bursts
+        kept = bursts.cut(int(np.searchsorted(bursts.times, end, side="left")))
+        self.record_traffic(device, session.session_id, end, kept, admission.route)
+        if self.scenario.traffic_records == "session":
+            self.emit(
+                end,
+                "session.deleted",
+                device.fleet.account,
+                f"{session.session_id}/deleted",
+                sim=device.iccid,
+                gateway=device.fleet.gateway,
+                session=session.session_id,
+                cause=cause,
+            )
+
+    def session(self, device: Device, admission: Admission) -> SimProcess:
+        """One data session: open, wait for its end or a change of the gateway, close."""
+        session = self.open_session(device, admission, int(self.env.now))
+        cause = session.cause
+        while self.env.now < session.planned_end:
+            timer = self.env.timeout(session.planned_end - self.env.now)
+            yield timer | self.changed[device.fleet.gateway]
             if timer.processed:
                 break
             if not device.powered:
@@ -496,23 +531,7 @@ class Engine:
             if not again.ok or again.route != admission.route:
                 cause = again.cause or "route_changed"
                 break
-        end = int(self.env.now)
-        self.stats.closures[cause] += 1
-        if cause == "mass_traffic":
-            self.stats.interruptions_per_day[(self.origin_jst_s + end) // DAY] += 1
-        kept = bursts.cut(int(np.searchsorted(bursts.times, end, side="left")))
-        self.record_traffic(device, session_id, end, kept, admission.route)
-        if per_session:
-            self.emit(
-                end,
-                "session.deleted",
-                account,
-                f"{session_id}/deleted",
-                sim=device.iccid,
-                gateway=gateway.id,
-                session=session_id,
-                cause=cause,
-            )
+        self.close_session(device, admission, session, int(self.env.now), cause)
 
     def record_traffic(self, device: Device, session_id: str, end: int, bursts: Bursts, route: str) -> None:
         """Account a session's traffic: per JST day (and platform messages per JST hour).
