@@ -46,6 +46,13 @@ class OutputFormat(StrEnum):
     table = "table"
 
 
+class EngineName(StrEnum):
+    """Which simulation engine runs a scenario."""
+
+    fast = "fast"
+    reference = "reference"
+
+
 class Rater(StrEnum):
     """Which rater computes the invoices."""
 
@@ -190,7 +197,7 @@ def _scenario(path: Path) -> Scenario:
         fail(str(exc))
 
 
-def _simulate(scenario: Scenario, rater: str) -> RunResult:
+def _simulate(scenario: Scenario, rater: str, engine: str = "fast") -> RunResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from simulator.runner import MeteringFailure, run_scenario
@@ -204,7 +211,7 @@ def _simulate(scenario: Scenario, rater: str) -> RunResult:
     with Progress(*columns, console=stderr, transient=True) as progress:
         task = progress.add_task(f"simulating {scenario.name} ({scenario.sim_count:,} SIMs)", total=1.0)
         try:
-            return run_scenario(scenario, lambda done: progress.update(task, completed=done), rater)
+            return run_scenario(scenario, lambda done: progress.update(task, completed=done), rater, engine)
         except MeteringFailure as exc:
             fail(str(exc), status=3)
 
@@ -219,6 +226,9 @@ def run(
         Path | None, typer.Option("--events", help="Also write the event log here (.jsonl, .jsonl.gz or .parquet).")
     ] = None,
     rater: Annotated[Rater, typer.Option(help="Rater of the online metering.")] = Rater.fast,
+    engine: Annotated[
+        EngineName, typer.Option(help="fast: sessions in bulk; reference: one SimPy process per device. Same log.")
+    ] = EngineName.fast,
 ) -> None:
     """Simulate a scenario, meter it in-process, print a summary; exit 1 if an [expect] check fails.
 
@@ -234,7 +244,7 @@ def run(
         except EventLogError as exc:
             fail(f"--events: {exc}")
     scenario = _scenario(scenario_path)
-    result = _simulate(scenario, rater.value)
+    result = _simulate(scenario, rater.value, engine.value)
     written = write_outputs(result, out, events)
     console = Console()
     for table in summary_tables(result):
@@ -253,12 +263,13 @@ def check(
     scenario_path: ScenarioArg,
     golden: Annotated[Path, typer.Option(help="Directory of golden invoices (one YYYY-MM.json per month).")],
     update: Annotated[bool, typer.Option("--update", help="Rewrite the golden files from this run.")] = False,
+    engine: Annotated[EngineName, typer.Option(help="Simulation engine.")] = EngineName.fast,
 ) -> None:
     """Rerun a scenario and compare its invoices with golden files; exit 1 on any drift."""
     from simulator.runner import compare_golden
 
     scenario = _scenario(scenario_path)
-    result = _simulate(scenario, "fast")
+    result = _simulate(scenario, "fast", engine.value)
     differences = compare_golden(result, golden, update)
     if update:
         stderr.print(f"{golden}: {len(result.documents)} golden invoice file(s) written", markup=False)

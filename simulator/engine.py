@@ -136,6 +136,11 @@ class UrgentTimeout(simpy.events.Event):
         env.schedule(self, URGENT, delay)
 
 
+def back_off(failures: int) -> int:
+    """Seconds to the next attach attempt after ``failures`` consecutive refusals (10 s; 12 min after 5)."""
+    return ATTACH_BACKOFF_S if failures % ATTACH_FAILURES_BEFORE_BACKOFF == 0 else ATTACH_RETRY_S
+
+
 @dataclass(frozen=True)
 class OpenSession:
     """A session as it opens: id, start, its bursts, and the end it would reach by itself."""
@@ -414,6 +419,13 @@ class Engine:
         device.status = "dead"
         return False
 
+    def note_refusal(self, device: Device, cause: str, at: int) -> None:
+        """A refused attach (first of a streak with this cause): count it and write it as a diagnostic."""
+        self.stats.refusals[cause] += 1
+        self.emit(
+            at, "session.deleted", device.fleet.account, f"{device.iccid}/refused/{at}", sim=device.iccid, cause=cause
+        )
+
     def admit(self, device: Device) -> Admission:
         """Ask the device's gateway for a session (Art. 34, terminal lock)."""
         gateway = self.gateways.get(device.fleet.gateway)
@@ -448,19 +460,10 @@ class Engine:
             self.stats.attach_attempts.append((device.iccid, int(self.env.now)))
             if not admission.ok:
                 if admission.cause != last_refusal:
-                    self.stats.refusals[admission.cause] += 1
-                    self.emit(
-                        self.env.now,
-                        "session.deleted",
-                        device.fleet.account,
-                        f"{device.iccid}/refused/{int(self.env.now)}",
-                        sim=device.iccid,
-                        cause=admission.cause,
-                    )
+                    self.note_refusal(device, admission.cause, int(self.env.now))
                 last_refusal = admission.cause
                 failures += 1
-                wait = ATTACH_BACKOFF_S if failures % ATTACH_FAILURES_BEFORE_BACKOFF == 0 else ATTACH_RETRY_S
-                yield self.env.timeout(min(wait, self.horizon - self.env.now))
+                yield self.env.timeout(min(back_off(failures), self.horizon - self.env.now))
                 continue
             failures, last_refusal = 0, ""
             yield from self.session(device, admission)

@@ -1,0 +1,385 @@
+"""The fast engine: SimPy for the rare control events, sessions and volumes derived in bulk.
+
+SimPy runs only what is rare: the scheduled operations (gateway toggles, registrations, swaps,
+power), the PIN flows of PIN-enabled SIMs, SMS and the daily census — with exactly the code of
+the reference engine (:class:`~simulator.engine.Engine`), which records every change as it
+happens. Then, per device, the sessions follow from the intervals in which it can communicate:
+
+* admission (Art. 34, terminal lock, registration, power) is piecewise constant between the
+  recorded change instants; within an admitted stretch the sessions are the gaps between coverage
+  outages, found with numpy in one step, and their traffic per JST day is counted arithmetically
+  (telemetry ticks in an interval, the daily upload and firmware instants that fall inside);
+* whatever needs the bursts themselves — a gateway whose mass-traffic policy the profile could
+  trip, traffic control, platform messages — and refused attaches with their back-off are stepped
+  session by session with the reference engine's own ``open_session``/``close_session``.
+
+For the same scenario and seed the event log equals the reference engine's as a multiset (and so
+the invoices are byte-identical); a differential test demands it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from devices.sim_card import Command
+from devices.traffic import DAY, TrafficProfile, daily_uploads, device_phases
+from gateway.mobile_gateway import Admission, MobileGateway
+from simulator.engine import Device, Engine, SimProcess, back_off
+from simulator.scenario import Scenario
+
+IntArray = npt.NDArray[np.int64]
+FOREVER: Final = 2**62
+
+
+def window_bound(profile: TrafficProfile, window_s: int) -> int:
+    """An upper bound of the bytes a profile can send within any ``window_s`` seconds."""
+    total = 0
+    if profile.telemetry_interval_s:
+        total += (window_s // profile.telemetry_interval_s + 1) * (profile.telemetry_up + profile.telemetry_down)
+    if profile.daily_upload_bytes:
+        total += (window_s // DAY + 2) * int(profile.daily_upload_bytes * 1.1 + 1)
+    if profile.firmware_bytes:
+        total += (window_s // (28 * DAY) + 1) * profile.firmware_bytes
+    if profile.platform_messages_per_day:
+        total += (window_s * profile.platform_messages_per_day // DAY + 2) * profile.platform_message_bytes
+    if profile.runaway_bytes_per_minute:
+        total += (window_s // 60 + 1) * profile.runaway_bytes_per_minute
+    return total
+
+
+@dataclass
+class Timeline:
+    """The recorded history of what decides a device's admission.
+
+    Every list holds ``(instant, value)`` pairs in time order; the value holds from its instant on
+    (after all operations at that instant).
+    """
+
+    gateways: dict[str, list[tuple[int, MobileGateway | None]]] = field(default_factory=dict)
+    registered: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)
+    imeis: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
+
+    @staticmethod
+    def at(history: list[tuple[int, Any]], instant: int, default: Any) -> Any:
+        """The value of a history at ``instant``."""
+        position = bisect.bisect_right(history, instant, key=lambda entry: entry[0]) - 1
+        return history[position][1] if position >= 0 else default
+
+    @staticmethod
+    def record(history: list[tuple[int, Any]], instant: int, value: Any) -> None:
+        """Record a value from ``instant`` on (a later value at the same instant replaces it)."""
+        if history and history[-1][0] == instant:
+            history[-1] = (instant, value)
+        else:
+            history.append((instant, value))
+
+
+class FastEngine(Engine):
+    """Runs one scenario: control events in SimPy, sessions in bulk per device."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        """Build the world at the scenario start."""
+        super().__init__(scenario)
+        self.timeline = Timeline(gateways={spec.id: [] for spec in scenario.gateways})
+        self.usable: dict[int, list[tuple[int, int]]] = {device.index: [] for device in self.devices}
+        powered = {op.arguments["fleet"] for op in scenario.operations if op.action == "device.power"}
+        self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
+
+    # -- recording the control run ----------------------------------------------------------------
+
+    def notify(self, gateway: str) -> None:
+        """Record the gateway's state after a change (then wake, as the reference does)."""
+        Timeline.record(self.timeline.gateways[gateway], int(self.env.now), self.gateways.get(gateway))
+        super().notify(gateway)
+
+    def register(self, devices: list[Device]) -> None:
+        """Register, and record the registrations."""
+        super().register(devices)
+        for device in devices:
+            Timeline.record(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), True)
+
+    def delete(self, devices: list[Device]) -> None:
+        """Delete, and record the deletions."""
+        super().delete(devices)
+        for device in devices:
+            Timeline.record(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), False)
+
+    def operate(self, action: str, arguments: Any) -> None:
+        """Operate, recording IMEI swaps and waking control processes on power changes."""
+        super().operate(action, arguments)
+        if action == "device.swap":
+            for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
+                Timeline.record(self.timeline.imeis.setdefault(device.index, []), int(self.env.now), device.imei)
+        if action == "device.power" and not arguments["value"]:
+            for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
+                if device.power_changed is not None and not device.power_changed.triggered:
+                    device.power_changed.succeed()
+
+    def device(self, device: Device) -> SimProcess:
+        """Control only: power-on, the PIN flow, power cycles; records when the device is usable."""
+        yield self.env.timeout(device.index % 60)
+        while self.env.now < self.horizon:
+            if device.powered:
+                usable = yield from self.pin_flow(device)
+                if not usable:
+                    return
+                since = int(self.env.now)
+                device.power_changed = self.env.event()
+                yield device.power_changed | self.env.timeout(self.horizon - self.env.now)
+                self.usable[device.index].append((since, int(self.env.now) if not device.powered else FOREVER))
+                if device.powered:
+                    return
+            if device.card.powered:
+                device.card, _ = device.card.apply(Command.POWER_OFF)
+            device.power_changed = self.env.event()
+            yield device.power_changed | self.env.timeout(self.horizon - self.env.now)
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def admission_at(self, device: Device, instant: int) -> Admission:
+        """What the reference engine's ``admit`` answers at ``instant``."""
+        gateway = Timeline.at(self.timeline.gateways[device.fleet.gateway], instant, None)
+        if gateway is None:
+            return Admission(False, cause="gateway_off")
+        registered = Timeline.at(self.timeline.registered.get(device.iccid, []), instant, False)
+        imei = Timeline.at(self.timeline.imeis.get(device.index, []), instant, f"35{device.index:013d}")
+        admission: Admission = gateway.admit(device.iccid, imei, device.fleet.profile.destination, registered)
+        return admission
+
+    def next_change(self, device: Device, after: int) -> int:
+        """The first recorded change after ``after`` that could change this device's admission."""
+        history = self.timeline.gateways[device.fleet.gateway]
+        position = bisect.bisect_right(history, after, key=lambda entry: entry[0])
+        return history[position][0] if position < len(history) else FOREVER
+
+    def change_instants(self, device: Device, after: int) -> Iterator[int]:
+        """Instants after ``after`` at which the reference engine would re-check this device's session."""
+        instants = [instant for instant, _ in self.timeline.gateways[device.fleet.gateway] if instant > after]
+        return iter(instants)
+
+    def stretch_end(self, device: Device, start: int, admission: Admission, power_off: int) -> tuple[int, str]:
+        """When an admitted stretch from ``start`` ends, and the cause a session open then gets."""
+        for instant in self.change_instants(device, start):
+            if instant >= self.horizon:
+                break
+            if instant >= power_off:
+                return power_off, "power_off"
+            again = self.admission_at(device, instant)
+            if not again.ok or again.route != admission.route:
+                return instant, again.cause or "route_changed"
+        if power_off < self.horizon:
+            return power_off, "power_off"
+        return self.horizon, "end_of_run"
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def needs_bursts(self, device: Device) -> bool:
+        """Whether this device's sessions must be stepped burst by burst."""
+        spec = next(spec for spec in self.scenario.gateways if spec.id == device.fleet.gateway)
+        profile = device.fleet.profile
+        if spec.traffic_control is not None or profile.platform_messages_per_day or profile.runaway_bytes_per_minute:
+            return True
+        return spec.mass_traffic is not None and window_bound(profile, spec.mass_traffic.window_s) > (
+            spec.mass_traffic.threshold_bytes
+        )
+
+    def plan(self, device: Device) -> None:
+        """All sessions of one device, as the reference engine's ``attached_life`` would have them."""
+        detailed = self.needs_bursts(device)
+        for since, power_off in self.usable[device.index]:
+            now, failures, last_refusal = since, 0, ""
+            while now < self.horizon and now < power_off:
+                outage, change = device.outages.state_at(now)
+                if outage:
+                    now = min(change, self.horizon)
+                    continue
+                admission = self.admission_at(device, now)
+                if not admission.ok:
+                    if admission.cause != last_refusal:
+                        self.note_refusal(device, admission.cause, now)
+                    last_refusal = admission.cause
+                    # nothing can change before the next recorded change, outage or power-off: the
+                    # attempts until then are refused the same way, so only their times are stepped
+                    calm_until = min(self.next_change(device, now), device.outages.state_at(now)[1], power_off)
+                    failures += 1
+                    now += min(back_off(failures), self.horizon - now)
+                    while now < calm_until and now < self.horizon:
+                        failures += 1
+                        now += min(back_off(failures), self.horizon - now)
+                    continue
+                failures, last_refusal = 0, ""
+                end, cause = self.stretch_end(device, now, admission, power_off)
+                if detailed:
+                    now = self.one_session(device, admission, now, end, cause)
+                else:
+                    now = self.bulk_sessions(device, admission, now, end, cause)
+
+    def one_session(self, device: Device, admission: Admission, start: int, stretch_end: int, cause: str) -> int:
+        """One session stepped like the reference: it ends by itself or when the stretch ends."""
+        session = self.open_session(device, admission, start)
+        if stretch_end < session.planned_end:
+            end, why = stretch_end, cause
+        else:
+            end, why = session.planned_end, session.cause
+        self.close_session(device, admission, session, end, why)
+        return end
+
+    def bulk_sessions(self, device: Device, admission: Admission, start: int, stretch_end: int, cause: str) -> int:
+        """Every session of an admitted stretch at once: the gaps between coverage outages."""
+        intervals = device.outages.intervals
+        first = bisect.bisect_right(intervals, (start, FOREVER))
+        outage_starts = np.array([begin for begin, _ in intervals[first:]], dtype=np.int64)
+        outage_ends = np.array([finish for _, finish in intervals[first:]], dtype=np.int64)
+        # an outage starting exactly when the stretch ends ends the session first (as the reference's timer)
+        inside = outage_starts <= stretch_end
+        starts = np.concatenate(([start], outage_ends[inside]))
+        ends = np.concatenate((outage_starts[inside], [stretch_end]))
+        causes = ["coverage_lost"] * int(inside.sum()) + [cause]
+        keep = starts < np.minimum(ends, self.horizon)
+        starts, ends = starts[keep], np.minimum(ends[keep], self.horizon)
+        causes = [why for why, kept in zip(causes, keep.tolist(), strict=True) if kept]
+        self.record_bulk(device, admission, starts, ends, causes)
+        if not keep[-1]:
+            return int(min(outage_ends[inside][-1], self.horizon)) if inside.any() else stretch_end
+        return int(ends[-1]) if len(ends) else stretch_end
+
+    def record_bulk(
+        self, device: Device, admission: Admission, starts: IntArray, ends: IntArray, causes: list[str]
+    ) -> None:
+        """Sessions and their traffic per JST day, counted arithmetically."""
+        fleet = device.fleet
+        profile = fleet.profile
+        first_number = device.sessions + 1
+        device.sessions += len(starts)
+        self.stats.sessions += len(starts)
+        for why in causes:
+            self.stats.closures[why] += 1
+        # split sessions at JST midnights into pieces
+        origin = self.origin_jst_s
+        first_day = (origin + starts) // DAY
+        last_day = (origin + ends - 1) // DAY
+        counts = last_day - first_day + 1
+        session_of = np.repeat(np.arange(len(starts)), counts)
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        day = first_day[session_of] + offsets
+        piece_start = np.maximum(starts[session_of], day * DAY - origin)
+        piece_end = np.minimum(ends[session_of], (day + 1) * DAY - origin)
+        up = np.zeros(len(day), dtype=np.int64)
+        down = np.zeros(len(day), dtype=np.int64)
+        phases = device_phases(self.scenario.seed, device.index)
+        if profile.telemetry_interval_s:
+            interval = profile.telemetry_interval_s
+            offset = int(phases[0] * interval)
+            ticks = (piece_end - 1 - offset) // interval - (piece_start - 1 - offset) // interval
+            up += ticks * profile.telemetry_up
+            down += ticks * profile.telemetry_down
+        if profile.daily_upload_bytes:
+            upload_at, size = daily_uploads(profile, self.scenario.seed, device.index, day)
+            at = day * DAY - origin + upload_at
+            up += np.where((at >= piece_start) & (at < piece_end), size, 0)
+        if profile.firmware_bytes:
+            for month_start in self.firmware_months(profile, int(starts[0]), int(ends[-1])):
+                at = month_start + int(phases[2] * 7 * DAY)
+                down += np.where((at >= piece_start) & (at < piece_end), profile.firmware_bytes, 0)
+        volume = up + down
+        for position in np.flatnonzero(volume > 0).tolist():
+            traffic_day = int(day[position])
+            stamp = int(piece_end[position]) - 1
+            self.stats.traffic_per_day[traffic_day] += int(volume[position])
+            if self.scenario.traffic_records == "daily":
+                self.daily_traffic.add(
+                    device, traffic_day, int(up[position]), int(down[position]), stamp, admission.route, fleet.gateway
+                )
+            else:
+                session_id = f"{device.iccid}-{first_number + int(session_of[position])}"
+                self.emit(
+                    stamp,
+                    "sim.traffic",
+                    fleet.account,
+                    f"{session_id}/{traffic_day}",
+                    sim=device.iccid,
+                    up_bytes=int(up[position]),
+                    down_bytes=int(down[position]),
+                    route=admission.route,
+                    session=session_id,
+                    gateway=fleet.gateway,
+                )
+        if self.scenario.traffic_records == "session":
+            self.session_events(device, admission, first_number, starts, ends, causes)
+
+    def session_events(
+        self,
+        device: Device,
+        admission: Admission,
+        first_number: int,
+        starts: IntArray,
+        ends: IntArray,
+        causes: list[str],
+    ) -> None:
+        """``session.created``/``session.deleted`` of bulk sessions (``traffic_records = "session"``)."""
+        fleet = device.fleet
+        for offset, (start, end, why) in enumerate(zip(starts.tolist(), ends.tolist(), causes, strict=True)):
+            session_id = f"{device.iccid}-{first_number + offset}"
+            gateway = Timeline.at(self.timeline.gateways[fleet.gateway], start, None)
+            self.emit(
+                start,
+                "session.created",
+                fleet.account,
+                f"{session_id}/created",
+                sim=device.iccid,
+                gateway=fleet.gateway,
+                session=session_id,
+                route=admission.route,
+                address=gateway.address_of(device.iccid),
+                dns=gateway.dns,
+            )
+            self.emit(
+                end,
+                "session.deleted",
+                fleet.account,
+                f"{session_id}/deleted",
+                sim=device.iccid,
+                gateway=fleet.gateway,
+                session=session_id,
+                cause=why,
+            )
+
+    def firmware_months(self, profile: TrafficProfile, start: int, end: int) -> list[int]:
+        """Scenario seconds of the month starts whose firmware instant may fall in ``[start, end)``."""
+        from devices.traffic import _month_starts
+
+        return _month_starts(self.origin_jst_s, start - 7 * DAY, end, profile.firmware_every_months)
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self, progress: Any = None) -> list[Any]:
+        """Run the control events in SimPy, then every device's sessions in bulk."""
+        self.start()
+        self.env.process(self.operations())
+        self.env.process(self.sms())
+        self.env.process(self.census())
+        controlled = {device.index for device in self.controlled}
+        for device in self.devices:
+            if device.index in controlled:
+                self.env.process(self.device(device))
+            else:
+                device.card, _ = device.card.apply(Command.POWER_ON)
+                self.usable[device.index].append((device.index % 60, FOREVER))
+        self.env.run(until=self.horizon + 1)
+        if progress is not None:
+            progress(0.1)
+        step = max(1, len(self.devices) // 50)
+        for position, device in enumerate(self.devices):
+            self.plan(device)
+            if progress is not None and position % step == 0:
+                progress(0.1 + 0.9 * position / len(self.devices))
+        self.flush_daily()
+        if progress is not None:
+            progress(1.0)
+        return sorted(self.events, key=lambda event: event.ts)
