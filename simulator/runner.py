@@ -57,9 +57,16 @@ class MeteringFailure(Exception):
     """The run's own event log did not rate: a defect of the simulator, reported as such."""
 
 
-def run_scenario(scenario: Scenario, progress: Callable[[float], None] | None = None, rater: str = "fast") -> RunResult:
-    """Simulate the scenario and meter its events in-process."""
-    engine = Engine(scenario)
+ENGINES = ("fast", "reference")
+
+
+def run_scenario(
+    scenario: Scenario, progress: Callable[[float], None] | None = None, rater: str = "fast", engine_name: str = "fast"
+) -> RunResult:
+    """Simulate the scenario with the named engine and meter its events in-process."""
+    from simulator.fast_engine import FastEngine
+
+    engine = FastEngine(scenario) if engine_name == "fast" else Engine(scenario)
     events = engine.run(progress)
     if rater == "reference":
         rating = rate_reference(events, scenario.tariff, scenario.billing_months)
