@@ -31,7 +31,7 @@ from devices.coverage import Outages, route_outages
 from devices.keyed_random import STREAM_FLEET, keyed_generator
 from devices.sim_card import CardState, Command, SimCard, SimSecrets
 from devices.traffic import DAY, Bursts, session_bursts
-from gateway.mobile_gateway import Admission, GatewayCommand, MobileGateway
+from gateway.mobile_gateway import Admission, GatewayCommand, GatewayState, MobileGateway
 from metering.events import BILLED_TYPES, Event
 from simulator.scenario import FleetSpec, Scenario
 
@@ -179,6 +179,7 @@ class Engine:
         self.registered: dict[str, bool] = {}
         self.month_usage: Counter[tuple[str, int]] = Counter()
         self.daily_traffic = DailyTraffic()
+        self.operations_done = 0
         self.devices: list[Device] = []
         accounts = {account: number for number, account in enumerate(scenario.accounts)}
         index = 0
@@ -233,7 +234,8 @@ class Engine:
         self.gateways[gateway_id] = MobileGateway(
             spec.id, spec.account, mass_traffic=spec.mass_traffic, traffic_control=spec.traffic_control
         )
-        self.emit(now, "gateway.created", spec.account, f"{spec.id}/created/{now}", gateway=spec.id)
+        tag = f"{int(now)}.{self.operations_done}"
+        self.emit(now, "gateway.created", spec.account, f"{spec.id}/created/{tag}", gateway=spec.id)
         for wanted, command in (
             (spec.switch, GatewayCommand.CONNECT_SWITCH),
             (spec.internet, GatewayCommand.ENABLE_INTERNET),
@@ -246,10 +248,15 @@ class Engine:
                 now,
                 "option.enabled",
                 spec.account,
-                f"{spec.id}/terminal_lock/{now}",
+                f"{spec.id}/terminal_lock/{tag}",
                 option="terminal_lock",
                 target=spec.id,
             )
+        waiting = [
+            device for device in self.devices if device.fleet.gateway == spec.id and self.registered[device.iccid]
+        ]
+        self.join_gateways(waiting)
+        self.notify(spec.id)
 
     def register(self, devices: list[Device]) -> None:
         """Register SIMs in the system and to their fleet's gateway (and the Mono Platform)."""
@@ -264,9 +271,13 @@ class Engine:
                 self.emit(
                     now, "mono.device.registered", fleet.account, f"{device.iccid}/device/{number}", sim=device.iccid
                 )
+        self.join_gateways(devices)
+
+    def join_gateways(self, devices: list[Device]) -> None:
+        """Register SIMs to their fleet's gateway, where it exists (terminal lock to the device's IMEI)."""
         for gateway_id, group in self._by_gateway(devices).items():
             gateway = self.gateways.get(gateway_id)
-            if gateway is None:
+            if gateway is None or gateway.state is GatewayState.DELETED:
                 continue
             adding = [device for device in group if device.iccid not in gateway.sims]
             if not adding:
@@ -323,14 +334,25 @@ class Engine:
             self.operate(operation.action, operation.arguments)
 
     def operate(self, action: str, arguments: Any) -> None:
-        """Carry out one operation now."""
+        """Carry out one operation now (its events' ids carry the operation's number)."""
+        self.operations_done += 1
         now = self.env.now
+        tag = f"{int(now)}.{self.operations_done}"
         if action == "gateway.create":
             self.create_gateway(arguments["gateway"])
         elif action == "gateway.delete":
             gateway = self.gateways[arguments["gateway"]]
             self.command(gateway.id, GatewayCommand.DELETE)
-            self.emit(now, "gateway.deleted", gateway.account, f"{gateway.id}/deleted/{now}", gateway=gateway.id)
+            self.emit(now, "gateway.deleted", gateway.account, f"{gateway.id}/deleted/{tag}", gateway=gateway.id)
+            if any(spec.terminal_lock for spec in self.scenario.gateways if spec.id == gateway.id):
+                self.emit(
+                    now,
+                    "option.disabled",
+                    gateway.account,
+                    f"{gateway.id}/terminal_lock-off/{tag}",
+                    option="terminal_lock",
+                    target=gateway.id,
+                )
         elif action in ("gateway.power", "gateway.internet", "gateway.switch"):
             gateway = self.gateways[arguments["gateway"]]
             on = bool(arguments["value"])
@@ -339,12 +361,18 @@ class Engine:
                 "gateway.internet": (GatewayCommand.ENABLE_INTERNET, GatewayCommand.DISABLE_INTERNET),
                 "gateway.switch": (GatewayCommand.CONNECT_SWITCH, GatewayCommand.DISCONNECT_SWITCH),
             }[action][0 if on else 1]
-            self.command(gateway.id, command)
+            already = {
+                "gateway.power": gateway.state is GatewayState.ON,
+                "gateway.internet": gateway.internet,
+                "gateway.switch": gateway.switch,
+            }[action]
+            if already != on:  # setting what is already set changes nothing
+                self.command(gateway.id, command)
             self.emit(
                 now,
                 action,
                 gateway.account,
-                f"{gateway.id}/{action}/{now}",
+                f"{gateway.id}/{action}/{tag}",
                 gateway=gateway.id,
                 state="on" if on else "off",
             )
@@ -367,9 +395,9 @@ class Engine:
         elif action in ("option.enable", "option.disable"):
             kind = "option.enabled" if action == "option.enable" else "option.disabled"
             option, target = arguments["option"], arguments["target"]
-            self.emit(now, kind, arguments["account"], f"{option}:{target}/{kind}/{now}", option=option, target=target)
+            self.emit(now, kind, arguments["account"], f"{option}:{target}/{kind}/{tag}", option=option, target=target)
         elif action == "points.buy":
-            self.emit(now, "points.purchased", arguments["account"], f"points/{now}", points=arguments["points"])
+            self.emit(now, "points.purchased", arguments["account"], f"points/{tag}", points=arguments["points"])
 
     # -- devices --------------------------------------------------------------------------------
 

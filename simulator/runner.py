@@ -210,8 +210,10 @@ def diff_documents(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
                 Decimal(now["amount"]),
                 now["evidence"],
             ):
-                found.append(
-                    f"{label}: quantity {was['quantity']} -> {now['quantity']}, "
-                    f"amount {was['amount']} -> {now['amount']}"
-                )
+                changes = [
+                    f"{name} {was[name]} -> {now[name]}"
+                    for name in ("quantity", "amount", "evidence")
+                    if (Decimal(was[name]) != Decimal(now[name]) if name == "amount" else was[name] != now[name])
+                ]
+                found.append(f"{label}: {', '.join(changes)}")
     return found

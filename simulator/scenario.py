@@ -439,6 +439,7 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         operations.append(Operation(at, action, arguments, reader.line_of("do")))
         reader.finish()
     operations.sort(key=lambda operation: operation.at)
+    _check_gateway_lifecycle(source, gateways, operations)
 
     expect = top.table("expect")
     totals: dict[str, Decimal] = {}
@@ -477,6 +478,27 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         description=description,
         traffic_records=traffic_records,
     )
+
+
+def _check_gateway_lifecycle(source: str, gateways: list[GatewaySpec], operations: list[Operation]) -> None:
+    """Operations must find their gateway: created before it is used, not created twice."""
+    exists = {gateway.id: gateway.create for gateway in gateways}
+    for operation in operations:
+        gateway = operation.arguments.get("gateway")
+        if gateway is None:
+            continue
+        if operation.action == "gateway.create":
+            if exists[gateway]:
+                raise ScenarioError(
+                    f"{source}:{operation.line}: gateway.create: gateway {gateway!r} already exists then"
+                )
+            exists[gateway] = True
+        elif not exists[gateway]:
+            raise ScenarioError(
+                f"{source}:{operation.line}: {operation.action}: gateway {gateway!r} does not exist then"
+            )
+        elif operation.action == "gateway.delete":
+            exists[gateway] = False
 
 
 def _option(value: str) -> str | None:
