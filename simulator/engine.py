@@ -309,7 +309,8 @@ class Engine:
             self.emit(now, "sim.deleted", fleet.account, f"{device.iccid}/deleted/{number}", sim=device.iccid)
         for gateway_id, group in self._by_gateway(devices).items():
             gateway = self.gateways.get(gateway_id)
-            present = tuple(device.iccid for device in group if gateway is not None and device.iccid in gateway.sims)
+            live = gateway is not None and gateway.state is not GatewayState.DELETED
+            present = tuple(device.iccid for device in group if live and device.iccid in gateway.sims)  # type: ignore[union-attr]
             if present:
                 self.command(gateway_id, GatewayCommand.REMOVE_SIM, present)
             else:

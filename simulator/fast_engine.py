@@ -30,11 +30,21 @@ import numpy.typing as npt
 from devices.sim_card import Command
 from devices.traffic import DAY, TrafficProfile, daily_uploads, device_phases
 from gateway.mobile_gateway import Admission, MobileGateway
-from simulator.engine import Device, Engine, SimProcess, back_off
+from simulator.engine import (
+    ATTACH_BACKOFF_S,
+    ATTACH_FAILURES_BEFORE_BACKOFF,
+    ATTACH_RETRY_S,
+    Device,
+    Engine,
+    SimProcess,
+    back_off,
+)
 from simulator.scenario import Scenario
 
 IntArray = npt.NDArray[np.int64]
 FOREVER: Final = 2**62
+CYCLE_S: Final = ATTACH_BACKOFF_S + (ATTACH_FAILURES_BEFORE_BACKOFF - 1) * ATTACH_RETRY_S
+"""Seconds of five consecutive attach attempts' back-off, whatever the phase (760 s)."""
 
 
 def window_bound(profile: TrafficProfile, window_s: int) -> int:
@@ -207,9 +217,14 @@ class FastEngine(Engine):
                     # nothing can change before the next recorded change, outage or power-off: the
                     # attempts until then are refused the same way, so only their times are stepped
                     calm_until = min(self.next_change(device, now), device.outages.state_at(now)[1], power_off)
+                    calm_until = min(calm_until, self.horizon)
                     failures += 1
                     now += min(back_off(failures), self.horizon - now)
-                    while now < calm_until and now < self.horizon:
+                    if now < calm_until:  # whole back-off cycles: 5 attempts in 760 s, whatever the phase
+                        cycles = (calm_until - 1 - now) // CYCLE_S
+                        now += cycles * CYCLE_S
+                        failures += cycles * ATTACH_FAILURES_BEFORE_BACKOFF
+                    while now < calm_until:
                         failures += 1
                         now += min(back_off(failures), self.horizon - now)
                     continue

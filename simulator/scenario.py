@@ -434,6 +434,11 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         }
         for key, (kind, check) in table_of_needs[action].items():
             arguments[key] = reader.get(key, kind, check=check)
+        if action == "points.buy":
+            points = arguments["points"]
+            block, most = tariff.points_block, tariff.points_purchase_max
+            if points % block or not block <= points <= most:
+                raise reader.error("points", f"a purchase is a multiple of {block} between {block} and {most} (PT-4)")
         if action in ("option.enable", "option.disable") and arguments["option"] not in tariff.suboptions:
             raise reader.error("option", f"the tariff has no sub-option {arguments['option']!r}")
         operations.append(Operation(at, action, arguments, reader.line_of("do")))
@@ -481,12 +486,25 @@ def scenario_from_text(text: str, source: str) -> Scenario:
 
 
 def _check_gateway_lifecycle(source: str, gateways: list[GatewaySpec], operations: list[Operation]) -> None:
-    """Operations must find their gateway: created before it is used, not created twice."""
+    """Operations must fit what exists then: gateways created before use, options enabled once."""
     exists = {gateway.id: gateway.create for gateway in gateways}
+    enabled = {("terminal_lock", gateway.id) for gateway in gateways if gateway.terminal_lock and gateway.create}
     for operation in operations:
+        if operation.action in ("option.enable", "option.disable"):
+            option = (operation.arguments["option"], operation.arguments["target"])
+            on = operation.action == "option.enable"
+            if (option in enabled) == on:
+                state = "already enabled" if on else "not enabled"
+                raise ScenarioError(
+                    f"{source}:{operation.line}: {operation.action}: {option[0]}:{option[1]} is {state} then"
+                )
+            (enabled.add if on else enabled.discard)(option)
         gateway = operation.arguments.get("gateway")
         if gateway is None:
             continue
+        locked = any(spec.terminal_lock for spec in gateways if spec.id == gateway)
+        if operation.action in ("gateway.create", "gateway.delete") and locked:
+            (enabled.add if operation.action == "gateway.create" else enabled.discard)(("terminal_lock", gateway))
         if operation.action == "gateway.create":
             if exists[gateway]:
                 raise ScenarioError(

@@ -167,7 +167,7 @@ def test_fast_and_reference_engines_write_the_same_log_and_invoices(text: str) -
     try:
         scenario = scenario_from_text(resolve_times(text), "drawn.toml")
     except ScenarioError as exc:
-        assume("does not exist then" not in str(exc) and "already exists then" not in str(exc))
+        assume(not any(word in str(exc) for word in ("exist then", "exists then", "enabled then")))
         raise
     reference = Engine(scenario).run()
     fast = FastEngine(scenario).run()
