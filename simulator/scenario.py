@@ -98,7 +98,7 @@ class FleetSpec:
 
     def iccid(self, index: int, account_number: int) -> str:
         """The ICCID of the fleet's ``index``-th SIM (19 digits, carrier prefix first)."""
-        return f"{CARRIER_PREFIXES[self.carrier]}{account_number:02d}{self.number:02d}{index:08d}"
+        return f"{CARRIER_PREFIXES[self.carrier]}{account_number:02d}{self.number:03d}{index:07d}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +395,7 @@ def scenario_from_text(text: str, source: str) -> Scenario:
                 name=fleet_name,
                 account=account,
                 gateway=gateway_id,
-                count=reader.get("count", int, check=lambda v: None if 1 <= v <= 10**7 else "must be 1..10,000,000"),
+                count=reader.get("count", int, check=lambda v: None if 1 <= v < 10**7 else "must be 1..9,999,999"),
                 profile=profiles[reader.get("profile", str, "telemetry", check=_one_of(profiles))],
                 carrier=reader.get("carrier", str, "kddi", check=_one_of(CARRIER_PREFIXES)),
                 route=tuple(route),
@@ -408,8 +408,8 @@ def scenario_from_text(text: str, source: str) -> Scenario:
             )
         )
         reader.finish()
-    if len(fleets) > 99 or len(accounts) > 99:
-        raise top.error("fleets", "at most 99 fleets and 99 accounts")
+    if len(fleets) > 999 or len(accounts) > 99:
+        raise top.error("fleets", "at most 999 fleets and 99 accounts")
 
     operations: list[Operation] = []
     fleet_names = {fleet.name for fleet in fleets}

@@ -167,7 +167,7 @@ def test_check_reports_drift(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("count = 1", "count = 0"), "tiny.toml:21: key 'fleets[0].count': must be 1..10,000,000"),
+        (("count = 1", "count = 0"), "tiny.toml:21: key 'fleets[0].count': must be 1..9,999,999"),
         (('profile = "telemetry"', 'profile = "warp"'), "key 'fleets[0].profile': must be one of"),
         (("switch = true", 'switch = "yes"'), "tiny.toml:14: key 'gateways[0].switch': must be true or false"),
         (("months = 1", 'months = 1\ncolour = "red"'), "tiny.toml:6: key 'scenario.colour': unknown key"),
