@@ -519,13 +519,22 @@ class Engine:
             )
         _, coverage_ends = device.outages.state_at(start)
         limit = min(coverage_ends, self.horizon)
-        bursts = session_bursts(fleet.profile, self.scenario.seed, device.index, start, limit, self.origin_jst_s)
-        cut = gateway.mass_traffic.cut_at(bursts.times, bursts.volume()) if gateway.mass_traffic else None
-        if cut is not None:
-            return OpenSession(session_id, start, bursts, int(bursts.times[cut]) + 1, "mass_traffic")
-        return OpenSession(
-            session_id, start, bursts, limit, "coverage_lost" if coverage_ends < self.horizon else "end_of_run"
-        )
+        natural = "coverage_lost" if coverage_ends < self.horizon else "end_of_run"
+        policy = gateway.mass_traffic
+        if policy is None:
+            bursts = session_bursts(fleet.profile, self.scenario.seed, device.index, start, limit, self.origin_jst_s)
+            return OpenSession(session_id, start, bursts, limit, natural)
+        # look for the mass-traffic cut in growing prefixes: a cut only looks back one window
+        reach = start + 2 * policy.window_s
+        while True:
+            until = min(limit, reach)
+            bursts = session_bursts(fleet.profile, self.scenario.seed, device.index, start, until, self.origin_jst_s)
+            cut = policy.cut_at(bursts.times, bursts.volume())
+            if cut is not None:
+                return OpenSession(session_id, start, bursts, int(bursts.times[cut]) + 1, "mass_traffic")
+            if until == limit:
+                return OpenSession(session_id, start, bursts, limit, natural)
+            reach = start + 4 * (reach - start)
 
     def close_session(self, device: Device, admission: Admission, session: OpenSession, end: int, cause: str) -> None:
         """Close a session at ``end``: count it, account its traffic, write its end."""

@@ -20,6 +20,7 @@ the invoices are byte-identical); a differential test demands it.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -28,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from devices.sim_card import Command
-from devices.traffic import DAY, TrafficProfile, daily_uploads, device_phases
+from devices.traffic import DAY, TrafficProfile, daily_uploads, device_phases, session_bursts
 from gateway.mobile_gateway import Admission, MobileGateway
 from simulator.engine import (
     ATTACH_BACKOFF_S,
@@ -199,9 +200,26 @@ class FastEngine(Engine):
             spec.mass_traffic.threshold_bytes
         )
 
+    def periodic(self, device: Device) -> int:
+        """The period of a device's bursts when its sessions repeat under a mass-traffic policy (else 0).
+
+        A profile of telemetry and a runaway flood only (no daily, monthly or platform parts) sends
+        the same bursts relative to a session's start whenever the start is the same modulo the
+        period, so a session cut for mass traffic is the same session: it is computed once.
+        """
+        spec = next(spec for spec in self.scenario.gateways if spec.id == device.fleet.gateway)
+        profile = device.fleet.profile
+        if spec.mass_traffic is None or spec.traffic_control is not None or not profile.runaway_bytes_per_minute:
+            return 0
+        if profile.daily_upload_bytes or profile.firmware_bytes or profile.platform_messages_per_day:
+            return 0
+        return math.lcm(60, profile.telemetry_interval_s or 60)
+
     def plan(self, device: Device) -> None:
         """All sessions of one device, as the reference engine's ``attached_life`` would have them."""
         detailed = self.needs_bursts(device)
+        period = self.periodic(device)
+        cache: dict[int, tuple[int, int, int]] = {}
         for since, power_off in self.usable[device.index]:
             now, failures, last_refusal = since, 0, ""
             while now < self.horizon and now < power_off:
@@ -230,7 +248,9 @@ class FastEngine(Engine):
                     continue
                 failures, last_refusal = 0, ""
                 end, cause = self.stretch_end(device, now, admission, power_off)
-                if detailed:
+                if period:
+                    now = self.repeated_sessions(device, admission, now, end, cause, period, cache)
+                elif detailed:
                     now = self.one_session(device, admission, now, end, cause)
                 else:
                     now = self.bulk_sessions(device, admission, now, end, cause)
@@ -244,6 +264,100 @@ class FastEngine(Engine):
             end, why = session.planned_end, session.cause
         self.close_session(device, admission, session, end, why)
         return end
+
+    def repeated_sessions(
+        self,
+        device: Device,
+        admission: Admission,
+        start: int,
+        stretch_end: int,
+        cause: str,
+        period: int,
+        cache: dict[int, tuple[int, int, int]],
+    ) -> int:
+        """Back-to-back sessions cut for mass traffic, each known from the start's phase in the period.
+
+        Sessions that would reach an outage, the end of the stretch or of the run, or cross a JST
+        midnight are stepped like the reference (:meth:`one_session`).
+        """
+        fleet = device.fleet
+        daily = self.scenario.traffic_records == "daily"
+        origin = self.origin_jst_s
+        now = start
+        while now < stretch_end:
+            outage, _ = device.outages.state_at(now)
+            if outage:
+                return now
+            _, coverage_ends = device.outages.state_at(now)
+            limit = min(coverage_ends, self.horizon, stretch_end)
+            phase = now % period
+            known = cache.get(phase)
+            if known is None:
+                bursts = session_bursts(fleet.profile, self.scenario.seed, device.index, now, now + 4 * DAY, origin)
+                spec = next(spec for spec in self.scenario.gateways if spec.id == fleet.gateway)
+                assert spec.mass_traffic is not None
+                cut = spec.mass_traffic.cut_at(bursts.times, bursts.volume())
+                if cut is None:
+                    return self.one_session(device, admission, now, stretch_end, cause)
+                kept = bursts.cut(cut + 1)
+                known = (int(bursts.times[cut]) + 1 - now, int(kept.up.sum()), int(kept.down.sum()))
+                cache[phase] = known
+            length, up, down = known
+            end = now + length
+            day = (origin + now) // DAY
+            if end >= limit or (origin + end - 1) // DAY != day:
+                now = self.one_session(device, admission, now, stretch_end, cause)
+                if now >= stretch_end or device.outages.state_at(now)[0]:
+                    return now
+                continue
+            device.sessions += 1
+            session_id = f"{device.iccid}-{device.sessions}"
+            self.stats.sessions += 1
+            self.stats.closures["mass_traffic"] += 1
+            self.stats.interruptions_per_day[(origin + end) // DAY] += 1
+            if up + down:
+                self.stats.traffic_per_day[day] += up + down
+                if daily:
+                    self.daily_traffic.add(device, day, up, down, end - 1, admission.route, fleet.gateway)
+            if not daily:
+                gateway = Timeline.at(self.timeline.gateways[fleet.gateway], now, None)
+                self.emit(
+                    now,
+                    "session.created",
+                    fleet.account,
+                    f"{session_id}/created",
+                    sim=device.iccid,
+                    gateway=fleet.gateway,
+                    session=session_id,
+                    route=admission.route,
+                    address=gateway.address_of(device.iccid),
+                    dns=gateway.dns,
+                )
+                if up + down:
+                    self.emit(
+                        end - 1,
+                        "sim.traffic",
+                        fleet.account,
+                        f"{session_id}/{day}",
+                        sim=device.iccid,
+                        up_bytes=up,
+                        down_bytes=down,
+                        route=admission.route,
+                        session=session_id,
+                        gateway=fleet.gateway,
+                    )
+                self.emit(
+                    end,
+                    "session.deleted",
+                    fleet.account,
+                    f"{session_id}/deleted",
+                    sim=device.iccid,
+                    gateway=fleet.gateway,
+                    session=session_id,
+                    cause="mass_traffic",
+                )
+            now = end
+        return now
 
     def bulk_sessions(self, device: Device, admission: Admission, start: int, stretch_end: int, cause: str) -> int:
         """Every session of an admitted stretch at once: the gaps between coverage outages."""
@@ -303,18 +417,26 @@ class FastEngine(Engine):
                 at = month_start + int(phases[2] * 7 * DAY)
                 down += np.where((at >= piece_start) & (at < piece_end), profile.firmware_bytes, 0)
         volume = up + down
-        for position in np.flatnonzero(volume > 0).tolist():
-            traffic_day = int(day[position])
-            stamp = int(piece_end[position]) - 1
-            self.stats.traffic_per_day[traffic_day] += int(volume[position])
-            if self.scenario.traffic_records == "daily":
-                self.daily_traffic.add(
-                    device, traffic_day, int(up[position]), int(down[position]), stamp, admission.route, fleet.gateway
-                )
-            else:
+        carrying = volume > 0
+        if self.scenario.traffic_records == "daily":
+            # one record per day: sums over the day's pieces, stamped at the last piece with traffic
+            days, first = np.unique(day[carrying], return_index=True)
+            if len(days):
+                ups = np.add.reduceat(up[carrying], first)
+                downs = np.add.reduceat(down[carrying], first)
+                stamps = np.maximum.reduceat(piece_end[carrying], first) - 1
+                for traffic_day, day_up, day_down, stamp in zip(
+                    days.tolist(), ups.tolist(), downs.tolist(), stamps.tolist(), strict=True
+                ):
+                    self.stats.traffic_per_day[traffic_day] += day_up + day_down
+                    self.daily_traffic.add(device, traffic_day, day_up, day_down, stamp, admission.route, fleet.gateway)
+        else:
+            for position in np.flatnonzero(carrying).tolist():
+                traffic_day = int(day[position])
+                self.stats.traffic_per_day[traffic_day] += int(volume[position])
                 session_id = f"{device.iccid}-{first_number + int(session_of[position])}"
                 self.emit(
-                    stamp,
+                    int(piece_end[position]) - 1,
                     "sim.traffic",
                     fleet.account,
                     f"{session_id}/{traffic_day}",
