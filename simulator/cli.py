@@ -296,6 +296,19 @@ def bench_metering(
     Console().print(report.table())
 
 
+@bench_app.command("sim")
+def bench_sim(
+    scenario_path: Annotated[Path, typer.Argument(help="Load scenario.")] = Path("scenarios/load-100k.toml"),
+    sims: Annotated[int, typer.Option(help="Scale the fleets to about this many SIMs.")] = 100_000,
+    engine: Annotated[EngineName, typer.Option(help="Simulation engine.")] = EngineName.fast,
+) -> None:
+    """Simulate a load scenario; compare the cost per session with a bare SimPy loop's cost per event."""
+    from simulator.bench import run_sim_bench
+
+    report = run_sim_bench(scenario_path, sims, engine.value, lambda text: stderr.print(text, markup=False))
+    Console().print(report.table())
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,135 @@
+"""``mgwsim bench sim``: the load scenario beside a bare SimPy loop, measured in one run.
+
+Reports the wall time and peak memory of simulating (and metering) the load scenario, the sessions
+simulated per second, and — measured in the same run — the cost per event of a bare SimPy loop
+(one process per device, one timeout per session, no logic). The figure to compare is the cost
+per simulated session against the bare cost per event. ``--sims`` scales the scenario's fleets
+down proportionally (every fleet keeps at least one device).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import simpy
+from rich.table import Table
+
+from metering.bench import _peak_rss_mb
+
+
+def scaled(path: Path, sims: int) -> Any:
+    """The scenario at ``path`` with its fleets scaled to about ``sims`` SIMs in all."""
+    from simulator.scenario import load_scenario
+
+    scenario = load_scenario(path)
+    total = scenario.sim_count
+    if sims >= total:
+        return scenario
+    fleets = tuple(replace(fleet, count=max(1, fleet.count * sims // total)) for fleet in scenario.fleets)
+    operations = tuple(
+        replace(op, arguments={**op.arguments, "count": max(1, op.arguments["count"] * sims // total)})
+        if "count" in op.arguments
+        else op
+        for op in scenario.operations
+    )
+    return replace(scenario, fleets=fleets, operations=operations)
+
+
+def bare_simpy(processes: int, events: int) -> float:
+    """Seconds per event of a bare SimPy loop: ``processes`` processes, one timeout each step."""
+    env = simpy.Environment()
+    per_process = max(1, events // processes)
+
+    def loop(index: int) -> Any:
+        for _ in range(per_process):
+            yield env.timeout(1 + index % 7)
+
+    for index in range(processes):
+        env.process(loop(index))
+    start = time.perf_counter()
+    env.run()
+    return (time.perf_counter() - start) / (per_process * processes)
+
+
+def _simulate(path: str, sims: int, engine: str, queue: Any) -> None:
+    from simulator.runner import run_scenario
+
+    scenario = scaled(Path(path), sims)
+    start = time.perf_counter()
+    result = run_scenario(scenario, engine_name=engine)
+    wall = time.perf_counter() - start
+    queue.put(
+        {
+            "sims": scenario.sim_count,
+            "wall": wall,
+            "sessions": result.stats.sessions,
+            "events": len(result.events),
+            "interruptions": result.stats.interruptions,
+            "peak_mb": _peak_rss_mb(),
+        }
+    )
+
+
+def _bare(processes: int, events: int, queue: Any) -> None:
+    queue.put({"per_event": bare_simpy(processes, events), "processes": processes, "events": events})
+
+
+def _child(target: Any, *args: Any) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    while True:
+        try:
+            result: dict[str, Any] = queue.get(timeout=1)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"benchmark step {target.__name__} failed (exit code {process.exitcode})") from None
+    process.join()
+    return result
+
+
+@dataclass
+class SimBenchReport:
+    """The figures of one ``mgwsim bench sim`` run."""
+
+    scenario: str
+    engine: str
+    run: dict[str, Any]
+    bare: dict[str, Any]
+
+    def table(self) -> Table:
+        """The report as a rich table."""
+        run, bare = self.run, self.bare
+        per_session = run["wall"] / max(1, run["sessions"])
+        table = Table(title=f"mgwsim bench sim: {self.scenario}, {run['sims']:,} SIMs, engine {self.engine}")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for row in (
+            ("wall time (simulate + meter 12 months)", f"{run['wall']:.1f} s"),
+            ("peak memory", f"{run['peak_mb']:,.0f} MB"),
+            ("sessions simulated", f"{run['sessions']:,}"),
+            ("sessions per second", f"{run['sessions'] / run['wall']:,.0f}"),
+            ("events in the log", f"{run['events']:,}"),
+            ("sessions cut for mass traffic", f"{run['interruptions']:,}"),
+            (f"bare SimPy, {bare['processes']:,} processes: cost per event", f"{bare['per_event'] * 1e6:.2f} µs"),
+            ("cost per simulated session", f"{per_session * 1e6:.2f} µs"),
+            ("session cost / bare SimPy event cost", f"{per_session / bare['per_event']:.3f}"),
+        ):
+            table.add_row(*row)
+        return table
+
+
+def run_sim_bench(path: Path, sims: int, engine: str, progress: Any) -> SimBenchReport:
+    """Run the benchmark: the scenario in one child process, the bare SimPy loop in another."""
+    progress(f"simulating {path.name} at {sims:,} SIMs with the {engine} engine …")
+    run = _child(_simulate, str(path), sims, engine)
+    progress("bare SimPy loop …")
+    bare = _child(_bare, run["sims"], max(1_000_000, run["sims"] * 20))
+    return SimBenchReport(path.stem, engine, run, bare)
