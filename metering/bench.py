@@ -141,7 +141,8 @@ def _group_by(path: str, queue: Any) -> None:
     queue.put({"times": times, "peak_mb": _peak_rss_mb()})
 
 
-def _in_child(target: Callable[..., None], *args: Any) -> dict[str, Any]:
+def in_child_process(target: Callable[..., None], *args: Any) -> dict[str, Any]:
+    """Run ``target(*args, queue)`` in a fresh (spawned) process and return what it put on the queue."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=target, args=(*args, queue))
@@ -214,12 +215,12 @@ def run_metering_bench(
         path = Path(directory) / "traffic.parquet"
         progress(f"generating {events:,} traffic events over {sims:,} SIMs …")
         start = time.perf_counter()
-        rows = _in_child(_generate, str(path), events, sims, seed)["rows"]
+        rows = in_child_process(_generate, str(path), events, sims, seed)["rows"]
         report = MeteringBenchReport(events, sims, rows, time.perf_counter() - start)
         progress("bill path: ingest into memory + rate 12 months …")
-        report.bill = _in_child(_bill_path, str(path))
+        report.bill = in_child_process(_bill_path, str(path))
         progress("bare GROUP BY …")
-        report.group_by = _in_child(_group_by, str(path))
+        report.group_by = in_child_process(_group_by, str(path))
         progress("store path: ingest into a DuckDB file …")
-        report.store = _in_child(_store_path, str(path), str(Path(directory) / "store.duckdb"))
+        report.store = in_child_process(_store_path, str(path), str(Path(directory) / "store.duckdb"))
     return report

@@ -9,17 +9,15 @@ down proportionally (every fleet keeps at least one device).
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 import simpy
 from rich.table import Table
 
-from metering.bench import _peak_rss_mb
+from metering.bench import _peak_rss_mb, in_child_process
 
 
 def scaled(path: Path, sims: int) -> Any:
@@ -79,22 +77,6 @@ def _bare(processes: int, events: int, queue: Any) -> None:
     queue.put({"per_event": bare_simpy(processes, events), "processes": processes, "events": events})
 
 
-def _child(target: Any, *args: Any) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    while True:
-        try:
-            result: dict[str, Any] = queue.get(timeout=1)
-            break
-        except Empty:
-            if not process.is_alive():
-                raise RuntimeError(f"benchmark step {target.__name__} failed (exit code {process.exitcode})") from None
-    process.join()
-    return result
-
-
 @dataclass
 class SimBenchReport:
     """The figures of one ``mgwsim bench sim`` run."""
@@ -129,7 +111,7 @@ class SimBenchReport:
 def run_sim_bench(path: Path, sims: int, engine: str, progress: Any) -> SimBenchReport:
     """Run the benchmark: the scenario in one child process, the bare SimPy loop in another."""
     progress(f"simulating {path.name} at {sims:,} SIMs with the {engine} engine …")
-    run = _child(_simulate, str(path), sims, engine)
+    run = in_child_process(_simulate, str(path), sims, engine)
     progress("bare SimPy loop …")
-    bare = _child(_bare, run["sims"], max(1_000_000, run["sims"] * 20))
+    bare = in_child_process(_bare, run["sims"], max(1_000_000, run["sims"] * 20))
     return SimBenchReport(path.stem, engine, run, bare)

@@ -497,6 +497,42 @@ class Engine:
             failures, last_refusal = 0, ""
             yield from self.session(device, admission)
 
+    def session_created(self, device: Device, session_id: str, start: int, route: str) -> None:
+        """Write ``session.created`` (with the address and DNS the gateway gives the device)."""
+        gateway = self.gateways.get(device.fleet.gateway)
+        self.emit_session_created(device, session_id, start, route, gateway)
+
+    def emit_session_created(
+        self, device: Device, session_id: str, start: int, route: str, gateway: MobileGateway | None
+    ) -> None:
+        """Write ``session.created`` for a session that opened on ``gateway`` as it was at ``start``."""
+        assert gateway is not None, "a session opens only on an existing gateway"
+        self.emit(
+            start,
+            "session.created",
+            device.fleet.account,
+            f"{session_id}/created",
+            sim=device.iccid,
+            gateway=gateway.id,
+            session=session_id,
+            route=route,
+            address=gateway.address_of(device.iccid),
+            dns=gateway.dns,
+        )
+
+    def session_deleted(self, device: Device, session_id: str, end: int, cause: str) -> None:
+        """Write ``session.deleted`` with its cause."""
+        self.emit(
+            end,
+            "session.deleted",
+            device.fleet.account,
+            f"{session_id}/deleted",
+            sim=device.iccid,
+            gateway=device.fleet.gateway,
+            session=session_id,
+            cause=cause,
+        )
+
     def open_session(self, device: Device, admission: Admission, start: int) -> OpenSession:
         """Open a session at ``start``: its id, its bursts, and when and why it would end by itself."""
         fleet = device.fleet
@@ -505,18 +541,7 @@ class Engine:
         session_id = f"{device.iccid}-{device.sessions}"
         self.stats.sessions += 1
         if self.scenario.traffic_records == "session":
-            self.emit(
-                start,
-                "session.created",
-                fleet.account,
-                f"{session_id}/created",
-                sim=device.iccid,
-                gateway=gateway.id,
-                session=session_id,
-                route=admission.route,
-                address=gateway.address_of(device.iccid),
-                dns=gateway.dns,
-            )
+            self.session_created(device, session_id, start, admission.route)
         _, coverage_ends = device.outages.state_at(start)
         limit = min(coverage_ends, self.horizon)
         natural = "coverage_lost" if coverage_ends < self.horizon else "end_of_run"
@@ -545,16 +570,7 @@ class Engine:
         kept = bursts.cut(int(np.searchsorted(bursts.times, end, side="left")))
         self.record_traffic(device, session.session_id, end, kept, admission.route)
         if self.scenario.traffic_records == "session":
-            self.emit(
-                end,
-                "session.deleted",
-                device.fleet.account,
-                f"{session.session_id}/deleted",
-                sim=device.iccid,
-                gateway=device.fleet.gateway,
-                session=session.session_id,
-                cause=cause,
-            )
+            self.session_deleted(device, session.session_id, end, cause)
 
     def session(self, device: Device, admission: Admission) -> SimProcess:
         """One data session: open, wait for its end or a change of the gateway, close."""

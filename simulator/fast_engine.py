@@ -321,18 +321,7 @@ class FastEngine(Engine):
                     self.daily_traffic.add(device, day, up, down, end - 1, admission.route, fleet.gateway)
             if not daily:
                 gateway = Timeline.at(self.timeline.gateways[fleet.gateway], now, None)
-                self.emit(
-                    now,
-                    "session.created",
-                    fleet.account,
-                    f"{session_id}/created",
-                    sim=device.iccid,
-                    gateway=fleet.gateway,
-                    session=session_id,
-                    route=admission.route,
-                    address=gateway.address_of(device.iccid),
-                    dns=gateway.dns,
-                )
+                self.emit_session_created(device, session_id, now, admission.route, gateway)
                 if up + down:
                     self.emit(
                         end - 1,
@@ -346,16 +335,7 @@ class FastEngine(Engine):
                         session=session_id,
                         gateway=fleet.gateway,
                     )
-                self.emit(
-                    end,
-                    "session.deleted",
-                    fleet.account,
-                    f"{session_id}/deleted",
-                    sim=device.iccid,
-                    gateway=fleet.gateway,
-                    session=session_id,
-                    cause="mass_traffic",
-                )
+                self.session_deleted(device, session_id, end, "mass_traffic")
             now = end
         return now
 
@@ -460,32 +440,11 @@ class FastEngine(Engine):
         causes: list[str],
     ) -> None:
         """``session.created``/``session.deleted`` of bulk sessions (``traffic_records = "session"``)."""
-        fleet = device.fleet
+        history = self.timeline.gateways[device.fleet.gateway]
         for offset, (start, end, why) in enumerate(zip(starts.tolist(), ends.tolist(), causes, strict=True)):
             session_id = f"{device.iccid}-{first_number + offset}"
-            gateway = Timeline.at(self.timeline.gateways[fleet.gateway], start, None)
-            self.emit(
-                start,
-                "session.created",
-                fleet.account,
-                f"{session_id}/created",
-                sim=device.iccid,
-                gateway=fleet.gateway,
-                session=session_id,
-                route=admission.route,
-                address=gateway.address_of(device.iccid),
-                dns=gateway.dns,
-            )
-            self.emit(
-                end,
-                "session.deleted",
-                fleet.account,
-                f"{session_id}/deleted",
-                sim=device.iccid,
-                gateway=fleet.gateway,
-                session=session_id,
-                cause=why,
-            )
+            self.emit_session_created(device, session_id, start, admission.route, Timeline.at(history, start, None))
+            self.session_deleted(device, session_id, end, why)
 
     def firmware_months(self, profile: TrafficProfile, start: int, end: int) -> list[int]:
         """Scenario seconds of the month starts whose firmware instant may fall in ``[start, end)``."""

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from devices.coverage import ZONES
 from devices.traffic import PROFILES
-from metering.events import Event
+from metering.events import EVENT_COLUMNS, Event
 from metering.fast import rate_events
 from simulator.engine import Engine
 from simulator.fast_engine import FastEngine
@@ -135,25 +135,7 @@ def key(event: Event) -> tuple[Any, ...]:
         event.account,
         event.id,
         event.extra,
-        *(
-            getattr(event, name)
-            for name in (
-                "sim",
-                "gateway",
-                "option",
-                "target",
-                "up_bytes",
-                "down_bytes",
-                "route",
-                "session",
-                "kind",
-                "count",
-                "delivered",
-                "bytes",
-                "points",
-                "expires",
-            )
-        ),
+        *(getattr(event, name) for name in EVENT_COLUMNS),
     )
 
 
