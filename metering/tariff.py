@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from metering.money import ROUNDING_MODES
+from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, parse_month
 
 USAGE_TESTS: Final = ("per_sim_month", "per_registration")
@@ -410,13 +411,9 @@ def _read_toml(path: Path | None, chain: tuple[str, ...] = ()) -> tuple[dict[str
     else:
         source = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TariffError(f"{source}: no such file") from None
-        except UnicodeDecodeError:
-            raise TariffError(f"{source}: not UTF-8 text") from None
-        except OSError as exc:
-            raise TariffError(f"{source}: cannot read ({exc.strerror})") from None
+            text = read_text(path)
+        except ValueError as exc:
+            raise TariffError(str(exc)) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

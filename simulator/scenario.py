@@ -21,6 +21,7 @@ from devices.traffic import PROFILES, TrafficProfile
 from gateway.policy import MassTrafficPolicy, TrafficControl
 from metering.events import NAME_PATTERN, OPTION_PATTERN
 from metering.tariff import Tariff, TariffError, load_tariff
+from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, month_of_instant, month_start, parse_instant
 
 CARRIER_PREFIXES: Final = {"kddi": "8981300", "softbank": "8981200"}
@@ -530,11 +531,7 @@ def load_scenario(path: Path) -> Scenario:
         ScenarioError: For an unreadable file or the first bad key.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
+        text = read_text(path)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
     return scenario_from_text(text, str(path))
