@@ -117,7 +117,7 @@ def _empty() -> IntArray:
     return np.zeros(0, dtype=np.int64)
 
 
-def _month_starts(origin_jst_s: int, start: int, end: int, every: int) -> list[int]:
+def month_starts(origin_jst_s: int, start: int, end: int, every: int) -> list[int]:
     """Scenario seconds of the JST month starts from the month containing ``start`` up to ``end``.
 
     Only months whose index (year * 12 + month - 1) is a multiple of ``every`` are listed.
@@ -196,7 +196,7 @@ def session_bursts(profile: TrafficProfile, seed: int, sim: int, start: int, end
                 )
             )
     if profile.firmware_bytes:
-        for month_start in _month_starts(origin_jst_s, start - 7 * DAY, end, profile.firmware_every_months):
+        for month_start in month_starts(origin_jst_s, start - 7 * DAY, end, profile.firmware_every_months):
             at = month_start + int(phases[2] * 7 * DAY)
             if start <= at < end:
                 parts.append((np.array([at]), np.array([0]), np.array([profile.firmware_bytes]), np.array([0])))

@@ -131,39 +131,6 @@ def build_invoice(account: str, lines: Iterable[Line], points: PointsBlock, tari
     return Invoice(account, tariff.currency, ordered, subtotal, tax, subtotal + tax, points)
 
 
-def document_from_json(data: dict[str, Any]) -> InvoiceDocument:
-    """Read back a document written by :meth:`InvoiceDocument.to_json` (golden files)."""
-    from metering.timeutil import parse_month
-
-    invoices = []
-    for invoice in data["invoices"]:
-        lines = tuple(
-            Line(
-                line["item"],
-                line["rule"],
-                line["subject"],
-                int(line["quantity"]),
-                Decimal(line["unit_price"]),
-                Decimal(line["amount"]),
-                tuple(line["evidence"]),
-                line["note"],
-            )
-            for line in invoice["lines"]
-        )
-        invoices.append(
-            Invoice(
-                invoice["account"],
-                invoice["currency"],
-                lines,
-                Decimal(invoice["subtotal"]),
-                Decimal(invoice["tax"]),
-                Decimal(invoice["total"]),
-                PointsBlock(**invoice["points"]),
-            )
-        )
-    return InvoiceDocument(parse_month(data["month"]), data["tariff"], tuple(invoices))
-
-
 def sort_invoices(invoices: Sequence[Invoice]) -> tuple[Invoice, ...]:
     """Invoices are listed by account."""
     return tuple(sorted(invoices, key=lambda invoice: invoice.account))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from typing import Literal
 
 RoundingMode = Literal["down", "up", "half_up", "half_even"]
@@ -47,7 +47,6 @@ def format_money(amount: Decimal) -> str:
 
 __all__ = [
     "ROUNDING_MODES",
-    "ROUND_DOWN",
     "ZERO",
     "RoundingMode",
     "divide_round",

@@ -114,11 +114,6 @@ def format_month(month: int) -> str:
     return f"{year:04d}-{zero_based + 1:02d}"
 
 
-def months_between(first: int, last: int) -> range:
-    """Return the month indexes ``first..last`` inclusive."""
-    return range(first, last + 1)
-
-
 def parse_month_range(text: str) -> list[int]:
     """Parse ``YYYY-MM`` or ``YYYY-MM..YYYY-MM`` into the month indexes it names.
 

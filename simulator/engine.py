@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -774,12 +774,3 @@ class Engine:
         if progress is not None:
             progress(1.0)
         return sorted(self.events, key=lambda event: event.ts)
-
-
-def iter_secrets(scenario: Scenario) -> Iterator[tuple[str, SimSecrets]]:
-    """Every SIM's secrets, for tests that scan outputs for leaks (never written anywhere)."""
-    index = 0
-    for fleet in scenario.fleets:
-        for position in range(fleet.count):
-            yield fleet.iccid(position, scenario.accounts.index(fleet.account)), _secrets(scenario.seed, index)
-            index += 1

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from devices.sim_card import Command
-from devices.traffic import DAY, TrafficProfile, daily_uploads, device_phases, session_bursts
+from devices.traffic import DAY, TrafficProfile, daily_uploads, device_phases, month_starts, session_bursts
 from gateway.mobile_gateway import Admission, MobileGateway
 from simulator.engine import (
     ATTACH_BACKOFF_S,
@@ -448,9 +448,7 @@ class FastEngine(Engine):
 
     def firmware_months(self, profile: TrafficProfile, start: int, end: int) -> list[int]:
         """Scenario seconds of the month starts whose firmware instant may fall in ``[start, end)``."""
-        from devices.traffic import _month_starts
-
-        return _month_starts(self.origin_jst_s, start - 7 * DAY, end, profile.firmware_every_months)
+        return month_starts(self.origin_jst_s, start - 7 * DAY, end, profile.firmware_every_months)
 
     # -- the run --------------------------------------------------------------------------------
 

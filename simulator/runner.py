@@ -57,9 +57,6 @@ class MeteringFailure(Exception):
     """The run's own event log did not rate: a defect of the simulator, reported as such."""
 
 
-ENGINES = ("fast", "reference")
-
-
 def run_scenario(
     scenario: Scenario, progress: Callable[[float], None] | None = None, rater: str = "fast", engine_name: str = "fast"
 ) -> RunResult:

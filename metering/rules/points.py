@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from metering.history import AccountHistory
 from metering.rules import Charge, Outcome
 from metering.tariff import Tariff
-from metering.timeutil import format_month, month_of_instant, month_start
+from metering.timeutil import format_month, month_start
 
 
 @dataclass(slots=True)
@@ -198,10 +198,3 @@ def points_charges(close: PointsClose, month: int, tariff: Tariff) -> list[Outco
             )
         )
     return outcomes
-
-
-def month_has_points_activity(history: AccountHistory, month: int) -> bool:
-    """Whether any point grant, purchase or consumption happened in the month."""
-    return any(month_of_instant(grant.ts) == month for grant in history.grants) or any(
-        usage.month == month for usage in history.consumption
-    )
