@@ -36,7 +36,8 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks: figures measured side by side in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+"""Messages to people: never wrapped, so a path or a count stays on one line that tools can grep."""
 
 
 class OutputFormat(StrEnum):
@@ -62,7 +63,7 @@ class Rater(StrEnum):
 
 def fail(message: str, status: int = 2) -> NoReturn:
     """Print one error line to standard error and exit."""
-    stderr.print(f"mgwsim: error: {message}", markup=False, soft_wrap=True)
+    stderr.print(f"mgwsim: error: {message}", markup=False)
     raise typer.Exit(status)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,18 @@ from pathlib import Path
 from conftest import DISPUTES, write_jsonl
 
 
-def mgwsim(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def mgwsim(*args: str | Path, columns: int = 40) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in a terminal of ``columns`` width.
+
+    The default is narrow on purpose: messages must still come out one per line whatever the
+    length of a path (CI checks out into a deeper directory than a developer does).
+    """
     return subprocess.run(
-        [sys.executable, "-m", "simulator.cli", *map(str, args)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "simulator.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": str(columns)},
     )
 
 
@@ -50,7 +60,15 @@ def test_both_raters_print_the_same_bytes() -> None:
 
 def test_table_format_for_people() -> None:
     result = mgwsim(
-        "bill", DISPUTES / "data-pack.jsonl", "-m", "2026-01", "-t", DISPUTES / "tariffs/data-pack.toml", "-f", "table"
+        "bill",
+        DISPUTES / "data-pack.jsonl",
+        "-m",
+        "2026-01",
+        "-t",
+        DISPUTES / "tariffs/data-pack.toml",
+        "-f",
+        "table",
+        columns=160,
     )
     assert result.returncode == 0
     assert "pool:kddi" in result.stdout and "695" in result.stdout
@@ -138,5 +156,5 @@ def test_ingest_refuses_a_reused_id_with_other_content(tmp_path: Path) -> None:
 
 
 def test_help_explains() -> None:
-    result = mgwsim("bill", "--help")
+    result = mgwsim("bill", "--help", columns=160)
     assert result.returncode == 0 and "--month" in result.stdout and "--tariff" in result.stdout
