@@ -430,6 +430,15 @@ class FastEngine(Engine):
         if self.scenario.traffic_records == "session":
             self.session_events(device, admission, first_number, starts, ends, causes)
 
+    def session_created(self, device: Device, session_id: str, start: int, route: str) -> None:
+        """Write ``session.created`` with the address the gateway gave, as it was at ``start``.
+
+        The control run is over when sessions are planned, so the gateway is looked up in the
+        recorded timeline (the SIM may have left it since).
+        """
+        gateway = Timeline.at(self.timeline.gateways[device.fleet.gateway], start, None)
+        self.emit_session_created(device, session_id, start, route, gateway)
+
     def session_events(
         self,
         device: Device,
