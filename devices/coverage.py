@@ -7,11 +7,11 @@ its zones' outages, drawn from the generator keyed by (seed, SIM) so they are re
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from devices.keyed_random import STREAM_COVERAGE, keyed_generator
 
@@ -39,8 +39,17 @@ ZONES: Final[dict[str, Zone]] = {
 """The zone kinds of Art. 44 and their default on/off parameters."""
 
 
-def zone_outages(zone: Zone, rng: np.random.Generator, horizon_s: int) -> list[tuple[int, int]]:
-    """Outage intervals ``[start, end)`` (whole seconds) of one zone up to ``horizon_s``, drawn in bulk."""
+IntArray = npt.NDArray[np.int64]
+FOREVER: Final = 2**62
+"""An instant after every horizon: "no further outage"."""
+
+
+def zone_outages(zone: Zone, rng: np.random.Generator, horizon_s: int) -> tuple[IntArray, IntArray]:
+    """Outage intervals ``[start, end)`` (whole seconds) of one zone up to ``horizon_s``, drawn in bulk.
+
+    Returns:
+        The starts and the ends, as two arrays in time order.
+    """
     expected = int(horizon_s / (zone.mean_gap_s + zone.mean_outage_s)) + 1
     count = expected + 4 * int(expected**0.5) + 8
     gaps = rng.exponential(zone.mean_gap_s, count)
@@ -56,11 +65,11 @@ def zone_outages(zone: Zone, rng: np.random.Generator, horizon_s: int) -> list[t
     begin = starts[keep].astype(np.int64)
     finish = np.minimum(horizon_s, (starts[keep] + lengths[keep]).astype(np.int64))
     valid = finish > begin
-    return list(zip(begin[valid].tolist(), finish[valid].tolist(), strict=True))
+    return begin[valid], finish[valid]
 
 
 def merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The union of intervals, sorted and without overlaps."""
+    """The union of intervals, sorted and without overlaps (the obvious reference of :func:`merge_arrays`)."""
     merged: list[tuple[int, int]] = []
     for start, end in sorted(intervals):
         if merged and start <= merged[-1][1]:
@@ -70,20 +79,72 @@ def merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def merge_arrays(starts: IntArray, ends: IntArray) -> tuple[IntArray, IntArray]:
+    """The union of intervals ``[starts[i], ends[i])``, vectorised; touching intervals join, as in :func:`merge`."""
+    if not len(starts):
+        return starts.astype(np.int64), ends.astype(np.int64)
+    order = np.lexsort((ends, starts))
+    starts, ends = starts[order], ends[order]
+    reach = np.maximum.accumulate(ends)
+    opens = np.ones(len(starts), dtype=bool)
+    opens[1:] = starts[1:] > reach[:-1]
+    first = np.flatnonzero(opens)
+    last = np.append(first[1:] - 1, len(starts) - 1)
+    return starts[first], reach[last]
+
+
 def route_outages(route: tuple[str, ...], seed: int, sim: int, horizon_s: int) -> Outages:
     """The outages of a device on ``route`` (zone names), keyed by (seed, SIM)."""
-    intervals: list[tuple[int, int]] = []
-    for position, name in enumerate(route):
-        rng = keyed_generator(seed, STREAM_COVERAGE, sim, position)
-        intervals.extend(zone_outages(ZONES[name], rng, horizon_s))
-    return Outages(tuple(merge(intervals)))
+    if not route:
+        return NO_OUTAGES
+    drawn = [
+        zone_outages(ZONES[name], keyed_generator(seed, STREAM_COVERAGE, sim, position), horizon_s)
+        for position, name in enumerate(route)
+    ]
+    if len(drawn) == 1:
+        return Outages(*drawn[0])
+    starts, ends = merge_arrays(
+        np.concatenate([part[0] for part in drawn]), np.concatenate([part[1] for part in drawn])
+    )
+    return Outages(starts, ends)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Outages:
-    """A device's outage intervals, with a fast "where am I" look-up."""
+    """A device's outage intervals ``[starts[i], ends[i])``, sorted and disjoint, with a fast look-up.
 
-    intervals: tuple[tuple[int, int], ...]
+    Attributes:
+        starts: Outage starts (scenario seconds).
+        ends: Outage ends.
+    """
+
+    starts: IntArray
+    ends: IntArray
+
+    @classmethod
+    def of(cls, intervals: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> Outages:
+        """Outages from ``(start, end)`` pairs (sorted and disjoint)."""
+        return cls(
+            np.array([start for start, _ in intervals], dtype=np.int64),
+            np.array([end for _, end in intervals], dtype=np.int64),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Same intervals."""
+        return (
+            isinstance(other, Outages)
+            and np.array_equal(self.starts, other.starts)
+            and np.array_equal(self.ends, other.ends)
+        )
+
+    def __hash__(self) -> int:
+        """Hash of the intervals."""
+        return hash((self.starts.tobytes(), self.ends.tobytes()))
+
+    @property
+    def intervals(self) -> list[tuple[int, int]]:
+        """The intervals as ``(start, end)`` pairs."""
+        return list(zip(self.starts.tolist(), self.ends.tolist(), strict=True))
 
     def state_at(self, now: int) -> tuple[bool, int]:
         """Whether ``now`` is inside an outage, and when that changes next.
@@ -91,12 +152,18 @@ class Outages:
         Returns:
             ``(True, end of the outage)`` or ``(False, start of the next outage, or 2**62)``.
         """
-        index = bisect.bisect_right(self.intervals, (now, 2**62)) - 1
-        if index >= 0 and now < self.intervals[index][1]:
-            return True, self.intervals[index][1]
+        if not len(self.starts):
+            return False, FOREVER
+        index = int(np.searchsorted(self.starts, now, side="right")) - 1
+        if index >= 0 and now < self.ends[index]:
+            return True, int(self.ends[index])
         following = index + 1
-        return False, self.intervals[following][0] if following < len(self.intervals) else 2**62
+        return False, int(self.starts[following]) if following < len(self.starts) else FOREVER
 
     def total_seconds(self) -> int:
         """Seconds without coverage in all."""
-        return sum(end - start for start, end in self.intervals)
+        return int((self.ends - self.starts).sum())
+
+
+NO_OUTAGES: Final = Outages(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+"""A device always in coverage."""

@@ -11,6 +11,7 @@ seconds since the epoch) places days and months on the JST calendar.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -136,9 +137,11 @@ def month_starts(origin_jst_s: int, start: int, end: int, every: int) -> list[in
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
 
 
-def device_phases(seed: int, sim: int) -> npt.NDArray[np.float64]:
+@functools.lru_cache(maxsize=65_536)
+def device_phases(seed: int, sim: int) -> tuple[float, float, float, float]:
     """A device's fixed phases in [0, 1): telemetry, platform messages, firmware day, spare."""
-    return np.array([float(keyed_uniform(seed, STREAM_PHASE, sim, 0, draw)) for draw in range(4)])
+    telemetry, platform, firmware, spare = (float(keyed_uniform(seed, STREAM_PHASE, sim, 0, draw)) for draw in range(4))
+    return telemetry, platform, firmware, spare
 
 
 def daily_uploads(

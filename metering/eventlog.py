@@ -247,9 +247,16 @@ def write_event_log(events: Iterable[Event], path: Path) -> int:
     written = 0
     with AtomicWriter(path) as temporary:
         if fmt == "parquet":
-            table = events_to_arrow(events)
-            pq.write_table(table, temporary)
-            return int(table.num_rows)
+            batches = getattr(events, "to_arrow_batches", None)
+            if batches is None:
+                table = events_to_arrow(events)
+                pq.write_table(table, temporary)
+                return int(table.num_rows)
+            with pq.ParquetWriter(temporary, ARROW_SCHEMA) as writer:
+                for batch in batches():
+                    writer.write_table(batch)
+                    written += batch.num_rows
+            return written
         opener = gzip.open if fmt == "jsonl.gz" else open
         with opener(temporary, "wt", encoding="utf-8") as stream:
             for event in events:

@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from metering.compact import CompactLog
 from metering.events import EVENT_COLUMNS, Event, EventError
 from metering.history import AccountHistory, Usage, processing_order, replay
 from metering.invoice import InvoiceDocument, Line, build_invoice, make_line, points_block, sort_invoices
@@ -746,10 +747,18 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
 
 
 def rate_events(events: Sequence[Event], tariff: Tariff, months: Sequence[int]) -> Rating:
-    """Rate events held in memory (the simulator's online metering) with the fast rater."""
+    """Rate events held in memory (the simulator's online metering) with the fast rater.
+
+    A :class:`~metering.compact.CompactLog` goes to the store in bulk: its ordinary events, then
+    its compact traffic rows.
+    """
     with EventStore(":memory:") as memory:
         try:
-            memory.append(events)
+            if isinstance(events, CompactLog):
+                memory.append(events.events)
+                memory.append_compact(events.traffic)
+            else:
+                memory.append(events)
         except StoreError as exc:
             return Rating({}, {}, (EventError(str(exc)),))
         return _materialised(rate_connection(memory.connection, tariff, months))

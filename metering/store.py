@@ -9,6 +9,7 @@ whole batches, and rerunning the same command completes it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -19,8 +20,9 @@ from typing import Any, Final
 import duckdb
 import pyarrow as pa
 
+from metering.compact import CompactTraffic, traffic_insert_sql
 from metering.eventlog import ARROW_SCHEMA, events_to_arrow, log_format, read_event_log
-from metering.events import EVENT_COLUMNS, Event
+from metering.events import EVENT_COLUMNS, ICCID_PATTERN, NAME_PATTERN, ROUTES, Event
 from metering.rating import deduplicate
 
 STORE_SCHEMA: Final = "mgwsim.store/1"
@@ -43,6 +45,26 @@ COLUMNS_SQL: Final = """
 """Columns of the ``events`` table: ingest order, the event, and where it came from."""
 
 CONTENT_COLUMNS: Final = ("ts", "type", *EVENT_COLUMNS, "extra")
+
+
+def compact_problem(traffic: CompactTraffic) -> str | None:
+    """What makes compact traffic rows invalid events, in words (``None``: they are valid)."""
+    for code, (iccid, account, gateway) in enumerate(
+        zip(traffic.iccids, traffic.accounts, traffic.gateways, strict=True)
+    ):
+        if not re.fullmatch(ICCID_PATTERN, iccid):
+            return f"SIM {code}: {iccid!r} is not an ICCID"
+        if not re.fullmatch(NAME_PATTERN, account):
+            return f"SIM {code}: account {account!r} is not a valid name"
+        if not re.fullmatch(NAME_PATTERN, gateway):
+            return f"SIM {code}: gateway {gateway!r} is not a valid name"
+    if len(traffic) and (traffic.up_bytes.min() < 0 or traffic.down_bytes.min() < 0):
+        return "negative byte count"
+    if len(traffic) and not 0 <= int(traffic.route.min()) <= int(traffic.route.max()) < len(ROUTES):
+        return "unknown route code"
+    if len(traffic) and not 0 <= int(traffic.sim.min()) <= int(traffic.sim.max()) < len(traffic.iccids):
+        return "unknown SIM code"
+    return None
 
 
 class StoreError(Exception):
@@ -154,6 +176,56 @@ class EventStore:
         finally:
             connection.unregister("staged")
         return added, len(unique) - added
+
+    def append_compact(self, traffic: CompactTraffic) -> tuple[int, int]:
+        """Append compact ``sim.traffic`` rows in one statement and transaction; return ``(added, skipped)``.
+
+        The rows are checked the way the validator checks events (ICCID, account and gateway names
+        per SIM, byte counts, routes) in bulk; rows whose id is already stored are skipped, and a
+        stored id with a different content is an error, as for :meth:`append`.
+
+        Raises:
+            StoreError: For a row that is not a valid event, or a clash with a stored event.
+        """
+        problem = compact_problem(traffic)
+        if problem is not None:
+            raise StoreError(f"compact traffic: {problem}")
+        if not len(traffic):
+            return 0, 0
+        connection = self.connection
+        rows, sims = traffic.store_tables()
+        connection.begin()
+        try:
+            connection.register("compact_rows", rows)
+            connection.register("compact_sims", sims)
+            source = traffic_insert_sql(traffic.id_infix, self._next_seq())
+            stored = self.count()
+            if self.scalar("SELECT count(*) FROM events WHERE type = 'sim.traffic'"):
+                different = " OR ".join(f"i.{name} IS DISTINCT FROM e.{name}" for name in CONTENT_COLUMNS)
+                named = ", ".join(("seq", "ts", "type", "account", "id", *EVENT_COLUMNS, "extra", "source", "line"))
+                clash = connection.execute(
+                    f"SELECT i.id, e.source, e.line FROM (SELECT * FROM ({source}) AS t({named})) i "
+                    f"JOIN events e ON i.account = e.account AND i.id = e.id WHERE {different} LIMIT 1"
+                ).fetchall()
+                if clash:
+                    raise StoreError(
+                        f"event id {clash[0][0]!r} is already stored with a different content "
+                        f"(from {clash[0][1]}:{clash[0][2]})"
+                    )
+                source = (
+                    f"SELECT * FROM ({source}) AS t({named}) ANTI JOIN events e "
+                    "ON t.account = e.account AND t.id = e.id"
+                )
+            connection.execute(f"INSERT INTO events {source}").fetchall()
+            added = self.count() - stored
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            connection.unregister("compact_rows")
+            connection.unregister("compact_sims")
+        return added, len(traffic) - added
 
     def ingest_file(self, path: Path, batch_events: int = BATCH_EVENTS) -> tuple[int, int]:
         """Validate ``path`` entirely, then append it batch by batch; return ``(added, skipped)``.

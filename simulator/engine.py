@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -188,10 +188,14 @@ class Engine:
                 iccid = fleet.iccid(position, accounts[fleet.account])
                 card = SimCard(iccid, _secrets(scenario.seed, index), pin_enabled=fleet.pin != "disabled")
                 imei = f"35{index:013d}"
-                outages = route_outages(fleet.route, scenario.seed, index, self.horizon)
+                outages = self.initial_outages(fleet, index)
                 self.devices.append(Device(index, fleet, accounts[fleet.account], iccid, imei, card, outages))
                 self.registered[iccid] = False
                 index += 1
+
+    def initial_outages(self, fleet: FleetSpec, index: int) -> Outages:
+        """The coverage outages a device starts with: all of them, drawn now."""
+        return route_outages(fleet.route, self.scenario.seed, index, self.horizon)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -746,7 +750,7 @@ class Engine:
                 self.create_gateway(spec.id)
         self.register([device for device in self.devices if device.fleet.register])
 
-    def run(self, progress: Any = None) -> list[Event]:
+    def run(self, progress: Any = None) -> Sequence[Event]:
         """Run to the end of the last month; return the events in log order.
 
         The log is ordered by time; events at the same instant keep the order in which they

@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
+from devices.coverage import NO_OUTAGES, Outages, route_outages
 from devices.sim_card import Command
 from devices.traffic import DAY, TrafficProfile, daily_uploads, device_phases, month_starts, session_bursts
 from gateway.mobile_gateway import Admission, MobileGateway
+from metering.compact import CompactLog
+from metering.events import Event
+from simulator.daily_columns import ColumnarDailyTraffic
 from simulator.engine import (
     ATTACH_BACKOFF_S,
     ATTACH_FAILURES_BEFORE_BACKOFF,
@@ -40,7 +44,7 @@ from simulator.engine import (
     SimProcess,
     back_off,
 )
-from simulator.scenario import Scenario
+from simulator.scenario import FleetSpec, Scenario
 
 IntArray = npt.NDArray[np.int64]
 FOREVER: Final = 2**62
@@ -101,6 +105,21 @@ class FastEngine(Engine):
         self.usable: dict[int, list[tuple[int, int]]] = {device.index: [] for device in self.devices}
         powered = {op.arguments["fleet"] for op in scenario.operations if op.action == "device.power"}
         self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
+        if scenario.traffic_records == "daily":
+            self.daily_traffic = ColumnarDailyTraffic()
+        self.first_day = self.origin_jst_s // DAY
+        self.day_traffic = np.zeros(self.horizon // DAY + 2, dtype=np.int64)
+        """Bytes per JST day of the sessions planned in bulk (added to the run's figures at the end)."""
+
+    def initial_outages(self, fleet: FleetSpec, index: int) -> Outages:
+        """None yet, unless the control run needs them (SMS delivery); drawn when the device is planned.
+
+        A year of tunnel outages is thousands of intervals per device: holding them for a whole
+        fleet at once would cost gigabytes, so each device's are drawn, used and dropped in turn.
+        """
+        if fleet.profile.sms_per_day:
+            return super().initial_outages(fleet, index)
+        return NO_OUTAGES
 
     # -- recording the control run ----------------------------------------------------------------
 
@@ -217,6 +236,17 @@ class FastEngine(Engine):
 
     def plan(self, device: Device) -> None:
         """All sessions of one device, as the reference engine's ``attached_life`` would have them."""
+        drawn_now = device.outages is NO_OUTAGES and bool(device.fleet.route)
+        if drawn_now:
+            device.outages = route_outages(device.fleet.route, self.scenario.seed, device.index, self.horizon)
+        try:
+            self.plan_stretches(device)
+        finally:
+            if drawn_now:
+                device.outages = NO_OUTAGES
+
+    def plan_stretches(self, device: Device) -> None:
+        """The sessions of each stretch in which the device is powered and its PIN flow is done."""
         detailed = self.needs_bursts(device)
         period = self.periodic(device)
         cache: dict[int, tuple[int, int, int]] = {}
@@ -341,10 +371,9 @@ class FastEngine(Engine):
 
     def bulk_sessions(self, device: Device, admission: Admission, start: int, stretch_end: int, cause: str) -> int:
         """Every session of an admitted stretch at once: the gaps between coverage outages."""
-        intervals = device.outages.intervals
-        first = bisect.bisect_right(intervals, (start, FOREVER))
-        outage_starts = np.array([begin for begin, _ in intervals[first:]], dtype=np.int64)
-        outage_ends = np.array([finish for _, finish in intervals[first:]], dtype=np.int64)
+        outages = device.outages
+        first = int(np.searchsorted(outages.starts, start, side="right"))
+        outage_starts, outage_ends = outages.starts[first:], outages.ends[first:]
         # an outage starting exactly when the stretch ends ends the session first (as the reference's timer)
         inside = outage_starts <= stretch_end
         starts = np.concatenate(([start], outage_ends[inside]))
@@ -405,11 +434,9 @@ class FastEngine(Engine):
                 ups = np.add.reduceat(up[carrying], first)
                 downs = np.add.reduceat(down[carrying], first)
                 stamps = np.maximum.reduceat(piece_end[carrying], first) - 1
-                for traffic_day, day_up, day_down, stamp in zip(
-                    days.tolist(), ups.tolist(), downs.tolist(), stamps.tolist(), strict=True
-                ):
-                    self.stats.traffic_per_day[traffic_day] += day_up + day_down
-                    self.daily_traffic.add(device, traffic_day, day_up, day_down, stamp, admission.route, fleet.gateway)
+                np.add.at(self.day_traffic, days - self.first_day, ups + downs)
+                assert isinstance(self.daily_traffic, ColumnarDailyTraffic)
+                self.daily_traffic.add_rows(device, days, ups, downs, stamps, admission.route)
         else:
             for position in np.flatnonzero(carrying).tolist():
                 traffic_day = int(day[position])
@@ -461,7 +488,7 @@ class FastEngine(Engine):
 
     # -- the run --------------------------------------------------------------------------------
 
-    def run(self, progress: Any = None) -> list[Any]:
+    def run(self, progress: Any = None) -> Sequence[Event]:
         """Run the control events in SimPy, then every device's sessions in bulk."""
         self.start()
         self.env.process(self.operations())
@@ -483,6 +510,12 @@ class FastEngine(Engine):
             if progress is not None and position % step == 0:
                 progress(0.1 + 0.9 * position / len(self.devices))
         self.flush_daily()
+        for offset, volume in enumerate(self.day_traffic.tolist()):
+            if volume:
+                self.stats.traffic_per_day[self.first_day + offset] += volume
         if progress is not None:
             progress(1.0)
-        return sorted(self.events, key=lambda event: event.ts)
+        events = sorted(self.events, key=lambda event: event.ts)
+        if isinstance(self.daily_traffic, ColumnarDailyTraffic):
+            return CompactLog(events, self.daily_traffic.compact(self.devices, self.scenario.start_us))
+        return events

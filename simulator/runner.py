@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -32,7 +32,7 @@ class RunResult:
     """What one run produced."""
 
     scenario: Scenario
-    events: list[Event]
+    events: Sequence[Event]
     stats: RunStats
     sim_states: Counter[str]
     rating: Rating

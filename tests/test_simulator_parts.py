@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.coverage import Outages, merge, route_outages
+from devices.coverage import Outages, merge, merge_arrays, route_outages
 from devices.traffic import PROFILES, session_bursts
 from gateway.mobile_gateway import GatewayCommand, GatewayState, IllegalGatewayCommand, MobileGateway
 from gateway.policy import MassTrafficPolicy, TrafficControl
@@ -101,7 +101,7 @@ def test_traffic_control_caps_after_the_quota() -> None:
 
 def test_outages() -> None:
     assert merge([(5, 10), (0, 3), (8, 12)]) == [(0, 3), (5, 12)]
-    outages = Outages(((100, 200), (300, 400)))
+    outages = Outages.of(((100, 200), (300, 400)))
     assert outages.state_at(50) == (False, 100)
     assert outages.state_at(100) == (True, 200)
     assert outages.state_at(250) == (False, 300)
@@ -109,6 +109,17 @@ def test_outages() -> None:
     tunnel = route_outages(("tunnel",), seed=1, sim=7, horizon_s=30 * 86_400)
     assert tunnel == route_outages(("tunnel",), seed=1, sim=7, horizon_s=30 * 86_400)
     assert 0.02 < tunnel.total_seconds() / (30 * 86_400) < 0.09, "about 3 minutes an hour"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1000), st.integers(1, 50)), max_size=40))
+def test_vectorised_merge_equals_the_obvious_one(drawn: list[tuple[int, int]]) -> None:
+    intervals = [(start, start + length) for start, length in drawn]
+    starts, ends = merge_arrays(
+        np.array([start for start, _ in intervals], dtype=np.int64),
+        np.array([end for _, end in intervals], dtype=np.int64),
+    )
+    assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == merge(intervals)
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,0 +1,215 @@
+"""Event logs too large for one Python object per event: ``sim.traffic`` records in columns.
+
+A year of daily traffic records of 10^5 SIMs is 3.6 x 10^7 events. As :class:`~metering.events.Event`
+objects they would take gigabytes and most of a run's time; as columns they take a few hundred
+megabytes and go to the store in one SQL statement.
+
+:class:`CompactTraffic` holds ``sim.traffic`` events as numbers per row (time, SIM code, bytes,
+route code, id key) and a small table per SIM (ICCID, account, gateway); the event id of a row is
+``{iccid}{id_infix}{key}``. :class:`CompactLog` is an event log made of ordinary events and such a
+block: it iterates, counts, writes and rates like a list of events, and is one when it is small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from metering.eventlog import ARROW_SCHEMA, events_to_arrow
+from metering.events import EVENT_COLUMNS, ROUTES, Event
+
+IntArray = npt.NDArray[np.int64]
+CHUNK_ROWS: Final = 1_000_000
+"""Rows turned into events or Arrow at a time, so that memory stays bounded."""
+
+
+@dataclass(frozen=True, eq=False)
+class CompactTraffic:
+    """``sim.traffic`` events in columns, sorted by time.
+
+    Attributes:
+        ts: Epoch microseconds per row.
+        sim: Code of the row's SIM (an index into ``iccids``).
+        up_bytes: Uplink bytes per row.
+        down_bytes: Downlink bytes per row.
+        route: Code of the row's route (an index into :data:`~metering.events.ROUTES`).
+        key: The last part of the row's event id.
+        iccids: ICCID per SIM code.
+        accounts: Account per SIM code.
+        gateways: Gateway per SIM code.
+        id_infix: What joins ICCID and key in the event id.
+    """
+
+    ts: IntArray
+    sim: npt.NDArray[np.int32]
+    up_bytes: IntArray
+    down_bytes: IntArray
+    route: npt.NDArray[np.int8]
+    key: IntArray
+    iccids: tuple[str, ...]
+    accounts: tuple[str, ...]
+    gateways: tuple[str, ...]
+    id_infix: str
+
+    def __len__(self) -> int:
+        """Number of rows (events)."""
+        return len(self.ts)
+
+    def events(self, start: int = 0, stop: int | None = None) -> Iterator[Event]:
+        """Rows ``start:stop`` as events, in order."""
+        stop = len(self) if stop is None else stop
+        for first in range(start, stop, CHUNK_ROWS):
+            last = min(stop, first + CHUNK_ROWS)
+            for ts, sim, up, down, route, key in zip(
+                self.ts[first:last].tolist(),
+                self.sim[first:last].tolist(),
+                self.up_bytes[first:last].tolist(),
+                self.down_bytes[first:last].tolist(),
+                self.route[first:last].tolist(),
+                self.key[first:last].tolist(),
+                strict=True,
+            ):
+                iccid = self.iccids[sim]
+                yield Event(
+                    ts=ts,
+                    type="sim.traffic",
+                    account=self.accounts[sim],
+                    id=f"{iccid}{self.id_infix}{key}",
+                    sim=iccid,
+                    gateway=self.gateways[sim],
+                    up_bytes=up,
+                    down_bytes=down,
+                    route=ROUTES[route],
+                )
+
+    def to_arrow(self, start: int = 0, stop: int | None = None) -> pa.Table:
+        """Rows ``start:stop`` in the columnar event-log layout (:data:`~metering.eventlog.ARROW_SCHEMA`)."""
+        rows = slice(start, len(self) if stop is None else stop)
+        codes = pa.array(self.sim[rows])
+        iccid = pa.array(self.iccids, type=pa.string()).take(codes)
+        count = len(codes)
+        columns: dict[str, pa.Array] = {
+            "ts": pa.array(self.ts[rows]).cast(pa.timestamp("us", tz="UTC")),
+            "type": pa.array(["sim.traffic"] * count, type=pa.string()),
+            "account": pa.array(self.accounts, type=pa.string()).take(codes),
+            "id": pc.binary_join_element_wise(iccid, pc.cast(pa.array(self.key[rows]), pa.string()), self.id_infix),
+            "sim": iccid,
+            "gateway": pa.array(self.gateways, type=pa.string()).take(codes),
+            "up_bytes": pa.array(self.up_bytes[rows]),
+            "down_bytes": pa.array(self.down_bytes[rows]),
+            "route": pa.array(ROUTES, type=pa.string()).take(pa.array(self.route[rows])),
+        }
+        arrays = [
+            columns[field.name] if field.name in columns else pa.nulls(count, type=field.type) for field in ARROW_SCHEMA
+        ]
+        return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+    def store_tables(self) -> tuple[pa.Table, pa.Table]:
+        """The rows (with their position) and the per-SIM table, for the store's bulk insert."""
+        rows = pa.table(
+            {
+                "position": pa.array(np.arange(len(self), dtype=np.int64)),
+                "ts": pa.array(self.ts),
+                "sim": pa.array(self.sim),
+                "up_bytes": pa.array(self.up_bytes),
+                "down_bytes": pa.array(self.down_bytes),
+                "route": pa.array(self.route),
+                "key": pa.array(self.key),
+            }
+        )
+        sims = pa.table(
+            {
+                "sim": pa.array(np.arange(len(self.iccids), dtype=np.int32)),
+                "iccid": pa.array(self.iccids, type=pa.string()),
+                "account": pa.array(self.accounts, type=pa.string()),
+                "gateway": pa.array(self.gateways, type=pa.string()),
+            }
+        )
+        return rows, sims
+
+
+@dataclass(frozen=True, eq=False)
+class CompactLog(Sequence[Event]):
+    """An event log of ordinary events and a block of compact ``sim.traffic`` rows.
+
+    In log order, by time; at the same instant the ordinary events come first (a registration
+    before the traffic it allows).
+
+    Attributes:
+        events: The ordinary events, sorted by time.
+        traffic: The compact traffic rows, sorted by time.
+    """
+
+    events: list[Event]
+    traffic: CompactTraffic
+
+    def __len__(self) -> int:
+        """Number of events in all."""
+        return len(self.events) + len(self.traffic)
+
+    def __getitem__(self, position: int) -> Event:  # type: ignore[override]
+        """The event at ``position`` in log order (for small logs: this materialises the log)."""
+        return list(self)[position]
+
+    def __iter__(self) -> Iterator[Event]:
+        """The events in log order."""
+        traffic = self.traffic.ts
+        row = 0
+        for event in self.events:
+            until = int(np.searchsorted(traffic, event.ts, side="left"))
+            if until > row:
+                yield from self.traffic.events(row, until)
+                row = until
+            yield event
+        yield from self.traffic.events(row)
+
+    def to_arrow_batches(self) -> Iterator[pa.Table]:
+        """The log in the columnar layout, in order, a bounded number of rows at a time."""
+        traffic = self.traffic.ts
+        row = 0
+        pending: list[Event] = []
+        for event in self.events:
+            until = int(np.searchsorted(traffic, event.ts, side="left"))
+            if until > row:
+                if pending:
+                    yield events_to_arrow(pending)
+                    pending = []
+                for first in range(row, until, CHUNK_ROWS):
+                    yield self.traffic.to_arrow(first, min(until, first + CHUNK_ROWS))
+                row = until
+            pending.append(event)
+        if pending:
+            yield events_to_arrow(pending)
+        for first in range(row, len(self.traffic), CHUNK_ROWS):
+            yield self.traffic.to_arrow(first, min(len(self.traffic), first + CHUNK_ROWS))
+
+
+def traffic_insert_sql(id_infix: str, first_seq: int) -> str:
+    """The ``SELECT`` (store layout) of compact rows registered as ``compact_rows``/``compact_sims``."""
+    routes = "[" + ", ".join(f"'{route}'" for route in ROUTES) + "]"
+    infix = id_infix.replace("'", "''")
+    values = {
+        "sim": "s.iccid",
+        "gateway": "s.gateway",
+        "up_bytes": "r.up_bytes",
+        "down_bytes": "r.down_bytes",
+        "route": f"{routes}[r.route + 1]",
+    }
+    columns = [
+        f"{first_seq} + r.position",
+        "r.ts",
+        "'sim.traffic'",
+        "s.account",
+        f"s.iccid || '{infix}' || CAST(r.key AS VARCHAR)",
+        *(values.get(name, "NULL") for name in EVENT_COLUMNS),
+        "NULL",
+        "'simulated'",
+        "r.position + 1",
+    ]
+    return f"SELECT {', '.join(columns)} FROM compact_rows r JOIN compact_sims s USING (sim)"

@@ -1,0 +1,119 @@
+"""Compact daily traffic: the columns the fast engine keeps instead of one object per record.
+
+The columnar accumulator must sum like the reference engine's dict, and a compact log must read,
+write and rate exactly like the same events as a plain list.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metering.compact import CompactLog
+from metering.eventlog import read_event_log, write_event_log
+from metering.fast import rate_events
+from metering.store import EventStore, StoreError
+from simulator.bench import scaled
+from simulator.daily_columns import ColumnarDailyTraffic
+from simulator.engine import DailyTraffic
+from simulator.fast_engine import FastEngine
+from simulator.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake_device(index: int) -> Any:
+    fleet = SimpleNamespace(account=f"acct-{index % 2}", gateway=f"gw-{index % 3}")
+    return SimpleNamespace(index=index, iccid=f"89813{index:014d}", fleet=fleet)
+
+
+rows = st.lists(
+    st.tuples(
+        st.integers(0, 3),  # device
+        st.integers(20_000, 20_004),  # day
+        st.integers(0, 10_000),  # up
+        st.integers(0, 10_000),  # down
+        st.integers(0, 500),  # stamp
+        st.sampled_from(["closed", "internet"]),
+        st.booleans(),  # added as a bulk row (else one by one)
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows)
+def test_columns_sum_per_sim_and_day_like_the_reference_dict(drawn: list[tuple[Any, ...]]) -> None:
+    devices = [fake_device(index) for index in range(4)]
+    reference, columns = DailyTraffic(), ColumnarDailyTraffic()
+    for device, day, up, down, stamp, route, bulk in drawn:
+        reference.add(devices[device], day, up, down, stamp, route, devices[device].fleet.gateway)
+        if bulk:
+            one = np.array([day])
+            columns.add_rows(devices[device], one, np.array([up]), np.array([down]), np.array([stamp]), route)
+        else:
+            columns.add(devices[device], day, up, down, stamp, route, devices[device].fleet.gateway)
+    expected = sorted(
+        ((stamp, index, day), (up, down, route))
+        for (index, day), (up, down, stamp, route, _) in reference.days.items()
+        if up + down
+    )
+    compact = columns.compact(devices, start_us=0)
+    got = [
+        (
+            (event.ts // 1_000_000, int(event.sim[-14:]), int(event.id.rsplit("/", 1)[1])),
+            (event.up_bytes, event.down_bytes, event.route),
+        )
+        for event in compact.events()
+    ]
+    assert got == expected
+
+
+@pytest.fixture(scope="module")
+def small_load_log() -> CompactLog:
+    scenario = scaled(ROOT / "scenarios/load-100k.toml", 150)
+    log = FastEngine(scenario).run()
+    assert isinstance(log, CompactLog) and len(log.traffic) > 10_000
+    return log
+
+
+def test_a_compact_log_writes_and_reads_back_as_the_same_events(small_load_log: CompactLog, tmp_path: Path) -> None:
+    listed = list(small_load_log)
+    assert len(listed) == len(small_load_log)
+    assert [event.ts for event in listed] == sorted(event.ts for event in listed)
+    for name in ("log.parquet", "log.jsonl"):
+        path = tmp_path / name
+        assert write_event_log(small_load_log, path) == len(listed)
+        assert [event.content() for event in read_event_log(path)] == [event.content() for event in listed]
+
+
+def test_a_compact_log_rates_like_the_same_events_in_a_list(small_load_log: CompactLog) -> None:
+    scenario = scaled(ROOT / "scenarios/load-100k.toml", 150)
+    compact = rate_events(small_load_log, scenario.tariff, scenario.billing_months)
+    plain = rate_events(list(small_load_log), scenario.tariff, scenario.billing_months)
+    assert not compact.errors
+    for month in scenario.billing_months:
+        assert compact.documents[month].dumps() == plain.documents[month].dumps()
+
+
+def test_compact_rows_are_idempotent_and_checked(small_load_log: CompactLog) -> None:
+    with EventStore(":memory:") as store:
+        assert store.append_compact(small_load_log.traffic) == (len(small_load_log.traffic), 0)
+        assert store.append_compact(small_load_log.traffic) == (0, len(small_load_log.traffic))
+        changed = small_load_log.traffic
+        changed = type(changed)(**{**changed.__dict__, "up_bytes": changed.up_bytes + 1})
+        with pytest.raises(StoreError, match="different content"):
+            store.append_compact(changed)
+        broken = type(changed)(**{**changed.__dict__, "iccids": ("not-an-iccid", *changed.iccids[1:])})
+        with pytest.raises(StoreError, match="not an ICCID"):
+            store.append_compact(broken)
+
+
+def test_the_load_scenario_file_is_valid() -> None:
+    assert load_scenario(ROOT / "scenarios/load-100k.toml").sim_count == 100_000
