@@ -144,6 +144,14 @@ def device_phases(seed: int, sim: int) -> tuple[float, float, float, float]:
     return telemetry, platform, firmware, spare
 
 
+def all_device_phases(seed: int, count: int) -> npt.NDArray[np.float64]:
+    """The phases of devices ``0 … count-1`` at once: row ``i`` is ``device_phases(seed, i)``."""
+    sims = np.arange(count, dtype=np.int64)
+    return np.stack(
+        [keyed_uniform(seed, STREAM_PHASE, sims, np.zeros(count, np.int64), draw) for draw in range(4)], axis=1
+    )
+
+
 def daily_uploads(
     profile: TrafficProfile, seed: int, sims: npt.ArrayLike, days: npt.ArrayLike
 ) -> tuple[IntArray, IntArray]:

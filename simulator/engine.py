@@ -192,6 +192,17 @@ class Engine:
                 self.devices.append(Device(index, fleet, accounts[fleet.account], iccid, imei, card, outages))
                 self.registered[iccid] = False
                 index += 1
+        self.registered_count = 0
+        self.status_counts: Counter[str] = Counter(device.status for device in self.devices)
+        self.fleets: dict[str, list[Device]] = {}
+        for device in self.devices:
+            self.fleets.setdefault(device.fleet.name, []).append(device)
+
+    def set_status(self, device: Device, status: str) -> None:
+        """Change a device's status, keeping the counts per status (for the daily census)."""
+        self.status_counts[device.status] -= 1
+        self.status_counts[status] += 1
+        device.status = status
 
     def initial_outages(self, fleet: FleetSpec, index: int) -> Outages:
         """The coverage outages a device starts with: all of them, drawn now."""
@@ -268,6 +279,7 @@ class Engine:
         for device in devices:
             fleet = device.fleet
             device.registrations += 1
+            self.registered_count += not self.registered[device.iccid]
             self.registered[device.iccid] = True
             number = device.registrations
             self.emit(now, "sim.registered", fleet.account, f"{device.iccid}/registered/{number}", sim=device.iccid)
@@ -300,6 +312,7 @@ class Engine:
         now = self.env.now
         for device in devices:
             fleet = device.fleet
+            self.registered_count -= self.registered[device.iccid]
             self.registered[device.iccid] = False
             number = device.registrations
             if fleet.mono:
@@ -329,7 +342,7 @@ class Engine:
 
     def fleet_devices(self, name: str) -> list[Device]:
         """The devices of a fleet, in order."""
-        return [device for device in self.devices if device.fleet.name == name]
+        return self.fleets.get(name, [])
 
     def operations(self) -> SimProcess:
         """Carry out the scheduled operations at their times."""
@@ -434,7 +447,7 @@ class Engine:
             if device.card.state is CardState.PIN_REQUIRED:
                 yield self.env.timeout(PIN_RETRY_S)
         self.emit(self.env.now, "sim.locked", account, f"{device.iccid}/locked", sim=device.iccid)
-        device.status = "locked"
+        self.set_status(device, "locked")
         if fleet.puk == "none" or self.env.now + fleet.puk_after_s >= self.horizon:
             return False
         yield self.env.timeout(fleet.puk_after_s)
@@ -442,14 +455,14 @@ class Engine:
             new_pin = _wrong(_wrong(secrets.pin))
             device.card, _ = device.card.apply(Command.UNBLOCK_PIN, secrets.puk, new_pin)
             self.emit(self.env.now, "sim.unlocked", account, f"{device.iccid}/unlocked", sim=device.iccid)
-            device.status = "unlocked"
+            self.set_status(device, "unlocked")
             return True
         while device.card.state is CardState.BLOCKED:
             device.card, answer = device.card.apply(Command.UNBLOCK_PIN, _wrong(secrets.puk), "0000")
             if device.card.state is CardState.BLOCKED:
                 yield self.env.timeout(PUK_RETRY_S)
         self.emit(self.env.now, "sim.dead", account, f"{device.iccid}/dead", sim=device.iccid)
-        device.status = "dead"
+        self.set_status(device, "dead")
         return False
 
     def note_refusal(self, device: Device, cause: str, at: int) -> None:
@@ -735,8 +748,8 @@ class Engine:
         """Once a day, count the SIMs by state (for the report)."""
         day = 0
         while day * DAY < self.horizon:
-            counts: Counter[str] = Counter(device.status for device in self.devices)
-            counts["registered"] = sum(self.registered.values())
+            counts = +self.status_counts
+            counts["registered"] = self.registered_count
             self.stats.status_per_day[day] = counts
             day += 1
             yield self.env.timeout(DAY)

@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from devices.coverage import NO_OUTAGES, Outages, route_outages
 from devices.sim_card import Command
-from devices.traffic import DAY, TrafficProfile, daily_uploads, device_phases, month_starts, session_bursts
+from devices.traffic import DAY, TrafficProfile, all_device_phases, daily_uploads, month_starts, session_bursts
 from gateway.mobile_gateway import Admission, MobileGateway
 from metering.compact import CompactLog
 from metering.events import Event
@@ -95,6 +95,39 @@ class Timeline:
             history.append((instant, value))
 
 
+@dataclass(frozen=True, eq=False)
+class CutSession:
+    """A session cut for mass traffic, relative to its start.
+
+    Attributes:
+        length: Seconds from its start to the cut.
+        offsets: Seconds from its start of each burst it carried.
+        up: Uplink bytes before each burst, and in all (prefix sums, one longer than ``offsets``).
+        down: Downlink bytes likewise.
+    """
+
+    length: int
+    offsets: IntArray
+    up: IntArray
+    down: IntArray
+
+
+@dataclass(frozen=True, slots=True)
+class BulkCauses:
+    """Why the sessions of a stretch ended.
+
+    The first ``coverage_lost`` sessions lost coverage; the last one, if it ended with the
+    stretch rather than at an outage, ended for ``last``.
+    """
+
+    coverage_lost: int
+    last: str | None
+
+    def listed(self) -> list[str]:
+        """One cause per session, in order."""
+        return ["coverage_lost"] * self.coverage_lost + ([self.last] if self.last is not None else [])
+
+
 class FastEngine(Engine):
     """Runs one scenario: control events in SimPy, sessions in bulk per device."""
 
@@ -107,6 +140,8 @@ class FastEngine(Engine):
         self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
         if scenario.traffic_records == "daily":
             self.daily_traffic = ColumnarDailyTraffic()
+        self.phases = all_device_phases(scenario.seed, len(self.devices)).tolist()
+        """Every device's phases (as :func:`~devices.traffic.device_phases` gives them), drawn at once."""
         self.first_day = self.origin_jst_s // DAY
         self.day_traffic = np.zeros(self.horizon // DAY + 2, dtype=np.int64)
         """Bytes per JST day of the sessions planned in bulk (added to the run's figures at the end)."""
@@ -250,6 +285,7 @@ class FastEngine(Engine):
         detailed = self.needs_bursts(device)
         period = self.periodic(device)
         cache: dict[int, tuple[int, int, int]] = {}
+        chain_cache: dict[int, CutSession | None] = {}
         for since, power_off in self.usable[device.index]:
             now, failures, last_refusal = since, 0, ""
             while now < self.horizon and now < power_off:
@@ -279,7 +315,10 @@ class FastEngine(Engine):
                 failures, last_refusal = 0, ""
                 end, cause = self.stretch_end(device, now, admission, power_off)
                 if period:
-                    now = self.repeated_sessions(device, admission, now, end, cause, period, cache)
+                    if self.scenario.traffic_records == "daily":
+                        now = self.chained_sessions(device, admission, now, end, cause, period, chain_cache)
+                    else:
+                        now = self.repeated_sessions(device, admission, now, end, cause, period, cache)
                 elif detailed:
                     now = self.one_session(device, admission, now, end, cause)
                 else:
@@ -369,6 +408,125 @@ class FastEngine(Engine):
             now = end
         return now
 
+    def cut_session(
+        self, device: Device, start: int, cache: dict[int, CutSession | None], period: int
+    ) -> CutSession | None:
+        """The session that starts at ``start`` and is cut for mass traffic (by its phase in the period).
+
+        ``None`` when such a session is not cut within four days (it is then stepped instead).
+        """
+        phase = start % period
+        if phase not in cache:
+            fleet = device.fleet
+            spec = next(spec for spec in self.scenario.gateways if spec.id == fleet.gateway)
+            assert spec.mass_traffic is not None
+            bursts = session_bursts(
+                fleet.profile, self.scenario.seed, device.index, start, start + 4 * DAY, self.origin_jst_s
+            )
+            cut = spec.mass_traffic.cut_at(bursts.times, bursts.volume())
+            if cut is None or int(bursts.times[cut]) + 1 - start > DAY:
+                cache[phase] = None
+            else:
+                kept = bursts.cut(cut + 1)
+                offsets = kept.times - start
+                cache[phase] = CutSession(
+                    int(offsets[-1]) + 1,
+                    offsets,
+                    np.concatenate(([0], np.cumsum(kept.up))),
+                    np.concatenate(([0], np.cumsum(kept.down))),
+                )
+        return cache[phase]
+
+    def chained_sessions(
+        self,
+        device: Device,
+        admission: Admission,
+        start: int,
+        stretch_end: int,
+        cause: str,
+        period: int,
+        cache: dict[int, CutSession | None],
+    ) -> int:
+        """Back-to-back sessions cut for mass traffic, all at once (daily records).
+
+        Each session starts when the previous was cut, and its length follows from its start's
+        phase in the period; the phases run into a cycle, so the whole chain up to the next outage
+        (or the end of the stretch) is a cumulative sum. The session that would reach that limit is
+        stepped like the reference (:meth:`one_session`); so is everything when a phase's session
+        is not cut (:meth:`repeated_sessions`).
+        """
+        now = start
+        while now < stretch_end:
+            outage, coverage_ends = device.outages.state_at(now)
+            if outage:
+                return now
+            limit = min(coverage_ends, self.horizon, stretch_end)
+            orbit: list[CutSession] = []
+            position: dict[int, int] = {}
+            at = now
+            while at % period not in position:
+                known = self.cut_session(device, at, cache, period)
+                if known is None:
+                    return self.repeated_sessions(device, admission, now, stretch_end, cause, period, {})
+                position[at % period] = len(orbit)
+                orbit.append(known)
+                at += known.length
+            prefix, cycle = orbit[: position[at % period]], orbit[position[at % period] :]
+            cycle_length = sum(item.length for item in cycle)
+            repeats = (limit - now) // cycle_length + 2
+            chain = prefix + cycle * repeats
+            lengths = np.array([item.length for item in chain], dtype=np.int64)
+            ends = now + np.cumsum(lengths)
+            count = int(np.searchsorted(ends, limit, side="left"))  # sessions that end before the limit
+            if count:
+                self.record_chain(device, admission, chain[:count], ends[:count] - lengths[:count], ends[:count])
+                now = int(ends[count - 1])
+            now = self.one_session(device, admission, now, stretch_end, cause)
+            if now >= stretch_end or device.outages.state_at(now)[0]:
+                return now
+        return now
+
+    def record_chain(
+        self, device: Device, admission: Admission, chain: list[CutSession], starts: IntArray, ends: IntArray
+    ) -> None:
+        """Count a chain of cut sessions and add their traffic to the daily records."""
+        count = len(chain)
+        device.sessions += count
+        self.stats.sessions += count
+        self.stats.closures["mass_traffic"] += count
+        origin = self.origin_jst_s
+        for day, cuts in zip(*np.unique((origin + ends) // DAY, return_counts=True), strict=True):
+            self.stats.interruptions_per_day[int(day)] += int(cuts)
+        ups = np.array([item.up[-1] for item in chain], dtype=np.int64)
+        downs = np.array([item.down[-1] for item in chain], dtype=np.int64)
+        start_day, end_day = (origin + starts) // DAY, (origin + ends - 1) // DAY
+        whole = (start_day == end_day) & (ups + downs > 0)
+        columns = self.daily_traffic
+        assert isinstance(columns, ColumnarDailyTraffic)
+        days, first = np.unique(start_day[whole], return_index=True)
+        if len(days):
+            day_ups = np.add.reduceat(ups[whole], first)
+            day_downs = np.add.reduceat(downs[whole], first)
+            stamps = np.maximum.reduceat(ends[whole], first) - 1
+            carrying = day_ups + day_downs > 0
+            np.add.at(self.day_traffic, days[carrying] - self.first_day, (day_ups + day_downs)[carrying])
+            columns.add_rows(
+                device, days[carrying], day_ups[carrying], day_downs[carrying], stamps[carrying], admission.route
+            )
+        # sessions across a JST midnight: split per day like the reference's record_traffic
+        for index in np.flatnonzero(start_day != end_day).tolist():
+            item, begin, finish = chain[index], int(starts[index]), int(ends[index])
+            for day in range(int(start_day[index]), int(end_day[index]) + 1):
+                low = max(begin, day * DAY - origin) - begin
+                high = min(finish, (day + 1) * DAY - origin) - begin
+                first_burst = int(np.searchsorted(item.offsets, low, side="left"))
+                last_burst = int(np.searchsorted(item.offsets, high, side="left"))
+                up = int(item.up[last_burst] - item.up[first_burst])
+                down = int(item.down[last_burst] - item.down[first_burst])
+                if up + down:
+                    self.day_traffic[day - self.first_day] += up + down
+                    columns.add(device, day, up, down, begin + high - 1, admission.route, device.fleet.gateway)
+
     def bulk_sessions(self, device: Device, admission: Admission, start: int, stretch_end: int, cause: str) -> int:
         """Every session of an admitted stretch at once: the gaps between coverage outages."""
         outages = device.outages
@@ -378,17 +536,18 @@ class FastEngine(Engine):
         inside = outage_starts <= stretch_end
         starts = np.concatenate(([start], outage_ends[inside]))
         ends = np.concatenate((outage_starts[inside], [stretch_end]))
-        causes = ["coverage_lost"] * int(inside.sum()) + [cause]
         keep = starts < np.minimum(ends, self.horizon)
         starts, ends = starts[keep], np.minimum(ends[keep], self.horizon)
-        causes = [why for why, kept in zip(causes, keep.tolist(), strict=True) if kept]
+        # every session ends by losing coverage, except the stretch's last, which ends with the stretch
+        last_kept = bool(keep[-1])
+        causes = BulkCauses(len(starts) - int(last_kept), cause if last_kept else None)
         self.record_bulk(device, admission, starts, ends, causes)
         if not keep[-1]:
             return int(min(outage_ends[inside][-1], self.horizon)) if inside.any() else stretch_end
         return int(ends[-1]) if len(ends) else stretch_end
 
     def record_bulk(
-        self, device: Device, admission: Admission, starts: IntArray, ends: IntArray, causes: list[str]
+        self, device: Device, admission: Admission, starts: IntArray, ends: IntArray, causes: BulkCauses
     ) -> None:
         """Sessions and their traffic per JST day, counted arithmetically."""
         fleet = device.fleet
@@ -396,8 +555,10 @@ class FastEngine(Engine):
         first_number = device.sessions + 1
         device.sessions += len(starts)
         self.stats.sessions += len(starts)
-        for why in causes:
-            self.stats.closures[why] += 1
+        if causes.coverage_lost:
+            self.stats.closures["coverage_lost"] += causes.coverage_lost
+        if causes.last is not None:
+            self.stats.closures[causes.last] += 1
         # split sessions at JST midnights into pieces
         origin = self.origin_jst_s
         first_day = (origin + starts) // DAY
@@ -410,7 +571,7 @@ class FastEngine(Engine):
         piece_end = np.minimum(ends[session_of], (day + 1) * DAY - origin)
         up = np.zeros(len(day), dtype=np.int64)
         down = np.zeros(len(day), dtype=np.int64)
-        phases = device_phases(self.scenario.seed, device.index)
+        phases = self.phases[device.index]
         if profile.telemetry_interval_s:
             interval = profile.telemetry_interval_s
             offset = int(phases[0] * interval)
@@ -455,7 +616,7 @@ class FastEngine(Engine):
                     gateway=fleet.gateway,
                 )
         if self.scenario.traffic_records == "session":
-            self.session_events(device, admission, first_number, starts, ends, causes)
+            self.session_events(device, admission, first_number, starts, ends, causes.listed())
 
     def session_created(self, device: Device, session_id: str, start: int, route: str) -> None:
         """Write ``session.created`` with the address the gateway gave, as it was at ``start``.

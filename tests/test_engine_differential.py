@@ -193,3 +193,60 @@ def test_fast_and_reference_engines_write_the_same_log_and_invoices(text: str) -
     assert not billed_reference.errors, billed_reference.errors[:1]
     for month in scenario.billing_months:
         assert billed_fast.documents[month].dumps() == billed_reference.documents[month].dumps()
+
+
+RUNAWAYS_THROUGH_TUNNELS = """
+[scenario]
+name = "runaways"
+start = "2026-03-01T00:00:00+09:00"
+months = 2
+seed = 7
+traffic_records = "daily"
+
+[[accounts]]
+id = "a1"
+
+[[gateways]]
+id = "gw0"
+account = "a1"
+switch = true
+internet = true
+mass_traffic = { threshold_mb = 100, window_min = 60 }
+
+[[fleets]]
+name = "runaway"
+account = "a1"
+gateway = "gw0"
+count = 3
+profile = "runaway"
+
+[[fleets]]
+name = "runaway-tunnel"
+account = "a1"
+gateway = "gw0"
+count = 3
+profile = "runaway"
+route = ["tunnel", "car_park"]
+
+[[operations]]
+at = "2026-03-10T10:00:00+09:00"
+do = "gateway.switch"
+gateway = "gw0"
+value = false
+
+[[operations]]
+at = "2026-03-11T23:50:00+09:00"
+do = "gateway.switch"
+gateway = "gw0"
+value = true
+"""
+
+
+def test_chains_of_sessions_cut_for_mass_traffic_match_the_reference() -> None:
+    """Runaways re-attach after every cut: the fast engine derives the whole chain at once."""
+    scenario = scenario_from_text(RUNAWAYS_THROUGH_TUNNELS, "runaways.toml")
+    reference, fast = Engine(scenario).run(), FastEngine(scenario).run()
+    assert Counter(map(key, fast)) == Counter(map(key, reference))
+    engine = FastEngine(scenario)
+    engine.run()
+    assert engine.stats.interruptions > 2 * 24 * 50, "about one cut an hour per device"

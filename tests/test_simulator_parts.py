@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devices.coverage import Outages, merge, merge_arrays, route_outages
-from devices.traffic import PROFILES, session_bursts
+from devices.traffic import PROFILES, all_device_phases, device_phases, session_bursts
 from gateway.mobile_gateway import GatewayCommand, GatewayState, IllegalGatewayCommand, MobileGateway
 from gateway.policy import MassTrafficPolicy, TrafficControl
 
@@ -133,3 +133,8 @@ def test_bursts_split_anywhere_add_up(profile: str, start: int, length: int, sim
     assert np.array_equal(whole.times, np.concatenate([first.times, second.times]))
     assert np.array_equal(whole.volume(), np.concatenate([first.volume(), second.volume()]))
     assert np.array_equal(whole.messages, np.concatenate([first.messages, second.messages]))
+
+
+def test_phases_drawn_at_once_equal_those_drawn_one_by_one() -> None:
+    table = all_device_phases(seed=42, count=300)
+    assert [tuple(row) for row in table.tolist()] == [device_phases(42, sim) for sim in range(300)]
