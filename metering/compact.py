@@ -12,8 +12,10 @@ block: it iterates, counts, writes and rates like a list of events, and is one w
 
 from __future__ import annotations
 
+import functools
+import heapq
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -31,10 +33,11 @@ CHUNK_ROWS: Final = 1_000_000
 
 @dataclass(frozen=True, eq=False)
 class CompactTraffic:
-    """``sim.traffic`` events in columns, sorted by time.
+    """``sim.traffic`` events in columns, in any order (:meth:`in_time_order` sorts them).
 
     Attributes:
-        ts: Epoch microseconds per row.
+        origin_us: Epoch microseconds that ``second`` counts from.
+        second: Whole seconds since ``origin_us`` per row (the event's time).
         sim: Code of the row's SIM (an index into ``iccids``).
         up_bytes: Uplink bytes per row.
         down_bytes: Downlink bytes per row.
@@ -46,12 +49,13 @@ class CompactTraffic:
         id_infix: What joins ICCID and key in the event id.
     """
 
-    ts: IntArray
+    origin_us: int
+    second: npt.NDArray[np.int32]
     sim: npt.NDArray[np.int32]
     up_bytes: IntArray
     down_bytes: IntArray
     route: npt.NDArray[np.int8]
-    key: IntArray
+    key: npt.NDArray[np.int32]
     iccids: tuple[str, ...]
     accounts: tuple[str, ...]
     gateways: tuple[str, ...]
@@ -59,15 +63,34 @@ class CompactTraffic:
 
     def __len__(self) -> int:
         """Number of rows (events)."""
-        return len(self.ts)
+        return len(self.second)
+
+    def in_time_order(self) -> CompactTraffic:
+        """The rows sorted by time (rows of the same second keep their order)."""
+        if len(self) < 2 or bool(np.all(self.second[1:] >= self.second[:-1])):
+            return self
+        order = np.argsort(self.second, kind="stable")
+        return replace(
+            self,
+            second=self.second[order],
+            sim=self.sim[order],
+            up_bytes=self.up_bytes[order],
+            down_bytes=self.down_bytes[order],
+            route=self.route[order],
+            key=self.key[order],
+        )
+
+    def ts(self, start: int = 0, stop: int | None = None) -> IntArray:
+        """Epoch microseconds of rows ``start:stop``."""
+        return self.origin_us + self.second[start:stop].astype(np.int64) * 1_000_000
 
     def events(self, start: int = 0, stop: int | None = None) -> Iterator[Event]:
-        """Rows ``start:stop`` as events, in order."""
+        """Rows ``start:stop`` as events, in row order."""
         stop = len(self) if stop is None else stop
         for first in range(start, stop, CHUNK_ROWS):
             last = min(stop, first + CHUNK_ROWS)
             for ts, sim, up, down, route, key in zip(
-                self.ts[first:last].tolist(),
+                self.ts(first, last).tolist(),
                 self.sim[first:last].tolist(),
                 self.up_bytes[first:last].tolist(),
                 self.down_bytes[first:last].tolist(),
@@ -95,7 +118,7 @@ class CompactTraffic:
         iccid = pa.array(self.iccids, type=pa.string()).take(codes)
         count = len(codes)
         columns: dict[str, pa.Array] = {
-            "ts": pa.array(self.ts[rows]).cast(pa.timestamp("us", tz="UTC")),
+            "ts": pa.array(self.ts(rows.start, rows.stop)).cast(pa.timestamp("us", tz="UTC")),
             "type": pa.array(["sim.traffic"] * count, type=pa.string()),
             "account": pa.array(self.accounts, type=pa.string()).take(codes),
             "id": pc.binary_join_element_wise(iccid, pc.cast(pa.array(self.key[rows]), pa.string()), self.id_infix),
@@ -114,8 +137,8 @@ class CompactTraffic:
         """The rows (with their position) and the per-SIM table, for the store's bulk insert."""
         rows = pa.table(
             {
-                "position": pa.array(np.arange(len(self), dtype=np.int64)),
-                "ts": pa.array(self.ts),
+                "position": pa.array(np.arange(len(self), dtype=np.int32)),
+                "second": pa.array(self.second),
                 "sim": pa.array(self.sim),
                 "up_bytes": pa.array(self.up_bytes),
                 "down_bytes": pa.array(self.down_bytes),
@@ -138,16 +161,20 @@ class CompactTraffic:
 class CompactLog(Sequence[Event]):
     """An event log of ordinary events and a block of compact ``sim.traffic`` rows.
 
-    In log order, by time; at the same instant the ordinary events come first (a registration
-    before the traffic it allows).
+    Iterated in log order, by time; at the same instant the ordinary events come first (a
+    registration before the traffic it allows). The store takes the rows in any order.
 
     Attributes:
         events: The ordinary events, sorted by time.
-        traffic: The compact traffic rows, sorted by time.
+        traffic: The compact traffic rows.
     """
 
     events: list[Event]
     traffic: CompactTraffic
+
+    @functools.cached_property
+    def _ordered(self) -> CompactTraffic:
+        return self.traffic.in_time_order()
 
     def __len__(self) -> int:
         """Number of events in all."""
@@ -159,38 +186,40 @@ class CompactLog(Sequence[Event]):
 
     def __iter__(self) -> Iterator[Event]:
         """The events in log order."""
-        traffic = self.traffic.ts
+        traffic = self._ordered
+        times = traffic.ts()
         row = 0
         for event in self.events:
-            until = int(np.searchsorted(traffic, event.ts, side="left"))
+            until = int(np.searchsorted(times, event.ts, side="left"))
             if until > row:
-                yield from self.traffic.events(row, until)
+                yield from traffic.events(row, until)
                 row = until
             yield event
-        yield from self.traffic.events(row)
+        yield from traffic.events(row)
 
     def to_arrow_batches(self) -> Iterator[pa.Table]:
         """The log in the columnar layout, in order, a bounded number of rows at a time."""
-        traffic = self.traffic.ts
+        traffic = self._ordered
+        times = traffic.ts()
         row = 0
         pending: list[Event] = []
         for event in self.events:
-            until = int(np.searchsorted(traffic, event.ts, side="left"))
+            until = int(np.searchsorted(times, event.ts, side="left"))
             if until > row:
                 if pending:
                     yield events_to_arrow(pending)
                     pending = []
                 for first in range(row, until, CHUNK_ROWS):
-                    yield self.traffic.to_arrow(first, min(until, first + CHUNK_ROWS))
+                    yield traffic.to_arrow(first, min(until, first + CHUNK_ROWS))
                 row = until
             pending.append(event)
         if pending:
             yield events_to_arrow(pending)
-        for first in range(row, len(self.traffic), CHUNK_ROWS):
-            yield self.traffic.to_arrow(first, min(len(self.traffic), first + CHUNK_ROWS))
+        for first in range(row, len(traffic), CHUNK_ROWS):
+            yield traffic.to_arrow(first, min(len(traffic), first + CHUNK_ROWS))
 
 
-def traffic_insert_sql(id_infix: str, first_seq: int) -> str:
+def traffic_insert_sql(id_infix: str, origin_us: int, first_seq: int) -> str:
     """The ``SELECT`` (store layout) of compact rows registered as ``compact_rows``/``compact_sims``."""
     routes = "[" + ", ".join(f"'{route}'" for route in ROUTES) + "]"
     infix = id_infix.replace("'", "''")
@@ -203,7 +232,7 @@ def traffic_insert_sql(id_infix: str, first_seq: int) -> str:
     }
     columns = [
         f"{first_seq} + r.position",
-        "r.ts",
+        f"{origin_us} + CAST(r.second AS BIGINT) * 1000000",
         "'sim.traffic'",
         "s.account",
         f"s.iccid || '{infix}' || CAST(r.key AS VARCHAR)",
@@ -213,3 +242,36 @@ def traffic_insert_sql(id_infix: str, first_seq: int) -> str:
         "r.position + 1",
     ]
     return f"SELECT {', '.join(columns)} FROM compact_rows r JOIN compact_sims s USING (sim)"
+
+
+def concatenate_logs(logs: Sequence[Sequence[Event]]) -> Sequence[Event]:
+    """One log of several logs of disjoint accounts (the shards of a run), in log order.
+
+    Events at the same instant keep the order of ``logs``; compact logs stay compact.
+    """
+    if not logs:
+        return []
+    if not all(isinstance(log, CompactLog) for log in logs):
+        return list(heapq.merge(*logs, key=lambda event: event.ts))
+    compacts = [log for log in logs if isinstance(log, CompactLog)]
+    events = list(heapq.merge(*(log.events for log in compacts), key=lambda event: event.ts))
+    blocks = [log.traffic for log in compacts]
+    offsets = np.cumsum([0] + [len(block.iccids) for block in blocks[:-1]])
+    infixes = {(block.id_infix, block.origin_us) for block in blocks}
+    if len(infixes) != 1:
+        raise ValueError("compact logs with different id forms or origins cannot be joined")
+    infix, origin_us = infixes.pop()
+    traffic = CompactTraffic(
+        origin_us=origin_us,
+        second=np.concatenate([block.second for block in blocks]),
+        sim=np.concatenate([block.sim + np.int32(offset) for block, offset in zip(blocks, offsets, strict=True)]),
+        up_bytes=np.concatenate([block.up_bytes for block in blocks]),
+        down_bytes=np.concatenate([block.down_bytes for block in blocks]),
+        route=np.concatenate([block.route for block in blocks]),
+        key=np.concatenate([block.key for block in blocks]),
+        iccids=tuple(iccid for block in blocks for iccid in block.iccids),
+        accounts=tuple(account for block in blocks for account in block.accounts),
+        gateways=tuple(gateway for block in blocks for gateway in block.gateways),
+        id_infix=infix,
+    )
+    return CompactLog(events, traffic)

@@ -54,3 +54,28 @@ def deduplicate(events: Iterable[Event]) -> tuple[list[Event], list[EventError]]
                 )
             )
     return unique, errors
+
+
+def merge_ratings(ratings: Iterable[Rating]) -> Rating:
+    """One rating of the ratings of disjoint sets of accounts (the shards of a run).
+
+    Documents of the same month are joined, their invoices listed by account, as one rating
+    of all the events would list them.
+    """
+    from metering.invoice import sort_invoices
+
+    documents: dict[int, list[InvoiceDocument]] = {}
+    outcomes: dict[tuple[int, str], tuple[Outcome, ...]] = {}
+    errors: list[EventError] = []
+    for rating in ratings:
+        for month, document in rating.documents.items():
+            documents.setdefault(month, []).append(document)
+        outcomes.update(rating.outcomes)
+        errors.extend(rating.errors)
+    joined = {
+        month: InvoiceDocument(
+            month, parts[0].tariff, sort_invoices([invoice for part in parts for invoice in part.invoices])
+        )
+        for month, parts in sorted(documents.items())
+    }
+    return Rating(joined, outcomes, tuple(errors))

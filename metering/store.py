@@ -198,7 +198,7 @@ class EventStore:
         try:
             connection.register("compact_rows", rows)
             connection.register("compact_sims", sims)
-            source = traffic_insert_sql(traffic.id_infix, self._next_seq())
+            source = traffic_insert_sql(traffic.id_infix, traffic.origin_us, self._next_seq())
             stored = self.count()
             if self.scalar("SELECT count(*) FROM events WHERE type = 'sim.traffic'"):
                 different = " OR ".join(f"i.{name} IS DISTINCT FROM e.{name}" for name in CONTENT_COLUMNS)

@@ -59,14 +59,14 @@ def _simulate(path: str, sims: int, engine: str, queue: Any) -> None:
 
     scenario = scaled(Path(path), sims)
     start = time.perf_counter()
-    result = run_scenario(scenario, engine_name=engine)
+    result = run_scenario(scenario, engine_name=engine, keep_events=False)
     wall = time.perf_counter() - start
     queue.put(
         {
             "sims": scenario.sim_count,
             "wall": wall,
             "sessions": result.stats.sessions,
-            "events": len(result.events),
+            "events": result.event_count,
             "interruptions": result.stats.interruptions,
             "peak_mb": _peak_rss_mb(),
         }

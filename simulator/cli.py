@@ -52,6 +52,7 @@ class EngineName(StrEnum):
 
     fast = "fast"
     reference = "reference"
+    ray = "ray"
 
 
 class Rater(StrEnum):
@@ -198,9 +199,10 @@ def _scenario(path: Path) -> Scenario:
         fail(str(exc))
 
 
-def _simulate(scenario: Scenario, rater: str, engine: str = "fast") -> RunResult:
+def _simulate(scenario: Scenario, rater: str, engine: str = "fast", ray_address: str | None = None) -> RunResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from simulator.ray_engine import RayUnavailable
     from simulator.runner import MeteringFailure, run_scenario
 
     columns = (
@@ -212,9 +214,13 @@ def _simulate(scenario: Scenario, rater: str, engine: str = "fast") -> RunResult
     with Progress(*columns, console=stderr, transient=True) as progress:
         task = progress.add_task(f"simulating {scenario.name} ({scenario.sim_count:,} SIMs)", total=1.0)
         try:
-            return run_scenario(scenario, lambda done: progress.update(task, completed=done), rater, engine)
+            return run_scenario(
+                scenario, lambda done: progress.update(task, completed=done), rater, engine, ray_address
+            )
         except MeteringFailure as exc:
             fail(str(exc), status=3)
+        except RayUnavailable as exc:
+            fail(str(exc))
 
 
 @app.command()
@@ -228,8 +234,16 @@ def run(
     ] = None,
     rater: Annotated[Rater, typer.Option(help="Rater of the online metering.")] = Rater.fast,
     engine: Annotated[
-        EngineName, typer.Option(help="fast: sessions in bulk; reference: one SimPy process per device. Same log.")
+        EngineName,
+        typer.Option(
+            help="fast: sessions in bulk; reference: one SimPy process per device; ray: the fast engine, one Ray "
+            "task per account. Same log and invoices."
+        ),
     ] = EngineName.fast,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="With --engine ray: the cluster (HOST:PORT or ray://…); default: start a local Ray."),
+    ] = None,
 ) -> None:
     """Simulate a scenario, meter it in-process, print a summary; exit 1 if an [expect] check fails.
 
@@ -244,8 +258,10 @@ def run(
             log_format(events)
         except EventLogError as exc:
             fail(f"--events: {exc}")
+    if ray_address is not None and engine is not EngineName.ray:
+        fail("--ray-address: only with --engine ray")
     scenario = _scenario(scenario_path)
-    result = _simulate(scenario, rater.value, engine.value)
+    result = _simulate(scenario, rater.value, engine.value, ray_address)
     written = write_outputs(result, out, events)
     console = Console()
     for table in summary_tables(result):

@@ -26,82 +26,98 @@ ID_INFIX: Final = "/d/"
 
 
 class ColumnarDailyTraffic(DailyTraffic):
-    """Per SIM and JST day: traffic summed over sessions, held as numpy chunks.
+    """Per SIM and JST day: traffic summed over sessions, held as numpy columns.
 
-    Rows are kept in the order they were added; per (SIM, day) the first row's route is kept, as
-    the reference's dict keeps the route of the day's first session. Platform messages per hour
-    stay in the inherited dict (few devices send them).
+    The fast engine plans one device at a time: its rows are gathered while it is planned, and
+    :meth:`device_done` sums them per day (keeping, per day, the first row's route, as the
+    reference's dict keeps the route of the day's first session) into compact columns. Platform
+    messages per hour stay in the inherited dict (few devices send them).
     """
 
     def __init__(self) -> None:
         """Start empty."""
         super().__init__()
-        self.chunks: list[tuple[IntArray, ...]] = []
-        self.pending: list[tuple[int, int, int, int, int, int]] = []
+        self.rows: list[tuple[IntArray, ...]] = []
+        self.pending: list[tuple[int, int, int, int, int]] = []
+        self.columns: dict[str, list[npt.NDArray[Any]]] = {name: [] for name in COLUMNS}
 
     def add(self, device: Device, day: int, up: int, down: int, stamp: int, route: str, gateway: str) -> None:
-        """Add one session's part of a day (one row)."""
+        """Add one session's part of a day (one row) of the device being planned."""
         self.devices[device.index] = device
-        self.pending.append((device.index, day, up, down, stamp, ROUTE_CODES[route]))
+        self.pending.append((day, up, down, stamp, ROUTE_CODES[route]))
 
     def add_rows(
         self, device: Device, days: IntArray, ups: IntArray, downs: IntArray, stamps: IntArray, route: str
     ) -> None:
-        """Add a device's parts of many days at once (one row per element)."""
+        """Add many days' parts at once (one row per element) of the device being planned."""
         self._flush_pending()
         self.devices[device.index] = device
-        count = len(days)
-        self.chunks.append(
-            (
-                np.full(count, device.index, dtype=np.int64),
-                days.astype(np.int64),
-                ups.astype(np.int64),
-                downs.astype(np.int64),
-                stamps.astype(np.int64),
-                np.full(count, ROUTE_CODES[route], dtype=np.int64),
-            )
-        )
+        code = np.full(len(days), ROUTE_CODES[route], dtype=np.int64)
+        self.rows.append((days.astype(np.int64), ups.astype(np.int64), downs.astype(np.int64), stamps, code))
 
     def _flush_pending(self) -> None:
         if self.pending:
-            columns = np.array(self.pending, dtype=np.int64).T
-            self.chunks.append(tuple(columns))
+            self.rows.append(tuple(np.array(self.pending, dtype=np.int64).T))
             self.pending = []
 
-    def totals(self) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
-        """One row per (SIM, day): device index, day, up, down, latest stamp, first route.
-
-        Sorted by (stamp, device, day): the order of the reference engine's log.
-        """
+    def device_done(self, device: Device) -> None:
+        """Sum the planned device's rows per day into the columns."""
         self._flush_pending()
-        if not self.chunks:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, empty, empty, empty, empty
-        device, day, up, down, stamp, route = (np.concatenate(column) for column in zip(*self.chunks, strict=True))
-        self.chunks = []
-        order = np.lexsort((day, device))  # stable: rows of a (device, day) keep the order they came in
-        device, day, up, down, stamp, route = (column[order] for column in (device, day, up, down, stamp, route))
-        first = np.flatnonzero(np.concatenate(([True], (device[1:] != device[:-1]) | (day[1:] != day[:-1]))))
-        device, day, route = device[first], day[first], route[first]
+        if not self.rows:
+            return
+        day, up, down, stamp, route = (np.concatenate(column) for column in zip(*self.rows, strict=True))
+        self.rows = []
+        order = np.argsort(day, kind="stable")  # rows of a day keep the order they came in
+        day, up, down, stamp, route = (column[order] for column in (day, up, down, stamp, route))
+        first = np.flatnonzero(np.concatenate(([True], day[1:] != day[:-1])))
         up, down = np.add.reduceat(up, first), np.add.reduceat(down, first)
         stamp = np.maximum.reduceat(stamp, first)
-        order = np.lexsort((day, device, stamp))
-        return tuple(column[order] for column in (device, day, up, down, stamp, route))  # type: ignore[return-value]
+        carrying = up + down > 0
+        first = first[carrying]
+        values = {
+            "device": np.full(len(first), device.index, dtype=np.int32),
+            "day": day[first].astype(np.int32),
+            "up": up[carrying],
+            "down": down[carrying],
+            "stamp": stamp[carrying].astype(np.int32),
+            "route": route[first].astype(np.int8),
+        }
+        for name, column in values.items():
+            self.columns[name].append(column)
 
     def compact(self, devices: list[Any], start_us: int) -> CompactTraffic:
-        """The records as a compact ``sim.traffic`` block (SIM codes are device indexes)."""
-        device, day, up, down, stamp, route = self.totals()
-        carrying = (up + down) > 0
-        device, day, up, down, stamp, route = (column[carrying] for column in (device, day, up, down, stamp, route))
+        """The records as a compact ``sim.traffic`` block, in (device, day) order.
+
+        SIM codes are positions in ``devices`` (the engine's devices, in increasing index order).
+        Each column is joined and its parts freed in turn, so memory holds the rows about once.
+        """
+        joined: dict[str, npt.NDArray[Any]] = {}
+        for name in COLUMNS:
+            parts = self.columns[name]
+            joined[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=DTYPES[name])
+            parts.clear()
+        indexes = np.array([item.index for item in devices], dtype=np.int64)
         return CompactTraffic(
-            ts=start_us + stamp * 1_000_000,
-            sim=device.astype(np.int32),
-            up_bytes=up,
-            down_bytes=down,
-            route=route.astype(np.int8),
-            key=day,
+            origin_us=start_us,
+            second=joined["stamp"],
+            sim=np.searchsorted(indexes, joined["device"]).astype(np.int32),
+            up_bytes=joined["up"],
+            down_bytes=joined["down"],
+            route=joined["route"],
+            key=joined["day"],
             iccids=tuple(item.iccid for item in devices),
             accounts=tuple(item.fleet.account for item in devices),
             gateways=tuple(item.fleet.gateway for item in devices),
             id_infix=ID_INFIX,
         )
+
+
+COLUMNS: Final = ("device", "day", "up", "down", "stamp", "route")
+DTYPES: Final = {
+    "device": np.int32,
+    "day": np.int32,
+    "up": np.int64,
+    "down": np.int64,
+    "stamp": np.int32,
+    "route": np.int8,
+}

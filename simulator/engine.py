@@ -95,6 +95,22 @@ class RunStats:
         """Sessions cut by the mass-traffic policy (Art. 49(2))."""
         return self.closures["mass_traffic"]
 
+    def merged(self, other: RunStats) -> RunStats:
+        """The figures of two shards of one run together."""
+        days = sorted(set(self.status_per_day) | set(other.status_per_day))
+        return RunStats(
+            sessions=self.sessions + other.sessions,
+            closures=self.closures + other.closures,
+            refusals=self.refusals + other.refusals,
+            throttled_sessions=self.throttled_sessions + other.throttled_sessions,
+            traffic_per_day=self.traffic_per_day + other.traffic_per_day,
+            interruptions_per_day=self.interruptions_per_day + other.interruptions_per_day,
+            attach_attempts=sorted(self.attach_attempts + other.attach_attempts, key=lambda attempt: attempt[1]),
+            status_per_day={
+                day: self.status_per_day.get(day, Counter()) + other.status_per_day.get(day, Counter()) for day in days
+            },
+        )
+
 
 @dataclass
 class DailyTraffic:
@@ -166,9 +182,17 @@ def _wrong(code: str) -> str:
 class Engine:
     """Runs one scenario with one SimPy process per device."""
 
-    def __init__(self, scenario: Scenario) -> None:
-        """Build the world at the scenario start (nothing has happened yet)."""
+    def __init__(self, scenario: Scenario, accounts: frozenset[str] | None = None) -> None:
+        """Build the world at the scenario start (nothing has happened yet).
+
+        Args:
+            scenario: The scenario.
+            accounts: Simulate only these accounts (a shard); ``None``: all. Accounts share
+                nothing, and SIM numbers, ICCIDs and operation numbers stay those of the whole
+                scenario, so the shards of a scenario together write exactly its events.
+        """
         self.scenario = scenario
+        self.accounts = frozenset(scenario.accounts) if accounts is None else accounts
         self.env = simpy.Environment()
         self.horizon = scenario.horizon_s
         self.origin_jst_s = scenario.start_us // US + JST_S
@@ -181,15 +205,18 @@ class Engine:
         self.daily_traffic = DailyTraffic()
         self.operations_done = 0
         self.devices: list[Device] = []
-        accounts = {account: number for number, account in enumerate(scenario.accounts)}
+        numbers = {account: number for number, account in enumerate(scenario.accounts)}
         index = 0
         for fleet in scenario.fleets:
+            if fleet.account not in self.accounts:
+                index += fleet.count
+                continue
             for position in range(fleet.count):
-                iccid = fleet.iccid(position, accounts[fleet.account])
+                iccid = fleet.iccid(position, numbers[fleet.account])
                 card = SimCard(iccid, _secrets(scenario.seed, index), pin_enabled=fleet.pin != "disabled")
                 imei = f"35{index:013d}"
                 outages = self.initial_outages(fleet, index)
-                self.devices.append(Device(index, fleet, accounts[fleet.account], iccid, imei, card, outages))
+                self.devices.append(Device(index, fleet, numbers[fleet.account], iccid, imei, card, outages))
                 self.registered[iccid] = False
                 index += 1
         self.registered_count = 0
@@ -349,7 +376,18 @@ class Engine:
         for operation in self.scenario.operations:
             if operation.at > self.env.now:
                 yield UrgentTimeout(self.env, operation.at - self.env.now)
-            self.operate(operation.action, operation.arguments)
+            if self.operation_account(operation.action, operation.arguments) in self.accounts:
+                self.operate(operation.action, operation.arguments)
+            else:
+                self.operations_done += 1  # another shard's: numbered all the same
+
+    def operation_account(self, action: str, arguments: Any) -> str:
+        """The account an operation concerns."""
+        if action.startswith("gateway."):
+            return next(spec.account for spec in self.scenario.gateways if spec.id == arguments["gateway"])
+        if "fleet" in arguments:
+            return next(fleet.account for fleet in self.scenario.fleets if fleet.name == arguments["fleet"])
+        return str(arguments["account"])
 
     def operate(self, action: str, arguments: Any) -> None:
         """Carry out one operation now (its events' ids carry the operation's number)."""
@@ -759,7 +797,7 @@ class Engine:
     def start(self) -> None:
         """At time 0: create the gateways and register the fleets that start registered."""
         for spec in self.scenario.gateways:
-            if spec.create:
+            if spec.create and spec.account in self.accounts:
                 self.create_gateway(spec.id)
         self.register([device for device in self.devices if device.fleet.register])
 

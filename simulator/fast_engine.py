@@ -131,16 +131,16 @@ class BulkCauses:
 class FastEngine(Engine):
     """Runs one scenario: control events in SimPy, sessions in bulk per device."""
 
-    def __init__(self, scenario: Scenario) -> None:
-        """Build the world at the scenario start."""
-        super().__init__(scenario)
+    def __init__(self, scenario: Scenario, accounts: frozenset[str] | None = None) -> None:
+        """Build the world at the scenario start (of all accounts, or of a shard's)."""
+        super().__init__(scenario, accounts)
         self.timeline = Timeline(gateways={spec.id: [] for spec in scenario.gateways})
         self.usable: dict[int, list[tuple[int, int]]] = {device.index: [] for device in self.devices}
         powered = {op.arguments["fleet"] for op in scenario.operations if op.action == "device.power"}
         self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
         if scenario.traffic_records == "daily":
             self.daily_traffic = ColumnarDailyTraffic()
-        self.phases = all_device_phases(scenario.seed, len(self.devices)).tolist()
+        self.phases = all_device_phases(scenario.seed, scenario.sim_count).tolist()
         """Every device's phases (as :func:`~devices.traffic.device_phases` gives them), drawn at once."""
         self.first_day = self.origin_jst_s // DAY
         self.day_traffic = np.zeros(self.horizon // DAY + 2, dtype=np.int64)
@@ -279,6 +279,8 @@ class FastEngine(Engine):
         finally:
             if drawn_now:
                 device.outages = NO_OUTAGES
+        if isinstance(self.daily_traffic, ColumnarDailyTraffic):
+            self.daily_traffic.device_done(device)
 
     def plan_stretches(self, device: Device) -> None:
         """The sessions of each stretch in which the device is powered and its PIN flow is done."""

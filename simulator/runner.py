@@ -33,6 +33,7 @@ class RunResult:
 
     scenario: Scenario
     events: Sequence[Event]
+    event_count: int
     stats: RunStats
     sim_states: Counter[str]
     rating: Rating
@@ -57,13 +58,36 @@ class MeteringFailure(Exception):
     """The run's own event log did not rate: a defect of the simulator, reported as such."""
 
 
-def run_scenario(
-    scenario: Scenario, progress: Callable[[float], None] | None = None, rater: str = "fast", engine_name: str = "fast"
-) -> RunResult:
-    """Simulate the scenario with the named engine and meter its events in-process."""
+@dataclass
+class ShardResult:
+    """What simulating and rating some accounts of a scenario produced (all of them, serially).
+
+    ``events`` is empty when the caller did not ask to keep the log; ``event_count`` counts it.
+    """
+
+    events: Sequence[Event]
+    event_count: int
+    stats: RunStats
+    sim_states: Counter[str]
+    rating: Rating
+
+
+def simulate_shard(
+    scenario: Scenario,
+    accounts: frozenset[str] | None,
+    rater: str = "fast",
+    engine_name: str = "fast",
+    keep_events: bool = True,
+    progress: Callable[[float], None] | None = None,
+) -> ShardResult:
+    """Simulate the accounts (``None``: all) with the named engine and meter their events.
+
+    Raises:
+        MeteringFailure: If the simulated log does not rate (a defect of the simulator).
+    """
     from simulator.fast_engine import FastEngine
 
-    engine = FastEngine(scenario) if engine_name == "fast" else Engine(scenario)
+    engine = FastEngine(scenario, accounts) if engine_name == "fast" else Engine(scenario, accounts)
     events = engine.run(progress)
     if rater == "reference":
         rating = rate_reference(events, scenario.tariff, scenario.billing_months)
@@ -72,8 +96,35 @@ def run_scenario(
     if rating.errors:
         raise MeteringFailure(f"the simulated event log does not rate: {rating.errors[0]}")
     states = Counter(device.status for device in engine.devices)
-    states["registered at the end"] = sum(engine.registered.values())
-    return RunResult(scenario, events, engine.stats, states, rating)
+    states["registered at the end"] = engine.registered_count
+    return ShardResult(events if keep_events else [], len(events), engine.stats, states, rating)
+
+
+def run_scenario(
+    scenario: Scenario,
+    progress: Callable[[float], None] | None = None,
+    rater: str = "fast",
+    engine_name: str = "fast",
+    ray_address: str | None = None,
+    keep_events: bool = True,
+) -> RunResult:
+    """Simulate the scenario with the named engine and meter its events in-process.
+
+    Args:
+        scenario: The scenario.
+        progress: Called with the fraction done.
+        rater: ``fast`` or ``reference``.
+        engine_name: ``fast``, ``reference``, or ``ray`` (the fast engine, one Ray task per account).
+        ray_address: The Ray cluster to use with ``ray`` (``None``: start a local one).
+        keep_events: Keep the event log in the result (else only its size is known).
+    """
+    if engine_name == "ray":
+        from simulator.ray_engine import run_sharded
+
+        shard = run_sharded(scenario, rater, ray_address, keep_events, progress)
+    else:
+        shard = simulate_shard(scenario, None, rater, engine_name, keep_events, progress)
+    return RunResult(scenario, shard.events, shard.event_count, shard.stats, shard.sim_states, shard.rating)
 
 
 def check_expectations(result: RunResult) -> list[str]:
@@ -136,7 +187,7 @@ def summary_of(result: RunResult) -> dict[str, Any]:
     stats = result.stats
     return {
         "scenario": result.scenario.name,
-        "events": len(result.events),
+        "events": result.event_count,
         "sims": dict(result.sim_states),
         "sessions": stats.sessions,
         "closures": dict(stats.closures),
