@@ -58,6 +58,13 @@ def _simulate(path: str, sims: int, engine: str, queue: Any) -> None:
     from simulator.runner import run_scenario
 
     scenario = scaled(Path(path), sims)
+    ray_start = 0.0
+    if engine == "ray":
+        from simulator.ray_engine import start_ray
+
+        began = time.perf_counter()
+        start_ray(None, num_cpus=RAY_CPUS)  # timed apart: a cluster that is already up costs nothing
+        ray_start = time.perf_counter() - began
     start = time.perf_counter()
     result = run_scenario(scenario, engine_name=engine, keep_events=False)
     wall = time.perf_counter() - start
@@ -69,6 +76,7 @@ def _simulate(path: str, sims: int, engine: str, queue: Any) -> None:
             "events": result.event_count,
             "interruptions": result.stats.interruptions,
             "peak_mb": _peak_rss_mb(),
+            "ray_start": ray_start,
         }
     )
 
@@ -77,14 +85,27 @@ def _bare(processes: int, events: int, queue: Any) -> None:
     queue.put({"per_event": bare_simpy(processes, events), "processes": processes, "events": events})
 
 
+RAY_CPUS = 2
+"""The local Ray of ``bench sim --engine ray``: two workers, as the machine has two cores."""
+
+
 @dataclass
 class SimBenchReport:
-    """The figures of one ``mgwsim bench sim`` run."""
+    """The figures of one ``mgwsim bench sim`` run.
+
+    Attributes:
+        scenario: Scenario name.
+        engine: The engine benchmarked.
+        run: Figures of the engine's run.
+        bare: Figures of the bare SimPy loop.
+        serial: With ``ray``, the serial fast engine's figures, measured in the same run.
+    """
 
     scenario: str
     engine: str
     run: dict[str, Any]
     bare: dict[str, Any]
+    serial: dict[str, Any] | None = None
 
     def table(self) -> Table:
         """The report as a rich table."""
@@ -93,25 +114,40 @@ class SimBenchReport:
         table = Table(title=f"mgwsim bench sim: {self.scenario}, {run['sims']:,} SIMs, engine {self.engine}")
         table.add_column("measure")
         table.add_column("value", justify="right")
-        for row in (
+        rows = [
             ("wall time (simulate + meter 12 months)", f"{run['wall']:.1f} s"),
-            ("peak memory", f"{run['peak_mb']:,.0f} MB"),
+            ("peak memory", f"{run['peak_mb']:,.0f} MB" + (" (driver)" if self.engine == "ray" else "")),
             ("sessions simulated", f"{run['sessions']:,}"),
             ("sessions per second", f"{run['sessions'] / run['wall']:,.0f}"),
             ("events in the log", f"{run['events']:,}"),
             ("sessions cut for mass traffic", f"{run['interruptions']:,}"),
             (f"bare SimPy, {bare['processes']:,} processes: cost per event", f"{bare['per_event'] * 1e6:.2f} µs"),
-            ("cost per simulated session", f"{per_session * 1e6:.2f} µs"),
+            ("cost per simulated session", f"{per_session * 1e6:.3f} µs"),
             ("session cost / bare SimPy event cost", f"{per_session / bare['per_event']:.3f}"),
-        ):
+        ]
+        if self.serial is not None:
+            rows += [
+                ("serial fast engine: wall time", f"{self.serial['wall']:.1f} s"),
+                ("serial fast engine: peak memory", f"{self.serial['peak_mb']:,.0f} MB"),
+                ("starting the local Ray (not in the wall time)", f"{run['ray_start']:.1f} s"),
+                (f"ray ({RAY_CPUS} local workers) / serial wall time", f"{run['wall'] / self.serial['wall']:.2f}"),
+            ]
+        for row in rows:
             table.add_row(*row)
         return table
 
 
 def run_sim_bench(path: Path, sims: int, engine: str, progress: Any) -> SimBenchReport:
-    """Run the benchmark: the scenario in one child process, the bare SimPy loop in another."""
+    """Run the benchmark, each part in its own child process.
+
+    The engine's run; with ``ray``, the serial fast engine too; then the bare SimPy loop.
+    """
+    serial = None
+    if engine == "ray":
+        progress(f"simulating {path.name} at {sims:,} SIMs with the serial fast engine …")
+        serial = in_child_process(_simulate, str(path), sims, "fast")
     progress(f"simulating {path.name} at {sims:,} SIMs with the {engine} engine …")
     run = in_child_process(_simulate, str(path), sims, engine)
     progress("bare SimPy loop …")
     bare = in_child_process(_bare, run["sims"], max(1_000_000, run["sims"] * 20))
-    return SimBenchReport(path.stem, engine, run, bare)
+    return SimBenchReport(path.stem, engine, run, bare, serial)

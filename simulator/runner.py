@@ -89,15 +89,17 @@ def simulate_shard(
 
     engine = FastEngine(scenario, accounts) if engine_name == "fast" else Engine(scenario, accounts)
     events = engine.run(progress)
+    states = Counter(device.status for device in engine.devices)
+    states["registered at the end"] = engine.registered_count
+    stats = engine.stats
+    del engine  # the devices and their timelines are not needed to rate: free them first
     if rater == "reference":
         rating = rate_reference(events, scenario.tariff, scenario.billing_months)
     else:
         rating = rate_events(events, scenario.tariff, scenario.billing_months)
     if rating.errors:
         raise MeteringFailure(f"the simulated event log does not rate: {rating.errors[0]}")
-    states = Counter(device.status for device in engine.devices)
-    states["registered at the end"] = engine.registered_count
-    return ShardResult(events if keep_events else [], len(events), engine.stats, states, rating)
+    return ShardResult(events if keep_events else [], len(events), stats, states, rating)
 
 
 def run_scenario(
