@@ -85,6 +85,14 @@ class ColumnarDailyTraffic(DailyTraffic):
         for name, column in values.items():
             self.columns[name].append(column)
 
+    def add_records(
+        self, device: IntArray, day: IntArray, up: IntArray, down: IntArray, stamp: IntArray, route: IntArray
+    ) -> None:
+        """Add records already summed per (SIM, day) — devices whose days are all in this call."""
+        values = {"device": device, "day": day, "up": up, "down": down, "stamp": stamp, "route": route}
+        for name, column in values.items():
+            self.columns[name].append(column.astype(DTYPES[name]))
+
     def compact(self, devices: list[Any], start_us: int) -> CompactTraffic:
         """The records as a compact ``sim.traffic`` block, in (device, day) order.
 

@@ -30,11 +30,12 @@ import numpy.typing as npt
 
 from devices.coverage import NO_OUTAGES, Outages, route_outages
 from devices.sim_card import Command
-from devices.traffic import DAY, TrafficProfile, all_device_phases, daily_uploads, month_starts, session_bursts
+from devices.traffic import DAY, TrafficProfile, all_device_phases, month_starts, session_bursts
 from gateway.mobile_gateway import Admission, MobileGateway
 from metering.compact import CompactLog
 from metering.events import Event
-from simulator.daily_columns import ColumnarDailyTraffic
+from simulator.bulk_traffic import daily_records, piece_traffic
+from simulator.daily_columns import ROUTE_CODES, ColumnarDailyTraffic
 from simulator.engine import (
     ATTACH_BACKOFF_S,
     ATTACH_FAILURES_BEFORE_BACKOFF,
@@ -128,6 +129,10 @@ class BulkCauses:
         return ["coverage_lost"] * self.coverage_lost + ([self.last] if self.last is not None else [])
 
 
+BULK_BATCH_PIECES: Final = 2_000_000
+"""About how many session pieces wait before their traffic is counted in one numpy pass."""
+
+
 class FastEngine(Engine):
     """Runs one scenario: control events in SimPy, sessions in bulk per device."""
 
@@ -140,8 +145,12 @@ class FastEngine(Engine):
         self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
         if scenario.traffic_records == "daily":
             self.daily_traffic = ColumnarDailyTraffic()
-        self.phases = all_device_phases(scenario.seed, scenario.sim_count).tolist()
+        self.phase_table = all_device_phases(scenario.seed, scenario.sim_count)
         """Every device's phases (as :func:`~devices.traffic.device_phases` gives them), drawn at once."""
+        self.firmware_month_starts: dict[int, IntArray] = {}
+        self.bulk: dict[TrafficProfile, list[tuple[int, int, IntArray, IntArray]]] = {}
+        """Per profile: sessions planned in bulk whose traffic is yet to be counted (daily records)."""
+        self.bulk_sessions_waiting = 0
         self.first_day = self.origin_jst_s // DAY
         self.day_traffic = np.zeros(self.horizon // DAY + 2, dtype=np.int64)
         """Bytes per JST day of the sessions planned in bulk (added to the run's figures at the end)."""
@@ -281,6 +290,8 @@ class FastEngine(Engine):
                 device.outages = NO_OUTAGES
         if isinstance(self.daily_traffic, ColumnarDailyTraffic):
             self.daily_traffic.device_done(device)
+            if self.bulk_sessions_waiting >= BULK_BATCH_PIECES:  # only between devices: a device's days stay whole
+                self.flush_bulk()
 
     def plan_stretches(self, device: Device) -> None:
         """The sessions of each stretch in which the device is powered and its PIN flow is done."""
@@ -561,64 +572,77 @@ class FastEngine(Engine):
             self.stats.closures["coverage_lost"] += causes.coverage_lost
         if causes.last is not None:
             self.stats.closures[causes.last] += 1
-        # split sessions at JST midnights into pieces
-        origin = self.origin_jst_s
-        first_day = (origin + starts) // DAY
-        last_day = (origin + ends - 1) // DAY
-        counts = last_day - first_day + 1
-        session_of = np.repeat(np.arange(len(starts)), counts)
-        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        day = first_day[session_of] + offsets
-        piece_start = np.maximum(starts[session_of], day * DAY - origin)
-        piece_end = np.minimum(ends[session_of], (day + 1) * DAY - origin)
-        up = np.zeros(len(day), dtype=np.int64)
-        down = np.zeros(len(day), dtype=np.int64)
-        phases = self.phases[device.index]
-        if profile.telemetry_interval_s:
-            interval = profile.telemetry_interval_s
-            offset = int(phases[0] * interval)
-            ticks = (piece_end - 1 - offset) // interval - (piece_start - 1 - offset) // interval
-            up += ticks * profile.telemetry_up
-            down += ticks * profile.telemetry_down
-        if profile.daily_upload_bytes:
-            upload_at, size = daily_uploads(profile, self.scenario.seed, device.index, day)
-            at = day * DAY - origin + upload_at
-            up += np.where((at >= piece_start) & (at < piece_end), size, 0)
-        if profile.firmware_bytes:
-            for month_start in self.firmware_months(profile, int(starts[0]), int(ends[-1])):
-                at = month_start + int(phases[2] * 7 * DAY)
-                down += np.where((at >= piece_start) & (at < piece_end), profile.firmware_bytes, 0)
-        volume = up + down
-        carrying = volume > 0
         if self.scenario.traffic_records == "daily":
-            # one record per day: sums over the day's pieces, stamped at the last piece with traffic
-            days, first = np.unique(day[carrying], return_index=True)
-            if len(days):
-                ups = np.add.reduceat(up[carrying], first)
-                downs = np.add.reduceat(down[carrying], first)
-                stamps = np.maximum.reduceat(piece_end[carrying], first) - 1
-                np.add.at(self.day_traffic, days - self.first_day, ups + downs)
-                assert isinstance(self.daily_traffic, ColumnarDailyTraffic)
-                self.daily_traffic.add_rows(device, days, ups, downs, stamps, admission.route)
-        else:
-            for position in np.flatnonzero(carrying).tolist():
-                traffic_day = int(day[position])
-                self.stats.traffic_per_day[traffic_day] += int(volume[position])
-                session_id = f"{device.iccid}-{first_number + int(session_of[position])}"
-                self.emit(
-                    int(piece_end[position]) - 1,
-                    "sim.traffic",
-                    fleet.account,
-                    f"{session_id}/{traffic_day}",
-                    sim=device.iccid,
-                    up_bytes=int(up[position]),
-                    down_bytes=int(down[position]),
-                    route=admission.route,
-                    session=session_id,
-                    gateway=fleet.gateway,
-                )
+            # planned together with other devices of the profile (see flush_bulk)
+            self.bulk.setdefault(profile, []).append((device.index, ROUTE_CODES[admission.route], starts, ends))
+            self.bulk_sessions_waiting += len(starts) + int((ends[-1] - starts[0]) // DAY) if len(starts) else 0
+            return
+        pieces = piece_traffic(
+            profile,
+            self.scenario.seed,
+            self.origin_jst_s,
+            np.full(len(starts), device.index, dtype=np.int64),
+            starts,
+            ends,
+            self.phase_table,
+            self.firmware_starts(profile),
+        )
+        volume = pieces.up + pieces.down
+        for position in np.flatnonzero(volume > 0).tolist():
+            traffic_day = int(pieces.day[position])
+            self.stats.traffic_per_day[traffic_day] += int(volume[position])
+            session_id = f"{device.iccid}-{first_number + int(pieces.session[position])}"
+            self.emit(
+                int(pieces.end[position]) - 1,
+                "sim.traffic",
+                fleet.account,
+                f"{session_id}/{traffic_day}",
+                sim=device.iccid,
+                up_bytes=int(pieces.up[position]),
+                down_bytes=int(pieces.down[position]),
+                route=admission.route,
+                session=session_id,
+                gateway=fleet.gateway,
+            )
         if self.scenario.traffic_records == "session":
             self.session_events(device, admission, first_number, starts, ends, causes.listed())
+
+    def firmware_starts(self, profile: TrafficProfile) -> IntArray:
+        """Scenario seconds of the starts of the months with a firmware download of ``profile``."""
+        every = profile.firmware_every_months
+        if every not in self.firmware_month_starts:
+            starts = month_starts(self.origin_jst_s, -7 * DAY, self.horizon, every)
+            self.firmware_month_starts[every] = np.array(starts, dtype=np.int64)
+        return self.firmware_month_starts[every]
+
+    def flush_bulk(self) -> None:
+        """Count the traffic of the waiting bulk sessions, profile by profile, into daily records."""
+        assert isinstance(self.daily_traffic, ColumnarDailyTraffic)
+        for profile, waiting in self.bulk.items():
+            if not waiting:
+                continue
+            lengths = [len(starts) for _, _, starts, _ in waiting]
+            sims = np.repeat(np.array([index for index, _, _, _ in waiting], dtype=np.int64), lengths)
+            routes = np.repeat(np.array([route for _, route, _, _ in waiting], dtype=np.int64), lengths)
+            starts = np.concatenate([starts for _, _, starts, _ in waiting])
+            ends = np.concatenate([ends for _, _, _, ends in waiting])
+            waiting.clear()
+            pieces = piece_traffic(
+                profile,
+                self.scenario.seed,
+                self.origin_jst_s,
+                sims,
+                starts,
+                ends,
+                self.phase_table,
+                self.firmware_starts(profile),
+            )
+            sim, day, up, down, stamp, route = daily_records(sims, routes, pieces)
+            self.day_traffic += np.bincount(day - self.first_day, weights=up, minlength=len(self.day_traffic)).astype(
+                np.int64
+            ) + np.bincount(day - self.first_day, weights=down, minlength=len(self.day_traffic)).astype(np.int64)
+            self.daily_traffic.add_records(sim, day, up, down, stamp, route)
+        self.bulk_sessions_waiting = 0
 
     def session_created(self, device: Device, session_id: str, start: int, route: str) -> None:
         """Write ``session.created`` with the address the gateway gave, as it was at ``start``.
@@ -672,6 +696,8 @@ class FastEngine(Engine):
             self.plan(device)
             if progress is not None and position % step == 0:
                 progress(0.1 + 0.9 * position / len(self.devices))
+        if isinstance(self.daily_traffic, ColumnarDailyTraffic):
+            self.flush_bulk()
         self.flush_daily()
         for offset, volume in enumerate(self.day_traffic.tolist()):
             if volume:

@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devices.coverage import Outages, merge, merge_arrays, route_outages
-from devices.traffic import PROFILES, all_device_phases, device_phases, session_bursts
+from devices.traffic import DAY, PROFILES, all_device_phases, device_phases, month_starts, session_bursts
 from gateway.mobile_gateway import GatewayCommand, GatewayState, IllegalGatewayCommand, MobileGateway
 from gateway.policy import MassTrafficPolicy, TrafficControl
+from simulator.bulk_traffic import piece_traffic
 
 SIM = "8981300000000000001"
 ORIGIN = 1_767_225_600 + 9 * 3600  # 2026-01-01T00:00+09:00 in JST seconds
@@ -138,3 +139,40 @@ def test_bursts_split_anywhere_add_up(profile: str, start: int, length: int, sim
 def test_phases_drawn_at_once_equal_those_drawn_one_by_one() -> None:
     table = all_device_phases(seed=42, count=300)
     assert [tuple(row) for row in table.tolist()] == [device_phases(42, sim) for sim in range(300)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(["telemetry", "fleet", "daily_upload", "firmware", "internet", "idle"]),
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 60 * 86_400), st.integers(1, 9 * 86_400)), min_size=1, max_size=6
+    ),
+    st.integers(0, 1000),
+)
+def test_counted_traffic_equals_the_sum_of_generated_bursts(
+    name: str, sessions: list[tuple[int, int, int]], seed: int
+) -> None:
+    """The arithmetic of the fast engine against the bursts of the reference, per (SIM, JST day)."""
+    profile, origin = PROFILES[name], 1_767_193_200 + 9 * 3600  # 2026-01-01 00:00 JST
+    sims = np.array([sim for sim, _, _ in sessions], dtype=np.int64)
+    starts = np.array([start for _, start, _ in sessions], dtype=np.int64)
+    ends = starts + np.array([length for _, _, length in sessions], dtype=np.int64)
+    firmware = np.array(month_starts(origin, -7 * DAY, int(ends.max()), profile.firmware_every_months), dtype=np.int64)
+    pieces = piece_traffic(profile, seed, origin, sims, starts, ends, all_device_phases(seed, 6), firmware)
+    counted: dict[tuple[int, int], list[int]] = {}
+    for session, day, up, down in zip(pieces.session, pieces.day, pieces.up, pieces.down, strict=True):
+        total = counted.setdefault((int(session), int(day)), [0, 0])
+        total[0] += int(up)
+        total[1] += int(down)
+    generated: dict[tuple[int, int], list[int]] = {}
+    for session, (sim, start, end) in enumerate(zip(sims, starts, ends, strict=True)):
+        bursts = session_bursts(profile, seed, int(sim), int(start), int(end), origin)
+        for time, up, down in zip(bursts.times, bursts.up, bursts.down, strict=True):
+            total = generated.setdefault((session, int((origin + time) // DAY)), [0, 0])
+            total[0] += int(up)
+            total[1] += int(down)
+
+    def carrying(totals: dict[tuple[int, int], list[int]]) -> dict[tuple[int, int], list[int]]:
+        return {key: value for key, value in totals.items() if sum(value)}
+
+    assert carrying(counted) == carrying(generated)
