@@ -28,7 +28,7 @@ import simpy
 from simpy.events import URGENT
 
 from devices.coverage import Outages, route_outages
-from devices.keyed_random import STREAM_FLEET, keyed_generator
+from devices.keyed_random import STREAM_FLEET, keyed_uniform
 from devices.sim_card import CardState, Command, SimCard, SimSecrets
 from devices.traffic import DAY, Bursts, session_bursts
 from gateway.mobile_gateway import Admission, GatewayCommand, GatewayState, MobileGateway
@@ -168,10 +168,13 @@ class OpenSession:
     cause: str
 
 
-def _secrets(seed: int, index: int) -> SimSecrets:
-    draws = keyed_generator(seed, STREAM_FLEET, index, 1).integers(0, 10, 20)
-    digits = "".join(str(int(d)) for d in draws)
-    return SimSecrets(pin=digits[:4], puk=digits[4:12], passcode=digits[12:20])
+def _secrets_of(seed: int, indexes: list[int]) -> list[SimSecrets]:
+    """The SIM secrets of SIM numbers ``indexes``: 20 keyed digits each (PIN 4, PUK 8, PASSCODE 8)."""
+    sims = np.array(indexes, dtype=np.int64)
+    periods = np.ones(len(indexes), dtype=np.int64)
+    draws = np.stack([keyed_uniform(seed, STREAM_FLEET, sims, periods, draw) for draw in range(20)], axis=1)
+    rows = ("".join(map(str, row)) for row in (draws * 10).astype(np.int64).tolist())
+    return [SimSecrets(pin=digits[:4], puk=digits[4:12], passcode=digits[12:20]) for digits in rows]
 
 
 def _wrong(code: str) -> str:
@@ -211,9 +214,10 @@ class Engine:
             if fleet.account not in self.accounts:
                 index += fleet.count
                 continue
+            secrets = _secrets_of(scenario.seed, list(range(index, index + fleet.count)))
             for position in range(fleet.count):
                 iccid = fleet.iccid(position, numbers[fleet.account])
-                card = SimCard(iccid, _secrets(scenario.seed, index), pin_enabled=fleet.pin != "disabled")
+                card = SimCard(iccid, secrets[position], pin_enabled=fleet.pin != "disabled")
                 imei = f"35{index:013d}"
                 outages = self.initial_outages(fleet, index)
                 self.devices.append(Device(index, fleet, numbers[fleet.account], iccid, imei, card, outages))

@@ -105,4 +105,6 @@ def join_shards(shards: list[ShardResult]) -> ShardResult:
         stats,
         states,
         merge_ratings(shard.rating for shard in shards),
+        sum(shard.simulate_seconds for shard in shards),
+        sum(shard.rate_seconds for shard in shards),
     )

@@ -9,6 +9,7 @@ each atomically; :func:`compare_golden` is the CI regression check of ``mgwsim c
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class RunResult:
     stats: RunStats
     sim_states: Counter[str]
     rating: Rating
+    simulate_seconds: float = 0.0
+    """Seconds spent simulating (summed over shards with ``--engine ray``)."""
+    rate_seconds: float = 0.0
+    """Seconds spent rating (likewise)."""
 
     @property
     def documents(self) -> list[InvoiceDocument]:
@@ -70,6 +75,8 @@ class ShardResult:
     stats: RunStats
     sim_states: Counter[str]
     rating: Rating
+    simulate_seconds: float = 0.0
+    rate_seconds: float = 0.0
 
 
 def simulate_shard(
@@ -87,19 +94,24 @@ def simulate_shard(
     """
     from simulator.fast_engine import FastEngine
 
+    began = time.perf_counter()
     engine = FastEngine(scenario, accounts) if engine_name == "fast" else Engine(scenario, accounts)
     events = engine.run(progress)
     states = Counter(device.status for device in engine.devices)
     states["registered at the end"] = engine.registered_count
     stats = engine.stats
     del engine  # the devices and their timelines are not needed to rate: free them first
+    simulated = time.perf_counter()
     if rater == "reference":
         rating = rate_reference(events, scenario.tariff, scenario.billing_months)
     else:
         rating = rate_events(events, scenario.tariff, scenario.billing_months)
     if rating.errors:
         raise MeteringFailure(f"the simulated event log does not rate: {rating.errors[0]}")
-    return ShardResult(events if keep_events else [], len(events), stats, states, rating)
+    rated = time.perf_counter()
+    return ShardResult(
+        events if keep_events else [], len(events), stats, states, rating, simulated - began, rated - simulated
+    )
 
 
 def run_scenario(
@@ -126,7 +138,16 @@ def run_scenario(
         shard = run_sharded(scenario, rater, ray_address, keep_events, progress)
     else:
         shard = simulate_shard(scenario, None, rater, engine_name, keep_events, progress)
-    return RunResult(scenario, shard.events, shard.event_count, shard.stats, shard.sim_states, shard.rating)
+    return RunResult(
+        scenario,
+        shard.events,
+        shard.event_count,
+        shard.stats,
+        shard.sim_states,
+        shard.rating,
+        shard.simulate_seconds,
+        shard.rate_seconds,
+    )
 
 
 def check_expectations(result: RunResult) -> list[str]:
