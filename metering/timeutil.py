@@ -8,6 +8,7 @@ and what sorts and vectorises cheaply. A month is held as an integer index
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -108,6 +109,7 @@ def parse_month(text: str) -> int:
     return int(match.group(1)) * 12 + int(match.group(2)) - 1
 
 
+@functools.lru_cache(maxsize=4096)
 def format_month(month: int) -> str:
     """Format a month index as ``YYYY-MM``."""
     year, zero_based = divmod(month, 12)

@@ -10,6 +10,7 @@ a re-registration starts a new count.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from metering.history import AccountHistory, Period, Usage
@@ -61,6 +62,7 @@ def _progress(count: IdleCount, month: int, length: int) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def maintenance_note(month: int, length: int, idle: int, after_use: bool, transitional: bool) -> str:
     """The note of a charged line maintenance fee (shared by every rater)."""
     if transitional:

@@ -7,6 +7,7 @@ communication. The two interpretation switches I-1 and I-2 apply to both.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -117,6 +118,7 @@ def registration_fee(
     return outcomes
 
 
+@functools.lru_cache(maxsize=4096)
 def registration_note(wording: FeeWording, month: int, charged: int, used: bool) -> str:
     """The note of a charged registration fee (shared by every rater)."""
     name = format_month(month)
