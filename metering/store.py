@@ -27,6 +27,8 @@ from metering.rating import deduplicate
 
 STORE_SCHEMA: Final = "mgwsim.store/1"
 MEMORY_LIMIT: Final = os.environ.get("MGWSIM_MEMORY_LIMIT", "1GB")
+THREADS_VARIABLE: Final = "MGWSIM_DUCKDB_THREADS"
+"""Environment variable: DuckDB threads per store (default: DuckDB's, one per core). Ray tasks set 1."""
 """DuckDB's memory limit for a store; beyond it DuckDB spills to a private temporary directory."""
 BATCH_EVENTS: Final = 500_000
 
@@ -93,7 +95,7 @@ class EventStore:
         self.spill = tempfile.mkdtemp(prefix="mgwsim-duckdb-")
         try:
             self.connection = duckdb.connect(
-                self.path, read_only=read_only, config={"memory_limit": MEMORY_LIMIT, "temp_directory": self.spill}
+                self.path, read_only=read_only, config=self._config()
             )
         except duckdb.Error as exc:
             shutil.rmtree(self.spill, ignore_errors=True)
@@ -109,6 +111,13 @@ class EventStore:
         if found != STORE_SCHEMA:
             self.close()
             raise StoreError(f"{self.path}: not an mgwsim event store ({STORE_SCHEMA})")
+
+    def _config(self) -> dict[str, str | int]:
+        config: dict[str, str | int] = {"memory_limit": MEMORY_LIMIT, "temp_directory": self.spill}
+        threads = os.environ.get(THREADS_VARIABLE)
+        if threads:
+            config["threads"] = int(threads)
+        return config
 
     def __enter__(self) -> EventStore:
         """Enter the context."""

@@ -16,12 +16,14 @@ Without an address a local Ray is started with the machine's CPUs (``num_cpus``)
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from metering.compact import concatenate_logs
 from metering.rating import merge_ratings
+from metering.store import THREADS_VARIABLE
 from simulator.engine import RunStats
 from simulator.runner import ShardResult, simulate_shard
 from simulator.scenario import Scenario
@@ -88,6 +90,8 @@ def run_sharded(
 
 
 def _shard(scenario: Scenario, accounts: frozenset[str], rater: str, keep_events: bool) -> ShardResult:
+    # one task per CPU already: DuckDB's own threads would only fight the other tasks for the cores
+    os.environ.setdefault(THREADS_VARIABLE, "1")
     return simulate_shard(scenario, accounts, rater, "fast", keep_events)
 
 
