@@ -112,8 +112,8 @@ class EventStore:
             self.close()
             raise StoreError(f"{self.path}: not an mgwsim event store ({STORE_SCHEMA})")
 
-    def _config(self) -> dict[str, str | int]:
-        config: dict[str, str | int] = {"memory_limit": MEMORY_LIMIT, "temp_directory": self.spill}
+    def _config(self) -> dict[str, str | bool | int | float | list[str]]:
+        config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": MEMORY_LIMIT, "temp_directory": self.spill}
         threads = os.environ.get(THREADS_VARIABLE)
         if threads:
             config["threads"] = int(threads)
