@@ -94,9 +94,7 @@ class EventStore:
             raise StoreError(f"{self.path}: no such store (create it with `mgwsim ingest … --db {self.path}`)")
         self.spill = tempfile.mkdtemp(prefix="mgwsim-duckdb-")
         try:
-            self.connection = duckdb.connect(
-                self.path, read_only=read_only, config=self._config()
-            )
+            self.connection = duckdb.connect(self.path, read_only=read_only, config=self._config())
         except duckdb.Error as exc:
             shutil.rmtree(self.spill, ignore_errors=True)
             raise StoreError(f"{self.path}: cannot open the DuckDB store ({str(exc).splitlines()[0]})") from None
@@ -113,7 +111,10 @@ class EventStore:
             raise StoreError(f"{self.path}: not an mgwsim event store ({STORE_SCHEMA})")
 
     def _config(self) -> dict[str, str | bool | int | float | list[str]]:
-        config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": MEMORY_LIMIT, "temp_directory": self.spill}
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": MEMORY_LIMIT,
+            "temp_directory": self.spill,
+        }
         threads = os.environ.get(THREADS_VARIABLE)
         if threads:
             config["threads"] = int(threads)
