@@ -236,6 +236,9 @@ class AtomicWriter:
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         """Rename on success, remove the temporary file on failure."""
         if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.temporary, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
             os.replace(self.temporary, self.target)
         else:
             self.temporary.unlink(missing_ok=True)

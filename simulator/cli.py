@@ -244,6 +244,16 @@ def run(
         str | None,
         typer.Option(help="With --engine ray: the cluster (HOST:PORT or ray://…); default: start a local Ray."),
     ] = None,
+    pcap: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a GTP capture of the gateway's core side (GTPv2-C sessions, GTP-U traffic) here, and "
+            'the IMSI-to-ICCID map beside it (FILE.sims.csv). Needs traffic_records = "session".'
+        ),
+    ] = None,
+    pcap_sims: Annotated[
+        int | None, typer.Option(min=1, help="Capture the sessions of the first N SIMs (by ICCID) only.")
+    ] = None,
 ) -> None:
     """Simulate a scenario, meter it in-process, print a summary; exit 1 if an [expect] check fails.
 
@@ -260,9 +270,15 @@ def run(
             fail(f"--events: {exc}")
     if ray_address is not None and engine is not EngineName.ray:
         fail("--ray-address: only with --engine ray")
+    if pcap_sims is not None and pcap is None:
+        fail("--pcap-sims: only with --pcap")
     scenario = _scenario(scenario_path)
+    if pcap is not None and scenario.traffic_records != "session":
+        fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
     result = _simulate(scenario, rater.value, engine.value, ray_address)
     written = write_outputs(result, out, events)
+    if pcap is not None:
+        written += _write_capture(result, pcap, pcap_sims)
     console = Console()
     for table in summary_tables(result):
         console.print(table)
@@ -273,6 +289,70 @@ def run(
         stderr.print(f"mgwsim: expectation failed: {failure}", markup=False)
     if failures:
         raise typer.Exit(1)
+
+
+def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path]:
+    from gateway.pcap import write_capture
+    from simulator.capture import CaptureInputError, capture_sessions, write_sim_map
+
+    try:
+        sessions = capture_sessions(result.events, sims)
+    except CaptureInputError as exc:
+        fail(f"--pcap: {exc}")
+    chosen = {session.imsi for session in sessions}
+    packets = write_capture(sessions, path)
+    sim_map = path.with_name(path.name + ".sims.csv")
+    write_sim_map(result.events, sim_map)
+    stderr.print(f"{path}: {packets:,} packets of {len(sessions):,} sessions of {len(chosen):,} SIMs", markup=False)
+    return [path, sim_map]
+
+
+@app.command("meter-pcap")
+def meter_pcap(
+    capture: Annotated[Path, typer.Argument(help="A classic pcap file (raw IPv4 or Ethernet) with GTPv2-C and GTP-U.")],
+    account: Annotated[str, typer.Option(help="The account the SIMs belong to (the events' account).")],
+    sims: Annotated[Path, typer.Option(help="CSV with the columns imsi and iccid (mgwsim run --pcap writes one).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the events here (.jsonl, .jsonl.gz, .parquet); default: stdout.")
+    ] = None,
+) -> None:
+    """Meter a GTP capture: sessions from GTPv2-C, bytes per session and JST day from the G-PDUs.
+
+    Malformed or truncated packets are counted and reported (standard error), never fatal.
+    Example: mgwsim meter-pcap core.pcap --account acct-1 --sims core.pcap.sims.csv --out events.jsonl
+    """
+    import json
+    import re
+
+    from gateway.pcap_reader import CaptureReadError, read_capture
+    from metering.eventlog import event_to_json, log_format, write_event_log
+    from metering.events import NAME_PATTERN
+    from simulator.capture import CaptureInputError, events_from_capture, read_sim_map
+
+    if not re.fullmatch(NAME_PATTERN, account):
+        fail(f"--account: {account!r} is not a valid account name")
+    if out is not None:
+        try:
+            log_format(out)
+        except EventLogError as exc:
+            fail(f"--out: {exc}")
+    try:
+        sim_map = read_sim_map(sims)
+        metered = events_from_capture(read_capture(capture), account, sim_map)
+    except (CaptureReadError, CaptureInputError) as exc:
+        fail(str(exc))
+    if out is None:
+        for event in metered.events:
+            sys.stdout.write(json.dumps(event_to_json(event), ensure_ascii=False, separators=(", ", ": ")) + "\n")
+    else:
+        write_event_log(metered.events, out)
+    stderr.print(
+        f"{capture}: {metered.packets:,} packets, {metered.sessions:,} sessions, "
+        f"{sum(1 for event in metered.events if event.type == 'sim.traffic'):,} traffic records",
+        markup=False,
+    )
+    for reason, count in sorted(metered.skipped.items()):
+        stderr.print(f"{capture}: skipped {count:,} packet(s): {reason}", markup=False)
 
 
 @app.command()

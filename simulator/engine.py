@@ -562,7 +562,13 @@ class Engine:
         self.emit_session_created(device, session_id, start, route, gateway)
 
     def emit_session_created(
-        self, device: Device, session_id: str, start: int, route: str, gateway: MobileGateway | None
+        self,
+        device: Device,
+        session_id: str,
+        start: int,
+        route: str,
+        gateway: MobileGateway | None,
+        imei: str | None = None,
     ) -> None:
         """Write ``session.created`` for a session that opened on ``gateway`` as it was at ``start``."""
         assert gateway is not None, "a session opens only on an existing gateway"
@@ -577,6 +583,7 @@ class Engine:
             route=route,
             address=gateway.address_of(device.iccid),
             dns=gateway.dns,
+            imei=device.imei if imei is None else imei,
         )
 
     def session_deleted(self, device: Device, session_id: str, end: int, cause: str) -> None:

@@ -222,9 +222,13 @@ class FastEngine(Engine):
         if gateway is None:
             return Admission(False, cause="gateway_off")
         registered = Timeline.at(self.timeline.registered.get(device.iccid, []), instant, False)
-        imei = Timeline.at(self.timeline.imeis.get(device.index, []), instant, f"35{device.index:013d}")
+        imei = self.imei_at(device, instant)
         admission: Admission = gateway.admit(device.iccid, imei, device.fleet.profile.destination, registered)
         return admission
+
+    def imei_at(self, device: Device, instant: int) -> str:
+        """The IMEI of the device at ``instant`` (it changes on ``device.swap``)."""
+        return str(Timeline.at(self.timeline.imeis.get(device.index, []), instant, f"35{device.index:013d}"))
 
     def next_change(self, device: Device, after: int) -> int:
         """The first recorded change after ``after`` that could change this device's admission."""
@@ -403,7 +407,7 @@ class FastEngine(Engine):
                     self.daily_traffic.add(device, day, up, down, end - 1, admission.route, fleet.gateway)
             if not daily:
                 gateway = Timeline.at(self.timeline.gateways[fleet.gateway], now, None)
-                self.emit_session_created(device, session_id, now, admission.route, gateway)
+                self.emit_session_created(device, session_id, now, admission.route, gateway, self.imei_at(device, now))
                 if up + down:
                     self.emit(
                         end - 1,
@@ -651,7 +655,7 @@ class FastEngine(Engine):
         recorded timeline (the SIM may have left it since).
         """
         gateway = Timeline.at(self.timeline.gateways[device.fleet.gateway], start, None)
-        self.emit_session_created(device, session_id, start, route, gateway)
+        self.emit_session_created(device, session_id, start, route, gateway, self.imei_at(device, start))
 
     def session_events(
         self,
@@ -666,7 +670,8 @@ class FastEngine(Engine):
         history = self.timeline.gateways[device.fleet.gateway]
         for offset, (start, end, why) in enumerate(zip(starts.tolist(), ends.tolist(), causes, strict=True)):
             session_id = f"{device.iccid}-{first_number + offset}"
-            self.emit_session_created(device, session_id, start, admission.route, Timeline.at(history, start, None))
+            gateway = Timeline.at(history, start, None)
+            self.emit_session_created(device, session_id, start, admission.route, gateway, self.imei_at(device, start))
             self.session_deleted(device, session_id, end, why)
 
     def firmware_months(self, profile: TrafficProfile, start: int, end: int) -> list[int]:

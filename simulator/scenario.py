@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Final
 
+from devices.carrier import CARRIER_PREFIXES
 from devices.coverage import ZONES
 from devices.traffic import PROFILES, TrafficProfile
 from gateway.policy import MassTrafficPolicy, TrafficControl
@@ -24,7 +25,6 @@ from metering.tariff import Tariff, TariffError, load_tariff
 from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, month_of_instant, month_start, parse_instant
 
-CARRIER_PREFIXES: Final = {"kddi": "8981300", "softbank": "8981200"}
 PIN_ENTRIES: Final = ("disabled", "correct", "misconfigured")
 PUK_ENTRIES: Final = ("none", "correct", "wrong")
 OPERATIONS: Final = (
