@@ -25,6 +25,7 @@ block. Output depends only on the sessions given: the same run writes the same b
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -257,85 +258,123 @@ class CaptureWriter:
         self.stream.write(packet)
         self.packets += 1
 
-    def _control(self, name: str, session: CaptureSession, header_teid: int, seq: int) -> bytearray:
+    def _control(self, name: str, fields: _SessionFields, header_teid: int, seq: int) -> bytearray:
         template = self.templates[name]
         packet = bytearray(template.data)
         offsets = template.offsets
-        teids = session.teids()
-        packet[offsets["teid_header"] : offsets["teid_header"] + 4] = header_teid.to_bytes(4, "big")
+        struct.pack_into("!I", packet, offsets["teid_header"], header_teid)
         packet[offsets["seq"] : offsets["seq"] + 3] = (seq & 0xFFFFFF).to_bytes(3, "big")
-        for key in ("sgw_c", "sgw_u", "pgw_c", "pgw_u"):
-            where = offsets.get(f"teid_{key}")
-            if where is not None:
-                packet[where : where + 4] = teids[key].to_bytes(4, "big")
-        for field, value in (
-            ("imsi", tbcd(session.imsi, 8)),
-            ("msisdn", tbcd(session.msisdn, 8)),
-            ("mei", tbcd(session.mei, 8)),
-            ("ue", ipaddress.IPv4Address(session.address).packed),
-        ):
+        for field, value in fields.patches.items():
             where = offsets.get(field)
             if where is not None:
                 packet[where : where + len(value)] = value
         return packet
 
-    def _gpdu(self, session: CaptureSession, uplink: bool, payload: int) -> bytearray:
+    def _gpdu(self, fields: _SessionFields, uplink: bool, payload: int) -> bytearray:
         """One G-PDU carrying a T-PDU with ``payload`` UDP payload bytes."""
-        template = self.templates["gpdu"]
-        packet = bytearray(template.data) + bytearray(payload)
-        teids = session.teids()
-        device = ipaddress.IPv4Address(session.address).packed
-        server = ipaddress.IPv4Address(SERVERS.get(session.route, SERVERS["closed"])).packed
-        outer_sgw, outer_pgw = ipaddress.IPv4Address(SGW_ADDRESS).packed, ipaddress.IPv4Address(PGW_ADDRESS).packed
+        packet = bytearray(fields.gpdu_up if uplink else fields.gpdu_down)
+        packet.extend(bytes(payload))
         total = len(packet)
-        # outer IPv4 (20) + UDP (8) + GTP-U (8) + inner IPv4 (20) + UDP (8)
-        packet[12:16], packet[16:20] = (outer_sgw, outer_pgw) if uplink else (outer_pgw, outer_sgw)
+        # outer IPv4 (20) + UDP (8) + GTP-U (8) + inner IPv4 (20) + UDP (8): lengths, then checksums
         struct.pack_into("!H", packet, 2, total)
-        struct.pack_into("!H", packet, 10, 0)
         struct.pack_into("!H", packet, 10, _checksum(packet[0:20]))
         struct.pack_into("!H", packet, 24, total - 20)
-        struct.pack_into("!HI", packet, 30, total - 36, teids["pgw_u" if uplink else "sgw_u"])
-        inner = 36
-        packet[inner + 12 : inner + 16], packet[inner + 16 : inner + 20] = (
-            (device, server) if uplink else (server, device)
-        )
-        struct.pack_into("!H", packet, inner + 2, total - inner)
-        struct.pack_into("!H", packet, inner + 10, 0)
-        struct.pack_into("!H", packet, inner + 10, _checksum(packet[inner : inner + 20]))
-        ports = (DEVICE_PORT, SERVER_PORT) if uplink else (SERVER_PORT, DEVICE_PORT)
-        struct.pack_into("!HHH", packet, inner + 20, ports[0], ports[1], payload + 8)
+        struct.pack_into("!H", packet, 30, total - 36)
+        struct.pack_into("!H", packet, 38, total - 36)
+        struct.pack_into("!H", packet, 46, _checksum(packet[36:56]))
+        struct.pack_into("!H", packet, 60, payload + 8)
         return packet
 
-    def _transfer(self, session: CaptureSession, ts_us: int, uplink: bool, volume: int) -> int:
+    def _transfer(self, fields: _SessionFields, ts_us: int, uplink: bool, volume: int) -> int:
         """G-PDUs carrying ``volume`` bytes from ``ts_us`` on, one microsecond apart; the next free instant."""
         full, rest = divmod(volume, MAX_PAYLOAD)
-        if full:
-            packet = np.frombuffer(bytes(self._gpdu(session, uplink, MAX_PAYLOAD)), dtype=np.uint8)
-            block = np.empty((full, 16 + len(packet)), dtype=np.uint8)
-            block[:, 16:] = packet
+        if full:  # identical packets but for their timestamps: headers in one numpy block, one packet
+            packet = bytes(self._gpdu(fields, uplink, MAX_PAYLOAD))
             instants = ts_us + np.arange(full, dtype=np.int64)
             header = np.empty((full, 4), dtype="<u4")
             header[:, 0] = instants // 1_000_000
             header[:, 1] = instants % 1_000_000
             header[:, 2] = header[:, 3] = len(packet)
-            block[:, :16] = header.view(np.uint8).reshape(full, 16)
-            self.stream.write(block.tobytes())
+            headers = memoryview(header.tobytes())
+            self.stream.flush()
+            for first in range(0, full, _VECTOR // 2):  # the kernel gathers header, packet, header, …
+                last = min(full, first + _VECTOR // 2)
+                parts: list[bytes | memoryview] = []
+                for row in range(first, last):
+                    parts.append(headers[16 * row : 16 * row + 16])
+                    parts.append(packet)
+                _write_all(self.stream.fileno(), parts)
             self.packets += full
         if rest:
-            self._record(ts_us + full, self._gpdu(session, uplink, rest))
+            self._record(ts_us + full, self._gpdu(fields, uplink, rest))
         return ts_us + full + (1 if rest else 0)
 
     def write(self, session: CaptureSession) -> None:
         """All packets of one session, in time order."""
-        teids = session.teids()
+        fields = _SessionFields.of(session, self.templates["gpdu"].data)
+        teids = fields.teids
         sequence = 2 * session.number
-        self._record(session.start_us, self._control("create_request", session, 0, sequence))
-        self._record(session.start_us + 1_000, self._control("create_response", session, teids["sgw_c"], sequence))
+        self._record(session.start_us, self._control("create_request", fields, 0, sequence))
+        self._record(session.start_us + 1_000, self._control("create_response", fields, teids["sgw_c"], sequence))
         for transfer in session.transfers:
-            at = self._transfer(session, transfer.ts_us, True, transfer.up)
-            self._transfer(session, at, False, transfer.down)
-        self._record(session.end_us, self._control("delete_request", session, teids["pgw_c"], sequence + 1))
-        self._record(session.end_us + 1_000, self._control("delete_response", session, teids["sgw_c"], sequence + 1))
+            at = self._transfer(fields, transfer.ts_us, True, transfer.up)
+            self._transfer(fields, at, False, transfer.down)
+        self._record(session.end_us, self._control("delete_request", fields, teids["pgw_c"], sequence + 1))
+        self._record(session.end_us + 1_000, self._control("delete_response", fields, teids["sgw_c"], sequence + 1))
+
+
+_VECTOR: Final = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024)
+"""Buffers per ``writev`` call."""
+
+
+def _write_all(descriptor: int, parts: list[bytes | memoryview]) -> None:
+    """``writev`` the parts, finishing what a short write left."""
+    written = os.writev(descriptor, parts)
+    total = sum(len(part) for part in parts)
+    if written < total:
+        rest = memoryview(b"".join(parts))[written:]
+        while rest:
+            rest = rest[os.write(descriptor, rest) :]
+
+
+_SGW_PACKED: Final = ipaddress.IPv4Address(SGW_ADDRESS).packed
+_PGW_PACKED: Final = ipaddress.IPv4Address(PGW_ADDRESS).packed
+_SERVERS_PACKED: Final = {route: ipaddress.IPv4Address(address).packed for route, address in SERVERS.items()}
+
+
+@dataclass(frozen=True)
+class _SessionFields:
+    """A session's encoded fields, computed once: control-plane patches and G-PDU headers."""
+
+    teids: dict[str, int]
+    patches: dict[str, bytes]
+    gpdu_up: bytes
+    gpdu_down: bytes
+
+    @classmethod
+    def of(cls, session: CaptureSession, gpdu: bytes) -> _SessionFields:
+        teids = session.teids()
+        device = ipaddress.IPv4Address(session.address).packed
+        server = _SERVERS_PACKED.get(session.route, _SERVERS_PACKED["closed"])
+        patches = {
+            "imsi": tbcd(session.imsi, 8),
+            "msisdn": tbcd(session.msisdn, 8),
+            "mei": tbcd(session.mei, 8),
+            "ue": device,
+            **{f"teid_{key}": value.to_bytes(4, "big") for key, value in teids.items()},
+        }
+        headers = []
+        for uplink in (True, False):
+            header = bytearray(gpdu)
+            header[12:16], header[16:20] = (_SGW_PACKED, _PGW_PACKED) if uplink else (_PGW_PACKED, _SGW_PACKED)
+            header[10:12] = b"\0\0"
+            struct.pack_into("!I", header, 32, teids["pgw_u" if uplink else "sgw_u"])
+            header[48:52], header[52:56] = (device, server) if uplink else (server, device)
+            header[46:48] = b"\0\0"
+            ports = (DEVICE_PORT, SERVER_PORT) if uplink else (SERVER_PORT, DEVICE_PORT)
+            struct.pack_into("!HH", header, 56, *ports)
+            headers.append(bytes(header))
+        return cls(teids, patches, headers[0], headers[1])
 
 
 def write_capture(sessions: Iterable[CaptureSession], path: Path) -> int:

@@ -406,6 +406,22 @@ def bench_sim(
     Console().print(report.table())
 
 
+@bench_app.command("pcap")
+def bench_pcap(
+    sessions: Annotated[int, typer.Option(min=1, help="Sessions in the capture (a fleet device's day each).")] = 20_000,
+    sample: Annotated[int, typer.Option(min=10, help="G-PDUs scapy builds one by one for the comparison.")] = 3_000,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Write the capture here (e.g. /dev/shm to leave the disk out); default: $TMPDIR."),
+    ] = None,
+) -> None:
+    """Capture writing (templates patched in bulk) beside building the same packets with scapy."""
+    from gateway.bench import run_pcap_bench
+
+    stderr.print(f"writing a capture of {sessions:,} sessions, then {sample:,} packets with scapy …", markup=False)
+    Console().print(run_pcap_bench(sessions, sample, directory).table())
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,120 @@
+"""``mgwsim bench pcap``: capture writing beside building the same packets one by one with scapy.
+
+The workload is a day of a fleet device per session (telemetry every 10 minutes, a 50 kB daily
+upload, a 5 MB firmware download for one session in 90), written as one capture. In the same run
+a sample of the same G-PDUs (the same sizes, in the same proportion) is built packet by packet
+with scapy, the way a capture tool without templates would; the report gives both rates and their
+ratio.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from gateway.pcap import MAX_PAYLOAD, SERVERS, CaptureSession, Transfer, write_capture
+
+DAY_US = 86_400_000_000
+START_US = 1_767_193_200_000_000  # 2026-01-01 00:00 JST
+
+
+def workload(sessions: int, seed: int = 1) -> list[CaptureSession]:
+    """``sessions`` sessions of one day each, with a fleet device's traffic."""
+    rng = np.random.default_rng(seed)
+    found = []
+    for number in range(sessions):
+        start = START_US + number * 1_000
+        up = 144 * 200 + int(rng.integers(45_000, 55_000))
+        down = 144 * 100 + (5_000_000 if number % 90 == 0 else 0)
+        found.append(
+            CaptureSession(
+                number=number,
+                imsi=f"44051{number:010d}",
+                msisdn=f"8170{number:011d}",
+                mei=f"35{number:013d}",
+                address=f"10.{128 + number // 65_536 % 64}.{number // 256 % 256}.{number % 256}",
+                route="closed",
+                start_us=start,
+                end_us=start + DAY_US - 1_000_000,
+                transfers=(Transfer(start + DAY_US // 2, up, down),),
+            )
+        )
+    return found
+
+
+def packet_sizes(sessions: list[CaptureSession]) -> list[int]:
+    """The T-PDU payload size of every G-PDU of the sessions (what scapy is asked to build)."""
+    sizes = []
+    for session in sessions:
+        for transfer in session.transfers:
+            for volume in (transfer.up, transfer.down):
+                full, rest = divmod(volume, MAX_PAYLOAD)
+                sizes += [MAX_PAYLOAD] * full + ([rest] if rest else [])
+    return sizes
+
+
+def scapy_rate(sizes: list[int], sample: int) -> tuple[float, int]:
+    """G-PDUs per second built one by one with scapy, over an evenly spread sample of ``sizes``."""
+    from scapy.contrib.gtp import GTP_U_Header
+    from scapy.layers.inet import IP, UDP
+    from scapy.packet import Raw
+
+    step = max(1, len(sizes) // sample)
+    chosen = sizes[::step][:sample]
+    began = time.perf_counter()
+    for position, size in enumerate(chosen):
+        packet = (
+            IP(src="10.255.0.1", dst="10.255.0.2", id=0, flags=0)
+            / UDP(sport=2152, dport=2152, chksum=0)
+            / GTP_U_Header(teid=0x40000000 | position, gtp_type=255)
+            / IP(src="10.128.0.1", dst=SERVERS["closed"], id=0, flags=0)
+            / UDP(sport=40000, dport=9, chksum=0)
+            / Raw(bytes(size))
+        )
+        bytes(packet)
+    return len(chosen) / (time.perf_counter() - began), len(chosen)
+
+
+@dataclass
+class PcapBenchReport:
+    """The figures of one ``mgwsim bench pcap`` run."""
+
+    sessions: int
+    packets: int
+    megabytes: float
+    seconds: float
+    scapy_per_second: float
+    scapy_sample: int
+
+    def table(self) -> Table:
+        """The report as a rich table."""
+        rate = self.packets / self.seconds
+        table = Table(title=f"mgwsim bench pcap: {self.sessions:,} sessions, {self.packets:,} packets")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for row in (
+            ("capture written", f"{self.megabytes:,.0f} MB in {self.seconds:.2f} s"),
+            ("packets per second (templates, bulk)", f"{rate:,.0f}"),
+            (f"scapy, one by one ({self.scapy_sample:,} of the same G-PDUs)", f"{self.scapy_per_second:,.0f} /s"),
+            ("templates / scapy", f"{rate / self.scapy_per_second:,.0f}x"),
+        ):
+            table.add_row(*row)
+        return table
+
+
+def run_pcap_bench(sessions: int, sample: int, directory: Path | None = None) -> PcapBenchReport:
+    """Write the workload's capture (timed), then build a sample of its G-PDUs with scapy (timed)."""
+    chosen = workload(sessions)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        path = Path(scratch) / "bench.pcap"
+        began = time.perf_counter()
+        packets = write_capture(chosen, path)
+        seconds = time.perf_counter() - began
+        megabytes = path.stat().st_size / 1e6
+    per_second, built = scapy_rate(packet_sizes(chosen), sample)
+    return PcapBenchReport(sessions, packets, megabytes, seconds, per_second, built)
