@@ -118,3 +118,79 @@ def run_pcap_bench(sessions: int, sample: int, directory: Path | None = None) ->
         megabytes = path.stat().st_size / 1e6
     per_second, built = scapy_rate(packet_sizes(chosen), sample)
     return PcapBenchReport(sessions, packets, megabytes, seconds, per_second, built)
+
+
+@dataclass
+class MqttBenchReport:
+    """The figures of one ``mgwsim bench mqtt`` run."""
+
+    broker: str
+    messages: int
+    seconds: float
+    publishes: int
+
+    def table(self) -> Table:
+        """The report as a rich table."""
+        table = Table(title=f"mgwsim bench mqtt: {self.messages:,} platform messages at QoS 1 to {self.broker}")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for row in (
+            ("wall time (every PUBACK received)", f"{self.seconds:.2f} s"),
+            ("messages per second", f"{self.messages / self.seconds:,.0f}"),
+            ("publishes (more than messages after a reconnect)", f"{self.publishes:,}"),
+        ):
+            table.add_row(*row)
+        return table
+
+
+def local_mosquitto(directory: Path) -> tuple[object, int]:
+    """Start a mosquitto on a free loopback port (for the benchmark); return the process and port."""
+    import shutil
+    import socket
+    import subprocess
+
+    binary = next(
+        (path for path in ("/usr/sbin/mosquitto", shutil.which("mosquitto")) if path and Path(path).exists()), None
+    )
+    if binary is None:
+        raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto), and no --broker was given")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    config = directory / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n", encoding="utf-8")
+    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, port
+        time.sleep(0.05)
+    process.terminate()
+    raise RuntimeError("mosquitto did not start")
+
+
+def run_mqtt_bench(count: int, broker_url: str | None) -> MqttBenchReport:
+    """Publish ``count`` platform messages at QoS 1 and time it (a local mosquitto unless a URL is given)."""
+    import asyncio
+
+    from gateway.mqtt import Broker, PlatformMessage, publish_messages
+
+    messages = [
+        PlatformMessage(f"bench/{number}#1", "acct-1", f"89813000000{number % 100_000:08d}", START_US + number)
+        for number in range(count)
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        process = None
+        if broker_url is None:
+            process, port = local_mosquitto(Path(scratch))
+            broker_url = f"mqtt://127.0.0.1:{port}/bench"
+        try:
+            broker = Broker.from_url(broker_url)
+            began = time.perf_counter()
+            publishes = asyncio.run(publish_messages(broker, messages))
+            seconds = time.perf_counter() - began
+        finally:
+            if process is not None:
+                process.terminate()  # type: ignore[attr-defined]
+    return MqttBenchReport(broker.describe(), count, seconds, publishes)

@@ -11,7 +11,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -254,6 +254,15 @@ def run(
     pcap_sims: Annotated[
         int | None, typer.Option(min=1, help="Capture the sessions of the first N SIMs (by ICCID) only.")
     ] = None,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            help="Publish every platform message (QoS 1, Mono Platform object JSON) to this broker: "
+            "mqtt://HOST[:PORT][/PREFIX] or mqtts://… (TLS); the password comes from $MGWSIM_MQTT_PASSWORD."
+        ),
+    ] = None,
+    mqtt_username: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
+    mqtt_ca: Annotated[Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.")] = None,
 ) -> None:
     """Simulate a scenario, meter it in-process, print a summary; exit 1 if an [expect] check fails.
 
@@ -272,6 +281,7 @@ def run(
         fail("--ray-address: only with --engine ray")
     if pcap_sims is not None and pcap is None:
         fail("--pcap-sims: only with --pcap")
+    broker = _broker(mqtt, mqtt_username, mqtt_ca) if mqtt is not None else None
     scenario = _scenario(scenario_path)
     if pcap is not None and scenario.traffic_records != "session":
         fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
@@ -279,6 +289,8 @@ def run(
     written = write_outputs(result, out, events)
     if pcap is not None:
         written += _write_capture(result, pcap, pcap_sims)
+    if broker is not None:
+        _publish(result, broker)
     console = Console()
     for table in summary_tables(result):
         console.print(table)
@@ -305,6 +317,77 @@ def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path
     write_sim_map(result.events, sim_map)
     stderr.print(f"{path}: {packets:,} packets of {len(sessions):,} sessions of {len(chosen):,} SIMs", markup=False)
     return [path, sim_map]
+
+
+def _broker(url: str, username: str | None, ca_file: Path | None) -> Any:
+    from gateway.mqtt import Broker, MqttAdapterError
+
+    if ca_file is not None and not ca_file.is_file():
+        fail(f"--mqtt-ca: {ca_file}: no such file")
+    try:
+        return Broker.from_url(url, username, ca_file)
+    except MqttAdapterError as exc:
+        fail(f"--mqtt: {exc}")
+
+
+def _publish(result: RunResult, broker: Any) -> None:
+    import asyncio
+
+    from gateway.mqtt import MqttAdapterError, platform_messages, publish_messages
+
+    messages = list(platform_messages(result.events))
+    try:
+        asyncio.run(publish_messages(broker, messages))
+    except MqttAdapterError as exc:
+        fail(f"--mqtt: {exc}", status=3)
+    stderr.print(f"{broker.describe()}: {len(messages):,} platform messages published (QoS 1)", markup=False)
+
+
+@app.command("meter-mqtt")
+def meter_mqtt(
+    broker_url: Annotated[
+        str, typer.Option("--broker", help="mqtt://HOST[:PORT] or mqtts://… (password: $MGWSIM_MQTT_PASSWORD).")
+    ],
+    topic: Annotated[str, typer.Option(help="Topic filter, e.g. 'mono/#'.")],
+    out: Annotated[Path, typer.Option(help="Write the mono.message events here (.jsonl, .jsonl.gz, .parquet).")],
+    expect: Annotated[int | None, typer.Option(min=1, help="Stop after this many distinct messages.")] = None,
+    idle: Annotated[float, typer.Option(min=0.5, help="Stop after this many seconds without a message.")] = 10.0,
+    client_id: Annotated[
+        str, typer.Option(help="Client identifier of the persistent session (messages wait for it).")
+    ] = "mgwsim-meter",
+    mqtt_username: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
+    mqtt_ca: Annotated[Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.")] = None,
+) -> None:
+    """Subscribe to platform messages (QoS 1, persistent session) and write them as mono.message events.
+
+    Each distinct message id becomes one event (redeliveries are dropped); broker restarts are
+    ridden out. The log is written when the subscription ends.
+    Example: mgwsim meter-mqtt --broker mqtt://localhost:1883 --topic 'mono/#' --out mono.jsonl --expect 1000
+    """
+    import asyncio
+
+    from gateway.mqtt import MqttAdapterError, subscribe_messages
+    from metering.eventlog import log_format, write_event_log
+
+    try:
+        log_format(out)
+    except EventLogError as exc:
+        fail(f"--out: {exc}")
+    broker = _broker(broker_url, mqtt_username, mqtt_ca)
+
+    def ready() -> None:
+        stderr.print(f"{broker.describe()}: subscribed to {topic}", markup=False)
+
+    try:
+        got = asyncio.run(subscribe_messages(broker, topic, client_id, expect, idle, ready))
+    except MqttAdapterError as exc:
+        fail(str(exc), status=3)
+    write_event_log(sorted(got.events, key=lambda event: event.ts), out)
+    stderr.print(
+        f"{out}: {len(got.events):,} mono.message events ({got.duplicates:,} redeliveries dropped, "
+        f"{got.rejected:,} messages not platform objects, {got.reconnections:,} reconnections)",
+        markup=False,
+    )
 
 
 @app.command("meter-pcap")
@@ -420,6 +503,25 @@ def bench_pcap(
 
     stderr.print(f"writing a capture of {sessions:,} sessions, then {sample:,} packets with scapy …", markup=False)
     Console().print(run_pcap_bench(sessions, sample, directory).table())
+
+
+@bench_app.command("mqtt")
+def bench_mqtt(
+    messages: Annotated[int, typer.Option(min=1, help="Platform messages to publish.")] = 100_000,
+    broker: Annotated[
+        str | None, typer.Option(help="mqtt://HOST:PORT/PREFIX; default: a mosquitto started on a free port.")
+    ] = None,
+) -> None:
+    """Platform messages per second at QoS 1 to a broker (every PUBACK awaited)."""
+    from gateway.bench import run_mqtt_bench
+    from gateway.mqtt import MqttAdapterError
+
+    stderr.print(f"publishing {messages:,} messages at QoS 1 …", markup=False)
+    try:
+        report = run_mqtt_bench(messages, broker)
+    except (MqttAdapterError, FileNotFoundError, RuntimeError) as exc:
+        fail(str(exc))
+    Console().print(report.table())
 
 
 def main() -> None:

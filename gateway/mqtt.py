@@ -1,0 +1,345 @@
+"""The Mono Platform's MQTT service adapter: platform messages out to a broker, and back in as events.
+
+A device's messages through the Mono Platform reach the customer's systems through a service
+adapter. Here the adapter is MQTT (through aiomqtt, on a real broker): each platform message is
+published at QoS 1 as the platform's object JSON::
+
+    {"id": "...", "device_id": "...", "account": "...", "type": "object",
+     "timestamp_device": "...", "timestamp_platform": "...",
+     "payload": [{"tag": "seq", "type": "uint", "value": 1}, {"tag": "data", "type": "bytes", "value": "…"}]}
+
+to ``PREFIX/ACCOUNT/DEVICE_ID/object``. :func:`subscribe_messages` is the other end
+(``mgwsim meter-mqtt``): it subscribes at QoS 1 with a persistent session, turns every distinct
+message id into one ``mono.message`` event, and survives broker restarts. Delivery is at least
+once on the wire and exactly once in the log: a message republished after a reconnect has the
+same id, and both ends drop what they have already seen.
+
+Passwords are taken from the environment (:data:`PASSWORD_VARIABLE`), never from the command
+line, and never appear in a message or log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+_QUIET = logging.getLogger("mgwsim.mqtt")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False  # aiomqtt warns on every publish beyond ten in flight: that is the point here
+_QUIET.setLevel(logging.ERROR)
+PASSWORD_VARIABLE: Final = "MGWSIM_MQTT_PASSWORD"
+"""Environment variable holding the MQTT password (with ``--mqtt-username``)."""
+PAYLOAD_BYTES: Final = 16
+"""Bytes of the ``data`` entry of a published message (a platform message's typical payload)."""
+IN_FLIGHT: Final = 32
+"""QoS 1 publishes awaiting their PUBACK at once (aiomqtt and paho scan the in-flight ones per call:
+more costs time per message, fewer leaves the loopback round trip idle)."""
+RETRY_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+BATCH: Final = 5_000
+"""Messages handed to the client at a time (progress is reported per batch)."""
+"""Back-off between reconnection attempts (the last repeats)."""
+
+
+class MqttAdapterError(Exception):
+    """The broker cannot be used (one line, never with the password)."""
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Where and how to connect.
+
+    Attributes:
+        host: Broker host.
+        port: Broker port.
+        prefix: Topic prefix.
+        username: User name, if any.
+        password: Password, if any (from the environment).
+        tls: Connect with TLS.
+        ca_file: CA certificates to verify the broker with (TLS).
+        attempts: Connection attempts before giving up (``mqtt://`` without a broker at start).
+    """
+
+    host: str
+    port: int
+    prefix: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: Path | None = None
+    attempts: int = 5
+
+    @classmethod
+    def from_url(cls, url: str, username: str | None = None, ca_file: Path | None = None, attempts: int = 5) -> Broker:
+        """A broker from ``mqtt://HOST:PORT/PREFIX`` or ``mqtts://…`` (TLS).
+
+        Raises:
+            MqttAdapterError: For a URL that is not one of those.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise MqttAdapterError(f"{url!r} is not mqtt://HOST[:PORT][/PREFIX] or mqtts://…")
+        if parts.password is not None:
+            raise MqttAdapterError(f"put the password in ${PASSWORD_VARIABLE}, not in the URL")
+        try:
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise MqttAdapterError(f"{parts.netloc!r}: the port is not a number") from None
+        return cls(
+            host=parts.hostname,
+            port=port,
+            prefix=parts.path.strip("/") or "mono",
+            username=username or parts.username,
+            password=os.environ.get(PASSWORD_VARIABLE) or None,
+            tls=parts.scheme == "mqtts" or ca_file is not None,
+            ca_file=ca_file,
+            attempts=attempts,
+        )
+
+    def describe(self) -> str:
+        """Where, for messages (without credentials)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def client(self, identifier: str | None = None, clean_session: bool = True) -> Any:
+        """An aiomqtt client for this broker (not yet connected)."""
+        import aiomqtt
+
+        context = None
+        if self.tls:
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            logger=_QUIET,
+            username=self.username,
+            password=self.password,
+            identifier=identifier,
+            clean_session=clean_session,
+            tls_context=context,
+            max_inflight_messages=IN_FLIGHT,
+            timeout=10,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformMessage:
+    """One message of a device through the platform."""
+
+    id: str
+    account: str
+    device_id: str
+    ts_us: int
+
+    def topic(self, prefix: str) -> str:
+        """Where it is published."""
+        return f"{prefix}/{self.account}/{self.device_id}/object"
+
+    def payload(self) -> bytes:
+        """The platform's object JSON (built from a template: this is the adapter's hot path)."""
+        seconds, micros = divmod(self.ts_us, 1_000_000)
+        instant = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (f".{micros:06d}Z" if micros else "Z")
+        sequence = int(self.id.rsplit("#", 1)[-1])
+        return (
+            f'{{"id":{json.dumps(self.id)},"device_id":{json.dumps(self.device_id)},'
+            f'"account":{json.dumps(self.account)},"type":"object",'
+            f'"timestamp_device":"{instant}","timestamp_platform":"{instant}",'
+            f'"payload":[{{"tag":"seq","type":"uint","value":{sequence}}},'
+            f'{{"tag":"data","type":"bytes","value":"{_DATA}"}}]}}'
+        ).encode()
+
+
+_DATA: Final = "00" * PAYLOAD_BYTES
+
+
+def platform_messages(events: Iterable[Any]) -> Iterator[PlatformMessage]:
+    """One message per counted platform message of the ``mono.message`` events of a log."""
+    for event in events:
+        if event.type == "mono.message" and event.sim is not None:
+            for number in range(1, (event.count or 1) + 1):
+                yield PlatformMessage(f"{event.id}#{number}", event.account, event.sim, event.ts)
+
+
+def _connection_error(broker: Broker, exc: BaseException) -> MqttAdapterError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if broker.password:
+        text = text.replace(broker.password, "***")
+    if "ot authorized" in text or "bad user name or password" in text.lower() or "code:5" in text.replace(" ", ""):
+        return MqttAdapterError(f"{broker.describe()}: the broker refused the user name or password")
+    return MqttAdapterError(f"{broker.describe()}: {text}")
+
+
+async def publish_messages(
+    broker: Broker, messages: list[PlatformMessage], progress: Callable[[int], None] | None = None
+) -> int:
+    """Publish at QoS 1 until every message is acknowledged; return how many publishes it took.
+
+    A lost connection is retried with back-off; messages not yet acknowledged are published
+    again (same id). Raises :class:`MqttAdapterError` when the broker stays unreachable for
+    ``broker.attempts`` attempts in a row, or refuses the credentials.
+    """
+    import aiomqtt
+
+    _quiet_lost_connections()
+    pending = list(range(len(messages)))
+    done = [False] * len(messages)
+    publishes = failures = 0
+    while pending:
+        try:
+            async with broker.client() as client:
+                failures = 0
+                for first in range(0, len(pending), BATCH):
+                    batch = pending[first : first + BATCH]
+                    publishes += await _publish_batch(client, broker.prefix, messages, batch, done)
+                    if progress is not None:
+                        progress(sum(done))
+        except aiomqtt.MqttError as exc:
+            if "ot authorized" in str(exc) or "code:5" in str(exc).replace(" ", ""):
+                raise _connection_error(broker, exc) from None
+            failures += 1
+            if failures >= broker.attempts:
+                raise _connection_error(broker, exc) from None
+            await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
+        pending = [position for position in pending if not done[position]]
+    return publishes
+
+
+def _quiet_lost_connections() -> None:
+    """Drop asyncio's "exception never retrieved" reports of aiomqtt futures a lost connection failed.
+
+    The loss itself is handled (reconnect, publish again); the report would only alarm the user.
+    """
+    import aiomqtt
+
+    loop = asyncio.get_running_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not isinstance(context.get("exception"), aiomqtt.MqttError):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+async def _publish_batch(
+    client: Any, prefix: str, messages: list[PlatformMessage], positions: list[int], done: list[bool]
+) -> int:
+    """Publish ``positions`` with :data:`IN_FLIGHT` publishers awaiting PUBACKs; mark what was acknowledged."""
+    queue = iter(positions)
+
+    async def publisher() -> None:
+        for position in queue:  # the publishers share one iterator: each message is taken once
+            message = messages[position]
+            await client.publish(message.topic(prefix), message.payload(), qos=1)
+            done[position] = True
+
+    tasks = [asyncio.ensure_future(publisher()) for _ in range(IN_FLIGHT)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:  # the connection is gone: stop the rest, and collect what they raised
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return len(positions)
+
+
+@dataclass
+class Subscription:
+    """What a subscriber received."""
+
+    events: list[Any] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    duplicates: int = 0
+    rejected: int = 0
+    reconnections: int = 0
+
+
+async def subscribe_messages(
+    broker: Broker,
+    topic: str,
+    identifier: str,
+    expect: int | None = None,
+    idle_s: float = 10.0,
+    ready: Callable[[], None] | None = None,
+) -> Subscription:
+    """Receive platform messages as ``mono.message`` events, until enough or none for a while.
+
+    It stops when ``expect`` distinct messages arrived, or nothing arrived for ``idle_s`` seconds.
+
+    The session is persistent (``identifier``, clean session off), so messages published while
+    the subscriber or the broker was away are delivered when it is back.
+    """
+    import aiomqtt
+
+    _quiet_lost_connections()
+    got = Subscription()
+    failures = 0
+    last = time.monotonic()
+    while expect is None or len(got.seen) < expect:
+        try:
+            async with broker.client(identifier, clean_session=False) as client:
+                await client.subscribe(topic, qos=1)
+                failures = 0
+                if ready is not None:
+                    ready()
+                    ready = None
+                messages = client.messages.__aiter__()
+                while expect is None or len(got.seen) < expect:
+                    try:
+                        message = await asyncio.wait_for(messages.__anext__(), timeout=1.0)
+                    except TimeoutError:
+                        if time.monotonic() - last > idle_s:
+                            return got
+                        continue
+                    last = time.monotonic()
+                    event = _event_of(message.payload)
+                    if event is None:
+                        got.rejected += 1
+                    elif event.id in got.seen:
+                        got.duplicates += 1
+                    else:
+                        got.seen.add(event.id)
+                        got.events.append(event)
+                return got
+        except aiomqtt.MqttError as exc:
+            failures += 1
+            got.reconnections += 1
+            if failures >= broker.attempts + 20 or time.monotonic() - last > max(idle_s, 30.0):
+                raise _connection_error(broker, exc) from None
+            await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
+    return got
+
+
+def _event_of(payload: Any) -> Any:
+    """The ``mono.message`` event of a received object JSON (``None`` if it is not one)."""
+    import re
+
+    from metering.events import ICCID_PATTERN, NAME_PATTERN, Event
+
+    try:
+        body = json.loads(bytes(payload))
+        message_id, device, account = str(body["id"]), str(body["device_id"]), str(body["account"])
+        instant = datetime.fromisoformat(str(body["timestamp_platform"]).replace("Z", "+00:00"))
+        size = sum(len(str(entry.get("value", ""))) // 2 for entry in body["payload"] if entry.get("type") == "bytes")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not re.fullmatch(ICCID_PATTERN, device) or not re.fullmatch(NAME_PATTERN, account) or instant.tzinfo is None:
+        return None
+    return Event(
+        ts=(instant - EPOCH) // timedelta(microseconds=1),
+        type="mono.message",
+        account=account,
+        id=f"mqtt/{message_id}"[:200],
+        sim=device,
+        count=1,
+        bytes=size,
+    )

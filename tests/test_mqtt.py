@@ -1,0 +1,176 @@
+"""The MQTT service adapter on a real mosquitto started by the test on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from gateway.mqtt import Broker, PlatformMessage, publish_messages
+from metering.eventlog import read_event_log
+
+MOSQUITTO = next(
+    (path for path in ("/usr/sbin/mosquitto", shutil.which("mosquitto")) if path and Path(path).exists()), None
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Mosquitto:
+    """A broker process with persistence, that can be restarted on the same port."""
+
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        config = self.directory / "mosquitto.conf"
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {self.directory}/\nmax_queued_messages 0\nautosave_interval 1\n",
+            encoding="utf-8",
+        )
+        assert MOSQUITTO is not None
+        self.process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()  # SIGTERM: mosquitto saves its persistence database
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    if MOSQUITTO is None:
+        if os.environ.get("MGWSIM_REQUIRE_TOOLS"):
+            pytest.fail("mosquitto is required (apt-get install mosquitto)")
+        pytest.skip("mosquitto is not installed")
+    broker = Mosquitto(tmp_path / "broker", free_port())
+    broker.directory.mkdir()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def start_meter(broker: Mosquitto, out: Path, expect: int, client: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "simulator.cli", "meter-mqtt", "--broker", broker.url, "--topic", "mono/#"]
+    command += ["--out", str(out), "--expect", str(expect), "--client-id", client, "--idle", "60"]
+    meter = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert meter.stderr is not None
+    assert "subscribed" in meter.stderr.readline()
+    return meter
+
+
+def test_every_platform_message_of_a_run_arrives_and_meters_the_same(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    log, out = tmp_path / "events.jsonl", tmp_path / "mono.jsonl"
+    sent = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/quickstart.toml", "--events", log],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert sent.returncode == 0
+    wanted: Counter[str] = Counter()
+    for event in read_event_log(log):
+        if event.type == "mono.message" and event.sim is not None:
+            wanted[event.sim] += event.count or 1
+    assert sum(wanted.values()) > 1000
+    meter = start_meter(mosquitto, out, sum(wanted.values()), "e2e")
+    command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/quickstart.toml"]
+    run = subprocess.run([*command, "--mqtt", f"{mosquitto.url}/mono"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert meter.wait(timeout=120) == 0
+    metered: Counter[str] = Counter()
+    for event in read_event_log(out):
+        assert event.type == "mono.message" and event.sim is not None
+        metered[event.sim] += event.count or 1
+    assert metered == wanted
+
+
+def test_a_broker_restart_in_the_middle_loses_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    count = 20_000
+    messages = [
+        PlatformMessage(f"m/{number}#1", "acct-1", f"89813000000000{number % 50:05d}", 1_767_193_200_000_000 + number)
+        for number in range(count)
+    ]
+    out = tmp_path / "mono.jsonl"
+    meter = start_meter(mosquitto, out, count, "restart")
+    acknowledged: list[int] = []
+    restarted = threading.Event()
+
+    def restart_when_under_way() -> None:
+        deadline = time.monotonic() + 60
+        while not acknowledged and time.monotonic() < deadline:
+            time.sleep(0.01)
+        mosquitto.restart()
+        restarted.set()
+
+    watcher = threading.Thread(target=restart_when_under_way)
+    watcher.start()
+    broker = Broker.from_url(f"{mosquitto.url}/mono", attempts=20)
+    publishes = asyncio.run(publish_messages(broker, messages, progress=acknowledged.append))
+    watcher.join()
+    assert restarted.is_set() and acknowledged[0] < count, "the broker restarted while messages were in flight"
+    assert meter.wait(timeout=120) == 0, meter.stderr.read() if meter.stderr else ""
+    received = [event.id for event in read_event_log(out)]
+    assert len(received) == len(set(received)) == count
+    assert publishes >= count
+
+
+def test_no_broker_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/quickstart.toml"]
+    run = subprocess.run(
+        [*command, "--mqtt", f"mqtt://127.0.0.1:{port}/mono"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert run.returncode == 3
+    lines = run.stderr.strip().splitlines()
+    assert "Traceback" not in run.stderr and f"mqtt://127.0.0.1:{port}" in lines[-1], lines[-3:]
+
+
+def test_object_json_is_what_the_platform_sends() -> None:
+    body = json.loads(PlatformMessage("x/1#3", "acct-1", "8981300000000000001", 1_767_193_200_000_000).payload())
+    assert body["type"] == "object" and body["device_id"] == "8981300000000000001" and body["id"] == "x/1#3"
+    assert body["timestamp_platform"] == "2025-12-31T15:00:00Z"
+    assert [entry["tag"] for entry in body["payload"]] == ["seq", "data"]
+    assert all({"tag", "type", "value"} <= set(entry) for entry in body["payload"])
