@@ -192,14 +192,15 @@ async def publish_messages(
     _quiet_lost_connections()
     pending = list(range(len(messages)))
     done = [False] * len(messages)
-    publishes = failures = 0
+    calls = [0]
+    failures = 0
     while pending:
         try:
             async with broker.client() as client:
                 failures = 0
                 for first in range(0, len(pending), BATCH):
                     batch = pending[first : first + BATCH]
-                    publishes += await _publish_batch(client, broker.prefix, messages, batch, done)
+                    await _publish_batch(client, broker.prefix, messages, batch, done, calls)
                     if progress is not None:
                         progress(sum(done))
         except aiomqtt.MqttError as exc:
@@ -210,7 +211,7 @@ async def publish_messages(
                 raise _connection_error(broker, exc) from None
             await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
         pending = [position for position in pending if not done[position]]
-    return publishes
+    return calls[0]
 
 
 def _quiet_lost_connections() -> None:
@@ -230,14 +231,15 @@ def _quiet_lost_connections() -> None:
 
 
 async def _publish_batch(
-    client: Any, prefix: str, messages: list[PlatformMessage], positions: list[int], done: list[bool]
-) -> int:
+    client: Any, prefix: str, messages: list[PlatformMessage], positions: list[int], done: list[bool], calls: list[int]
+) -> None:
     """Publish ``positions`` with :data:`IN_FLIGHT` publishers awaiting PUBACKs; mark what was acknowledged."""
     queue = iter(positions)
 
     async def publisher() -> None:
         for position in queue:  # the publishers share one iterator: each message is taken once
             message = messages[position]
+            calls[0] += 1
             await client.publish(message.topic(prefix), message.payload(), qos=1)
             done[position] = True
 
@@ -249,7 +251,6 @@ async def _publish_batch(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return len(positions)
 
 
 @dataclass
@@ -261,6 +262,17 @@ class Subscription:
     duplicates: int = 0
     rejected: int = 0
     reconnections: int = 0
+
+    def take(self, payload: Any) -> None:
+        """Take one received message: a new event, a redelivery, or not a platform object."""
+        event = _event_of(payload)
+        if event is None:
+            self.rejected += 1
+        elif event.id in self.seen:
+            self.duplicates += 1
+        else:
+            self.seen.add(event.id)
+            self.events.append(event)
 
 
 async def subscribe_messages(
@@ -285,8 +297,9 @@ async def subscribe_messages(
     failures = 0
     last = time.monotonic()
     while expect is None or len(got.seen) < expect:
+        client = broker.client(identifier, clean_session=False)
         try:
-            async with broker.client(identifier, clean_session=False) as client:
+            async with client:
                 await client.subscribe(topic, qos=1)
                 failures = 0
                 if ready is not None:
@@ -301,16 +314,14 @@ async def subscribe_messages(
                             return got
                         continue
                     last = time.monotonic()
-                    event = _event_of(message.payload)
-                    if event is None:
-                        got.rejected += 1
-                    elif event.id in got.seen:
-                        got.duplicates += 1
-                    else:
-                        got.seen.add(event.id)
-                        got.events.append(event)
+                    got.take(message.payload)
                 return got
         except aiomqtt.MqttError as exc:
+            # paho acknowledged what it received before the connection broke; what is still in the
+            # client's queue would be lost with the client (aiomqtt gives no public way to drain it)
+            queue = client._queue
+            while not queue.empty():
+                got.take(queue.get_nowait().payload)
             failures += 1
             got.reconnections += 1
             if failures >= broker.attempts + 20 or time.monotonic() - last > max(idle_s, 30.0):

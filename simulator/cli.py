@@ -174,14 +174,21 @@ def explain(
 def ingest(
     events: Annotated[list[Path], typer.Argument(help="Event logs to append to the store.")],
     db: Annotated[Path, typer.Option("--db", help="DuckDB file; created when missing.")],
+    batch: Annotated[
+        int, typer.Option(min=1, help="Events per transaction: an interrupted ingest keeps whole batches.")
+    ] = 500_000,
 ) -> None:
-    """Append event logs to a DuckDB store; events already stored are skipped (idempotent)."""
+    """Append event logs to a DuckDB store; events already stored are skipped (idempotent).
+
+    Each batch is one transaction: if the ingest is killed, the store holds whole batches only,
+    and running the same command again completes it.
+    """
     from metering.store import EventStore, StoreError
 
     try:
         with EventStore(db) as store:
             for path in events:
-                added, skipped = store.ingest_file(path)
+                added, skipped = store.ingest_file(path, batch)
                 stderr.print(f"{path}: {added} events added, {skipped} already stored", markup=False)
     except (EventLogError, StoreError) as exc:
         fail(str(exc))

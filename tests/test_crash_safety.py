@@ -1,0 +1,85 @@
+"""Crash safety of the store: ``mgwsim ingest`` killed with SIGKILL at random points."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import write_jsonl
+
+from metering.store import EventStore
+
+BATCH = 20_000
+
+
+def big_log(path: Path, sims: int = 500, traffic: int = 160_000) -> Path:
+    """Registrations, then many traffic events over two months (JST)."""
+    records = [
+        {"ts": "2026-01-01T00:00:00+09:00", "type": "sim.registered", "account": "acct-1",
+         "id": f"reg-{sim}", "sim": f"8981300000000{sim:06d}"}
+        for sim in range(sims)
+    ]  # fmt: skip
+    for number in range(traffic):
+        day = 1 + number % 59
+        month, day = (1, day) if day <= 31 else (2, day - 31)
+        records.append(
+            {
+                "ts": f"2026-{month:02d}-{day:02d}T12:00:00+09:00",
+                "type": "sim.traffic",
+                "account": "acct-1",
+                "id": f"t-{number}",
+                "sim": f"8981300000000{number % sims:06d}",
+                "up_bytes": 1000 + number % 977,
+                "down_bytes": 100,
+                "route": "closed",
+            }
+        )
+    return write_jsonl(path, records)
+
+
+def mgwsim(*args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulator.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def bill(*source: str | Path) -> str:
+    done = mgwsim("bill", *source, "--month", "2026-01..2026-02")
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err
+    return out
+
+
+def test_a_killed_ingest_keeps_whole_batches_and_a_rerun_completes(tmp_path: Path) -> None:
+    log = big_log(tmp_path / "big.jsonl")
+    total = 500 + 160_000
+    expected = bill(log)
+    rng = random.Random(7)
+    store = tmp_path / "store.duckdb"
+    kills = 0
+    for _ in range(4):
+        ingest = mgwsim("ingest", log, "--db", store, "--batch", BATCH)
+        time.sleep(rng.uniform(1.0, 6.0))
+        if ingest.poll() is None:
+            ingest.send_signal(signal.SIGKILL)
+            kills += 1
+        ingest.wait(timeout=60)
+        with EventStore(store, read_only=True) as opened:
+            held = opened.count()
+        assert held % BATCH == 0 or held == total, f"{held} events: not whole batches"
+    assert kills >= 1, "the ingest was never caught in the middle"
+    rerun = mgwsim("ingest", log, "--db", store, "--batch", BATCH)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    with EventStore(store, read_only=True) as opened:
+        assert opened.count() == total
+    assert bill("--db", store) == expected
