@@ -194,9 +194,11 @@ async def publish_messages(
     done = [False] * len(messages)
     calls = [0]
     failures = 0
-    while pending:
+    connected = False
+    while pending or not connected:  # connect even with nothing to send: a wrong broker is an error
         try:
             async with broker.client() as client:
+                connected = True
                 failures = 0
                 for first in range(0, len(pending), BATCH):
                     batch = pending[first : first + BATCH]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import shutil
@@ -27,6 +28,11 @@ MOSQUITTO = next(
 )
 
 
+USER = getpass.getuser()
+"""mosquitto started as root drops to the user ``mosquitto``, who could not read or write the
+test's private directory (persistence, password file): it stays who we are."""
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -44,7 +50,7 @@ class Mosquitto:
     def start(self) -> None:
         config = self.directory / "mosquitto.conf"
         config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\nuser {USER}\n"
             f"persistence_location {self.directory}/\nmax_queued_messages 0\nautosave_interval 1\n",
             encoding="utf-8",
         )
@@ -174,3 +180,44 @@ def test_object_json_is_what_the_platform_sends() -> None:
     assert body["timestamp_platform"] == "2025-12-31T15:00:00Z"
     assert [entry["tag"] for entry in body["payload"]] == ["seq", "data"]
     assert all({"tag", "type", "value"} <= set(entry) for entry in body["payload"])
+
+
+def test_user_name_and_password_and_a_wrong_password(tmp_path: Path) -> None:
+    if MOSQUITTO is None or shutil.which("mosquitto_passwd") is None:
+        if os.environ.get("MGWSIM_REQUIRE_TOOLS"):
+            pytest.fail("mosquitto and mosquitto_passwd are required")
+        pytest.skip("mosquitto is not installed")
+    directory = tmp_path / "broker"
+    directory.mkdir()
+    passwords = directory / "passwords"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "meter", "s3cret-Pa55"], check=True)
+    port = free_port()
+    config = directory / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\nuser {USER}\n", encoding="utf-8"
+    )
+    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/pin-lockout.toml"]
+        command += ["--mqtt", f"mqtt://127.0.0.1:{port}/mono", "--mqtt-username", "meter"]
+        for password, status in (("s3cret-Pa55", 0), ("wrong-Pa55word", 3)):
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env={**os.environ, "COLUMNS": "200", "MGWSIM_MQTT_PASSWORD": password},
+            )
+            assert done.returncode == status, done.stderr
+            assert password not in done.stdout + done.stderr
+            assert "Traceback" not in done.stderr
+        assert "refused the user name or password" in done.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
