@@ -293,6 +293,18 @@ def run(
     if pcap is not None and scenario.traffic_records != "session":
         fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
     result = _simulate(scenario, rater.value, engine.value, ray_address)
+    if out is not None:
+        from simulator.runner import interrupted_leftovers
+
+        leftovers = interrupted_leftovers(out)
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        if leftovers:
+            stderr.print(
+                f"mgwsim: note: an earlier run into {out} was interrupted; "
+                f"{len(leftovers)} unfinished file(s) removed, its complete files are replaced now",
+                markup=False,
+            )
     written = write_outputs(result, out, events)
     if pcap is not None:
         written += _write_capture(result, pcap, pcap_sims)

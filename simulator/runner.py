@@ -176,6 +176,13 @@ def check_expectations(result: RunResult) -> list[str]:
     return failures
 
 
+def interrupted_leftovers(out: Path) -> list[Path]:
+    """Temporary files an interrupted earlier run left in ``out`` (its outputs were never renamed in)."""
+    if not out.is_dir():
+        return []
+    return sorted(path for pattern in (".*.partial", "invoices/.*.partial") for path in out.glob(pattern))
+
+
 def write_outputs(result: RunResult, out: Path | None, events_path: Path | None) -> list[Path]:
     """Write the event log, the invoices (JSON per month) and the PNG report; return the paths."""
     written: list[Path] = []

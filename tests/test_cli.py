@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import DISPUTES, write_jsonl
+from conftest import DISPUTES, ROOT, write_jsonl
 
 
 def mgwsim(*args: str | Path, columns: int = 40) -> subprocess.CompletedProcess[str]:
@@ -158,3 +158,14 @@ def test_ingest_refuses_a_reused_id_with_other_content(tmp_path: Path) -> None:
 def test_help_explains() -> None:
     result = mgwsim("bill", "--help", columns=160)
     assert result.returncode == 0 and "--month" in result.stdout and "--tariff" in result.stdout
+
+
+def test_an_interrupted_run_is_reported_by_the_next(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "invoices").mkdir(parents=True)
+    (out / ".events.jsonl.abc123.partial").write_text('{"ts": "2026-01', encoding="utf-8")
+    (out / "invoices" / ".2026-01.json.x.partial").write_text("{", encoding="utf-8")
+    done = mgwsim("run", ROOT / "scenarios/idle-fleet.toml", "--out", out, columns=200)
+    assert done.returncode == 0, done.stderr
+    assert "earlier run" in done.stderr and "interrupted" in done.stderr and "2 unfinished" in done.stderr
+    assert not list(out.rglob("*.partial")) and (out / "events.jsonl").is_file()

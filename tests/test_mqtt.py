@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from gateway.mqtt import Broker, PlatformMessage, publish_messages
+from gateway.mqtt import Broker, MqttAdapterError, PlatformMessage, publish_messages
 from metering.eventlog import read_event_log
 
 MOSQUITTO = next(
@@ -218,6 +218,50 @@ def test_user_name_and_password_and_a_wrong_password(tmp_path: Path) -> None:
             assert password not in done.stdout + done.stderr
             assert "Traceback" not in done.stderr
         assert "refused the user name or password" in done.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_tls_with_a_test_ca(tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if MOSQUITTO is None or openssl is None:
+        if os.environ.get("MGWSIM_REQUIRE_TOOLS"):
+            pytest.fail("mosquitto and openssl are required")
+        pytest.skip("mosquitto or openssl is not installed")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=tmp_path)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=mgwsim test CA",
+        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n", encoding="utf-8")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
+    port = free_port()
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {USER}\ncafile {tmp_path}/ca.crt\n"
+        f"certfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n",
+        encoding="utf-8",
+    )
+    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        messages = [
+            PlatformMessage(f"tls/{n}#1", "acct-1", "8981300000000000001", 1_767_193_200_000_000) for n in range(50)
+        ]
+        trusted = Broker.from_url(f"mqtts://127.0.0.1:{port}/mono", ca_file=tmp_path / "ca.crt")
+        assert asyncio.run(publish_messages(trusted, messages)) == 50
+        untrusted = Broker.from_url(f"mqtts://127.0.0.1:{port}/mono", attempts=1)  # the system CAs only
+        with pytest.raises(MqttAdapterError, match=f"mqtts://127.0.0.1:{port}"):
+            asyncio.run(publish_messages(untrusted, messages))
     finally:
         process.terminate()
         process.wait(timeout=10)
