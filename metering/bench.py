@@ -224,3 +224,56 @@ def run_metering_bench(
         progress("store path: ingest into a DuckDB file …")
         report.store = in_child_process(_store_path, str(path), str(Path(directory) / "store.duckdb"))
     return report
+
+
+def write_jsonl_log(path: Path, lines: int, sims: int = 100_000) -> None:
+    """A JSONL log of ``lines`` events: registrations of ``sims`` SIMs, then daily traffic over a year."""
+    start = 1_767_193_200  # 2026-01-01 00:00 JST
+    with path.open("w", encoding="utf-8") as stream:
+        for sim in range(min(sims, lines)):
+            stream.write(
+                f'{{"ts": "2026-01-01T00:00:00+09:00", "type": "sim.registered", "account": "acct-{sim % 10}", '
+                f'"id": "r{sim}", "sim": "8981300{sim % 10:02d}000{sim:07d}"}}\n'
+            )
+        chunk: list[str] = []
+        for number in range(lines - min(sims, lines)):
+            sim = number % sims
+            moment = time.gmtime(start + 86_400 * ((number // sims) % 365) + 43_200)
+            chunk.append(
+                f'{{"ts": "{time.strftime("%Y-%m-%dT%H:%M:%SZ", moment)}", "type": "sim.traffic", '
+                f'"account": "acct-{sim % 10}", "id": "t{number}", "sim": "8981300{sim % 10:02d}000{sim:07d}", '
+                f'"up_bytes": {30_000 + number % 977}, "down_bytes": 15000, "route": "closed"}}\n'
+            )
+            if len(chunk) >= 100_000:
+                stream.write("".join(chunk))
+                chunk = []
+        stream.write("".join(chunk))
+
+
+def _bill_jsonl(path: str, queue: Any) -> None:
+    from metering.fast import rate_fast
+    from metering.tariff import load_tariff
+
+    began = time.perf_counter()
+    rating = rate_fast([Path(path)], None, load_tariff(), list(range(2026 * 12, 2026 * 12 + 12)))
+    total = sum(invoice.total for document in rating.documents.values() for invoice in document.invoices)
+    queue.put(
+        {
+            "seconds": time.perf_counter() - began,
+            "peak_mb": _peak_rss_mb(),
+            "errors": len(rating.errors),
+            "total": str(total),
+        }
+    )
+
+
+def run_jsonl_bench(lines: int, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Write a JSONL log of ``lines`` lines, then bill 12 months of it in a child process."""
+    path = workdir / f"bench-{lines}.jsonl"
+    progress(f"writing {lines:,} JSONL lines to {path} …")
+    write_jsonl_log(path, lines)
+    progress("billing it (12 months) in a fresh process …")
+    found = in_child_process(_bill_jsonl, str(path))
+    found.update(lines=lines, megabytes=path.stat().st_size / 1e6)
+    path.unlink()
+    return found

@@ -53,6 +53,9 @@ from metering.store import EventStore, StoreError
 from metering.tariff import Tariff
 from metering.timeutil import month_start
 
+STREAM_BATCH: Final = 100_000
+"""Events read from a row-by-row log between two appends to the store (bounds the memory of ``bill``)."""
+
 BULK_TYPES: Final = ("sim.traffic", "mono.message", "sms.sent")
 NEVER: Final = 2**62
 MONTH_SQL: Final = "(year(make_timestamp(ts + 32400000000)) * 12 + month(make_timestamp(ts + 32400000000)) - 1)"
@@ -740,7 +743,7 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
                 memory.append(source.events())
         try:
             for path in paths:
-                memory.ingest_file(path)
+                memory.ingest_file(path, STREAM_BATCH, validate_first=False)
         except StoreError as exc:
             return Rating({}, {}, (EventError(str(exc)),))
         return _materialised(rate_connection(memory.connection, tariff, months))

@@ -237,11 +237,14 @@ class EventStore:
             connection.unregister("compact_sims")
         return added, len(traffic) - added
 
-    def ingest_file(self, path: Path, batch_events: int = BATCH_EVENTS) -> tuple[int, int]:
-        """Validate ``path`` entirely, then append it batch by batch; return ``(added, skipped)``.
+    def ingest_file(self, path: Path, batch_events: int = BATCH_EVENTS, validate_first: bool = True) -> tuple[int, int]:
+        """Append a log batch by batch, streaming it; return ``(added, skipped)``.
 
-        Parquet logs are validated and appended in bulk, as one transaction (see
-        :mod:`metering.parquet_ingest`); other logs are read row by row.
+        With ``validate_first`` (what ``mgwsim ingest`` does) the whole file is read once to
+        validate it before anything is stored, so a bad line stores nothing; without it (a
+        throw-away in-memory store, as ``bill`` uses) it is read once. Either way only one batch
+        of events is held in memory. Parquet logs are validated and appended in bulk, as one
+        transaction (see :mod:`metering.parquet_ingest`); other logs are read row by row.
         """
         if log_format(path) == "parquet" and path.is_file():
             from metering.parquet_ingest import ingest_parquet
@@ -256,12 +259,19 @@ class EventStore:
                 self.connection.commit()
                 return result
             self.connection.rollback()
-        events = list(read_event_log(path))
+        if validate_first:
+            for _ in read_event_log(path):
+                pass
         added = skipped = 0
-        for start in range(0, len(events), batch_events):
-            batch_added, batch_skipped = self.append(events[start : start + batch_events])
-            added += batch_added
-            skipped += batch_skipped
+        batch: list[Event] = []
+        for event in read_event_log(path):
+            batch.append(event)
+            if len(batch) >= batch_events:
+                batch_added, batch_skipped = self.append(batch)
+                added, skipped, batch = added + batch_added, skipped + batch_skipped, []
+        if batch:
+            batch_added, batch_skipped = self.append(batch)
+            added, skipped = added + batch_added, skipped + batch_skipped
         return added, skipped
 
     def events(self) -> Iterator[Event]:
