@@ -33,6 +33,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from metering.compact import CompactLog
+from metering.eventlog import log_format, read_event_log
 from metering.events import EVENT_COLUMNS, Event, EventError
 from metering.history import AccountHistory, Usage, processing_order, replay
 from metering.invoice import InvoiceDocument, Line, build_invoice, make_line, points_block, sort_invoices
@@ -743,7 +744,11 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
                 memory.append(source.events())
         try:
             for path in paths:
-                memory.ingest_file(path, STREAM_BATCH, validate_first=False)
+                if log_format(path) == "parquet":
+                    memory.ingest_file(path, STREAM_BATCH, validate_first=False)
+                else:  # streamed, and checked for reused ids once at the end
+                    memory.append_unchecked(read_event_log(path), STREAM_BATCH)
+            memory.settle_duplicates()
         except StoreError as exc:
             return Rating({}, {}, (EventError(str(exc)),))
         return _materialised(rate_connection(memory.connection, tariff, months))

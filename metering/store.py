@@ -274,6 +274,63 @@ class EventStore:
             added, skipped = added + batch_added, skipped + batch_skipped
         return added, skipped
 
+    def append_unchecked(self, events: Iterable[Event], batch_events: int = BATCH_EVENTS) -> None:
+        """Append events in batches without looking for stored ids: a throw-away store's fast path.
+
+        Only for a store filled once and then settled with :meth:`settle_duplicates` (``bill``
+        over large logs): checking every batch against all stored events costs time that grows
+        with the store, where one pass at the end does not.
+        """
+        seq = self._next_seq()
+        batch: list[Event] = []
+
+        def flush() -> None:
+            nonlocal seq, batch
+            staged = staging_table(batch, seq)
+            self.connection.register("unchecked", staged)
+            try:
+                self.connection.execute("INSERT INTO events SELECT * FROM unchecked").fetchall()
+            finally:
+                self.connection.unregister("unchecked")
+            seq, batch = seq + len(batch), []
+
+        for event in events:
+            batch.append(event)
+            if len(batch) >= batch_events:
+                flush()
+        if batch:
+            flush()
+
+    def settle_duplicates(self) -> int:
+        """After :meth:`append_unchecked`: refuse reused ids, drop repeated events; return how many.
+
+        Raises:
+            StoreError: If an id was used by two different events (both places named).
+        """
+        content = ", ".join(CONTENT_COLUMNS)
+        clash = self.connection.execute(
+            "SELECT account, id FROM events GROUP BY account, id "
+            f"HAVING count(*) > 1 AND count(DISTINCT ({content})) > 1 ORDER BY min(seq) LIMIT 1"
+        ).fetchall()
+        if clash:
+            account, event_id = clash[0]
+            rows = self.connection.execute(
+                f"SELECT source, line, ({content}) FROM events WHERE account = ? AND id = ? ORDER BY seq",
+                [account, event_id],
+            ).fetchall()
+            first = rows[0]
+            other = next(row for row in rows if row[2] != first[2])
+            raise StoreError(
+                f"{other[0]}:{other[1]}: event id {event_id!r} was already used by a different event at "
+                f"{first[0]}:{first[1]}"
+            )
+        before = self.count()
+        self.connection.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM (SELECT seq, row_number() OVER "
+            "(PARTITION BY account, id ORDER BY seq) AS position FROM events) WHERE position > 1)"
+        ).fetchall()
+        return before - self.count()
+
     def events(self) -> Iterator[Event]:
         """All stored events in ingest order."""
         names = ("ts", "type", "account", "id", *EVENT_COLUMNS, "extra", "source", "line")

@@ -169,3 +169,17 @@ def test_an_interrupted_run_is_reported_by_the_next(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "earlier run" in done.stderr and "interrupted" in done.stderr and "2 unfinished" in done.stderr
     assert not list(out.rglob("*.partial")) and (out / "events.jsonl").is_file()
+
+
+def test_bill_counts_a_redelivered_event_once_and_refuses_a_reused_id(tmp_path: Path) -> None:
+    records = [json.loads(line) for line in (DISPUTES / "points.jsonl").read_text().splitlines()]
+    once = mgwsim("bill", DISPUTES / "points.jsonl", "-m", "2026-01..2026-03")
+    twice = mgwsim(
+        "bill", DISPUTES / "points.jsonl", write_jsonl(tmp_path / "again.jsonl", records), "-m", "2026-01..2026-03"
+    )
+    assert once.returncode == twice.returncode == 0 and once.stdout == twice.stdout
+    records[1]["points"] = 40000
+    changed = write_jsonl(tmp_path / "changed.jsonl", records)
+    assert_one_line_error(
+        mgwsim("bill", DISPUTES / "points.jsonl", changed, "-m", "2026-01"), f"{changed}:2", "points.jsonl:2"
+    )
