@@ -56,6 +56,8 @@ from metering.timeutil import month_start
 
 STREAM_BATCH: Final = 100_000
 """Events read from a row-by-row log between two appends to the store (bounds the memory of ``bill``)."""
+STREAM_MEMORY_LIMIT: Final = "384MB"
+"""DuckDB's memory for ``bill``'s throw-away store: beyond it, it spills; ``bill`` stays under 1 GB."""
 
 BULK_TYPES: Final = ("sim.traffic", "mono.message", "sms.sent")
 NEVER: Final = 2**62
@@ -738,7 +740,7 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
         with EventStore(db, read_only=True) as store:
             rating = rate_connection(store.connection, tariff, months)
             return _materialised(rating)
-    with EventStore(":memory:") as memory:
+    with EventStore(":memory:", memory_limit=STREAM_MEMORY_LIMIT) as memory:
         if db is not None:
             with EventStore(db, read_only=True) as source:
                 memory.append(source.events())

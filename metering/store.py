@@ -87,9 +87,13 @@ def staging_table(events: list[Event], first_seq: int) -> pa.Table:
 class EventStore:
     """A DuckDB file of events (or ``:memory:``). Use as a context manager."""
 
-    def __init__(self, path: Path | str, read_only: bool = False) -> None:
-        """Open (and create, unless read-only) the store at ``path``."""
+    def __init__(self, path: Path | str, read_only: bool = False, memory_limit: str | None = None) -> None:
+        """Open (and create, unless read-only) the store at ``path``.
+
+        ``memory_limit`` overrides :data:`MEMORY_LIMIT` (unless the environment sets it).
+        """
         self.path = str(path)
+        self.memory_limit = os.environ.get("MGWSIM_MEMORY_LIMIT") or memory_limit or MEMORY_LIMIT
         if read_only and self.path != ":memory:" and not Path(self.path).is_file():
             raise StoreError(f"{self.path}: no such store (create it with `mgwsim ingest … --db {self.path}`)")
         self.spill = tempfile.mkdtemp(prefix="mgwsim-duckdb-")
@@ -112,7 +116,7 @@ class EventStore:
 
     def _config(self) -> dict[str, str | bool | int | float | list[str]]:
         config: dict[str, str | bool | int | float | list[str]] = {
-            "memory_limit": MEMORY_LIMIT,
+            "memory_limit": self.memory_limit,
             "temp_directory": self.spill,
         }
         threads = os.environ.get(THREADS_VARIABLE)
