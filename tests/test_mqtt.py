@@ -39,6 +39,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def start_broker(config: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start mosquitto with ``config`` and wait until it listens on ``port``."""
+    assert MOSQUITTO is not None
+    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process
+        time.sleep(0.05)
+    process.terminate()
+    raise RuntimeError("mosquitto did not start")
+
+
 @dataclass
 class Mosquitto:
     """A broker process with persistence, that can be restarted on the same port."""
@@ -54,17 +68,7 @@ class Mosquitto:
             f"persistence_location {self.directory}/\nmax_queued_messages 0\nautosave_interval 1\n",
             encoding="utf-8",
         )
-        assert MOSQUITTO is not None
-        self.process = subprocess.Popen(
-            [MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        self.process = start_broker(config, self.port)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -196,14 +200,8 @@ def test_user_name_and_password_and_a_wrong_password(tmp_path: Path) -> None:
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\nuser {USER}\n", encoding="utf-8"
     )
-    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_broker(config, port)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
         command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/pin-lockout.toml"]
         command += ["--mqtt", f"mqtt://127.0.0.1:{port}/mono", "--mqtt-username", "meter"]
         for password, status in (("s3cret-Pa55", 0), ("wrong-Pa55word", 3)):
@@ -246,14 +244,8 @@ def test_tls_with_a_test_ca(tmp_path: Path) -> None:
         f"certfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n",
         encoding="utf-8",
     )
-    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_broker(config, port)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
         messages = [
             PlatformMessage(f"tls/{n}#1", "acct-1", "8981300000000000001", 1_767_193_200_000_000) for n in range(50)
         ]
