@@ -301,8 +301,7 @@ class FastEngine(Engine):
         """The sessions of each stretch in which the device is powered and its PIN flow is done."""
         detailed = self.needs_bursts(device)
         period = self.periodic(device)
-        cache: dict[int, tuple[int, int, int]] = {}
-        chain_cache: dict[int, CutSession | None] = {}
+        cache: dict[int, CutSession | None] = {}
         for since, power_off in self.usable[device.index]:
             now, failures, last_refusal = since, 0, ""
             while now < self.horizon and now < power_off:
@@ -333,7 +332,7 @@ class FastEngine(Engine):
                 end, cause = self.stretch_end(device, now, admission, power_off)
                 if period:
                     if self.scenario.traffic_records == "daily":
-                        now = self.chained_sessions(device, admission, now, end, cause, period, chain_cache)
+                        now = self.chained_sessions(device, admission, now, end, cause, period, cache)
                     else:
                         now = self.repeated_sessions(device, admission, now, end, cause, period, cache)
                 elif detailed:
@@ -359,7 +358,7 @@ class FastEngine(Engine):
         stretch_end: int,
         cause: str,
         period: int,
-        cache: dict[int, tuple[int, int, int]],
+        cache: dict[int, CutSession | None],
     ) -> int:
         """Back-to-back sessions cut for mass traffic, each known from the start's phase in the period.
 
@@ -371,24 +370,14 @@ class FastEngine(Engine):
         origin = self.origin_jst_s
         now = start
         while now < stretch_end:
-            outage, _ = device.outages.state_at(now)
+            outage, coverage_ends = device.outages.state_at(now)
             if outage:
                 return now
-            _, coverage_ends = device.outages.state_at(now)
             limit = min(coverage_ends, self.horizon, stretch_end)
-            phase = now % period
-            known = cache.get(phase)
+            known = self.cut_session(device, now, cache, period)
             if known is None:
-                bursts = session_bursts(fleet.profile, self.scenario.seed, device.index, now, now + 4 * DAY, origin)
-                spec = next(spec for spec in self.scenario.gateways if spec.id == fleet.gateway)
-                assert spec.mass_traffic is not None
-                cut = spec.mass_traffic.cut_at(bursts.times, bursts.volume())
-                if cut is None:
-                    return self.one_session(device, admission, now, stretch_end, cause)
-                kept = bursts.cut(cut + 1)
-                known = (int(bursts.times[cut]) + 1 - now, int(kept.up.sum()), int(kept.down.sum()))
-                cache[phase] = known
-            length, up, down = known
+                return self.one_session(device, admission, now, stretch_end, cause)
+            length, up, down = known.length, int(known.up[-1]), int(known.down[-1])
             end = now + length
             day = (origin + now) // DAY
             if end >= limit or (origin + end - 1) // DAY != day:
@@ -431,6 +420,7 @@ class FastEngine(Engine):
         """The session that starts at ``start`` and is cut for mass traffic (by its phase in the period).
 
         ``None`` when such a session is not cut within four days (it is then stepped instead).
+        Shared by :meth:`repeated_sessions` and :meth:`chained_sessions` (one cache per device).
         """
         phase = start % period
         if phase not in cache:
@@ -441,7 +431,7 @@ class FastEngine(Engine):
                 fleet.profile, self.scenario.seed, device.index, start, start + 4 * DAY, self.origin_jst_s
             )
             cut = spec.mass_traffic.cut_at(bursts.times, bursts.volume())
-            if cut is None or int(bursts.times[cut]) + 1 - start > DAY:
+            if cut is None:
                 cache[phase] = None
             else:
                 kept = bursts.cut(cut + 1)
@@ -483,8 +473,8 @@ class FastEngine(Engine):
             at = now
             while at % period not in position:
                 known = self.cut_session(device, at, cache, period)
-                if known is None:
-                    return self.repeated_sessions(device, admission, now, stretch_end, cause, period, {})
+                if known is None or known.length > DAY:  # cut only after a day or more (rare): stepped instead
+                    return self.repeated_sessions(device, admission, now, stretch_end, cause, period, cache)
                 position[at % period] = len(orbit)
                 orbit.append(known)
                 at += known.length
