@@ -9,6 +9,7 @@ ratio.
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -143,31 +144,53 @@ class MqttBenchReport:
         return table
 
 
-def local_mosquitto(directory: Path) -> tuple[object, int]:
-    """Start a mosquitto on a free loopback port (for the benchmark); return the process and port."""
+def mosquitto_binary() -> str | None:
+    """Where mosquitto is (Debian puts it in /usr/sbin, not on every PATH), or ``None``."""
     import shutil
-    import socket
-    import subprocess
 
-    binary = next(
+    return next(
         (path for path in ("/usr/sbin/mosquitto", shutil.which("mosquitto")) if path and Path(path).exists()), None
     )
-    if binary is None:
-        raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto), and no --broker was given")
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    config = directory / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n", encoding="utf-8")
+        return int(probe.getsockname()[1])
+
+
+def start_mosquitto(config: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start mosquitto with ``config`` and wait until it listens on ``port``.
+
+    Raises:
+        FileNotFoundError: If mosquitto is not installed.
+        RuntimeError: If it does not listen within 10 seconds.
+    """
+    import socket
+
+    binary = mosquitto_binary()
+    if binary is None:
+        raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto), and no --broker was given")
     process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, port
+                return process
         time.sleep(0.05)
     process.terminate()
     raise RuntimeError("mosquitto did not start")
+
+
+def local_mosquitto(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a mosquitto on a free loopback port (for the benchmark); return the process and port."""
+    port = free_port()
+    config = directory / "mosquitto.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n", encoding="utf-8")
+    return start_mosquitto(config, port), port
 
 
 def run_mqtt_bench(count: int, broker_url: str | None) -> MqttBenchReport:
@@ -192,5 +215,5 @@ def run_mqtt_bench(count: int, broker_url: str | None) -> MqttBenchReport:
             seconds = time.perf_counter() - began
         finally:
             if process is not None:
-                process.terminate()  # type: ignore[attr-defined]
+                process.terminate()
     return MqttBenchReport(broker.describe(), count, seconds, publishes)

@@ -257,6 +257,11 @@ def _check_value(name: str, kind: str, value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
+def encode_extra(fields: Mapping[str, Any]) -> str:
+    """The canonical text of a diagnostic event's extra fields, as the log reader makes it ("" if none)."""
+    return json.dumps(dict(fields), sort_keys=True, separators=(",", ":")) if fields else ""
+
+
 def event_from_mapping(record: Mapping[str, Any]) -> Event | EventError:
     """Validate one decoded event record.
 
@@ -329,7 +334,7 @@ def event_from_mapping(record: Mapping[str, Any]) -> Event | EventError:
         type=event_type,
         account=account,
         id="",
-        extra=json.dumps(extra, sort_keys=True, separators=(",", ":")) if extra else "",
+        extra=encode_extra(extra),
         **values,
     )
     return replace(event, id=given_id if given_id is not None else content_id(event.content()))

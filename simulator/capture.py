@@ -17,7 +17,7 @@ from pathlib import Path
 from devices.carrier import imsi_of, msisdn_of
 from gateway.pcap import CaptureSession, Transfer
 from gateway.pcap_reader import CaptureContents
-from metering.events import ICCID_PATTERN, Event
+from metering.events import ICCID_PATTERN, Event, encode_extra
 
 
 class CaptureInputError(Exception):
@@ -144,7 +144,7 @@ def events_from_capture(contents: CaptureContents, account: str, sim_map: dict[s
                 type="session.created",
                 account=account,
                 id=f"{name}/created",
-                extra=json.dumps({"session": name, "sim": iccid}, sort_keys=True, separators=(",", ":")),
+                extra=encode_extra({"session": name, "sim": iccid}),
             )
         )
         for day in sorted(set(session.up) | set(session.down)):
@@ -168,7 +168,7 @@ def events_from_capture(contents: CaptureContents, account: str, sim_map: dict[s
                     type="session.deleted",
                     account=account,
                     id=f"{name}/deleted",
-                    extra=json.dumps({"session": name, "sim": iccid}, sort_keys=True, separators=(",", ":")),
+                    extra=encode_extra({"session": name, "sim": iccid}),
                 )
             )
     events.sort(key=lambda event: event.ts)

@@ -17,7 +17,6 @@ Processes (small generator functions, as in SimPy's own examples):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from devices.keyed_random import STREAM_FLEET, keyed_uniform
 from devices.sim_card import CardState, Command, SimCard, SimSecrets
 from devices.traffic import DAY, Bursts, session_bursts
 from gateway.mobile_gateway import Admission, GatewayCommand, GatewayState, MobileGateway
-from metering.events import BILLED_TYPES, Event
+from metering.events import BILLED_TYPES, Event, encode_extra
 from simulator.scenario import FleetSpec, Scenario
 
 US: Final = 1_000_000
@@ -254,7 +253,7 @@ class Engine:
         if event_type in BILLED_TYPES:
             event = Event(ts=self.instant(at), type=event_type, account=account, id=event_id, **values)
         else:
-            extra = json.dumps(values, sort_keys=True, separators=(",", ":")) if values else ""
+            extra = encode_extra(values)
             event = Event(ts=self.instant(at), type=event_type, account=account, id=event_id, extra=extra)
         self.events.append(event)
 

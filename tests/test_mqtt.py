@@ -7,7 +7,6 @@ import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -20,37 +19,15 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
+from gateway.bench import free_port, mosquitto_binary, start_mosquitto
 from gateway.mqtt import Broker, MqttAdapterError, PlatformMessage, publish_messages
 from metering.eventlog import read_event_log
 
-MOSQUITTO = next(
-    (path for path in ("/usr/sbin/mosquitto", shutil.which("mosquitto")) if path and Path(path).exists()), None
-)
-
+MOSQUITTO = mosquitto_binary()
 
 USER = getpass.getuser()
 """mosquitto started as root drops to the user ``mosquitto``, who could not read or write the
 test's private directory (persistence, password file): it stays who we are."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start_broker(config: Path, port: int) -> subprocess.Popen[bytes]:
-    """Start mosquitto with ``config`` and wait until it listens on ``port``."""
-    assert MOSQUITTO is not None
-    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process
-        time.sleep(0.05)
-    process.terminate()
-    raise RuntimeError("mosquitto did not start")
 
 
 @dataclass
@@ -68,7 +45,7 @@ class Mosquitto:
             f"persistence_location {self.directory}/\nmax_queued_messages 0\nautosave_interval 1\n",
             encoding="utf-8",
         )
-        self.process = start_broker(config, self.port)
+        self.process = start_mosquitto(config, self.port)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -200,7 +177,7 @@ def test_user_name_and_password_and_a_wrong_password(tmp_path: Path) -> None:
     config.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\nuser {USER}\n", encoding="utf-8"
     )
-    process = start_broker(config, port)
+    process = start_mosquitto(config, port)
     try:
         command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/pin-lockout.toml"]
         command += ["--mqtt", f"mqtt://127.0.0.1:{port}/mono", "--mqtt-username", "meter"]
@@ -244,7 +221,7 @@ def test_tls_with_a_test_ca(tmp_path: Path) -> None:
         f"certfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n",
         encoding="utf-8",
     )
-    process = start_broker(config, port)
+    process = start_mosquitto(config, port)
     try:
         messages = [
             PlatformMessage(f"tls/{n}#1", "acct-1", "8981300000000000001", 1_767_193_200_000_000) for n in range(50)
