@@ -138,16 +138,7 @@ def run_scenario(
         shard = run_sharded(scenario, rater, ray_address, keep_events, progress)
     else:
         shard = simulate_shard(scenario, None, rater, engine_name, keep_events, progress)
-    return RunResult(
-        scenario,
-        shard.events,
-        shard.event_count,
-        shard.stats,
-        shard.sim_states,
-        shard.rating,
-        shard.simulate_seconds,
-        shard.rate_seconds,
-    )
+    return RunResult(scenario, **vars(shard))
 
 
 def check_expectations(result: RunResult) -> list[str]:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import DISPUTES, ROOT
@@ -114,32 +115,29 @@ def test_malformed_event_lines_are_named_errors(lines: list[object]) -> None:
             one_line(str(exc), path)
 
 
-@SETTINGS
-@given(mutated_text((ROOT / "metering/tariffs/default.toml").read_text(encoding="utf-8")))
-def test_broken_tariff_files_are_named_errors(data: bytes) -> None:
+def accepted_or_named(data: bytes, name: str, load: Callable[[Path], object], error: type[Exception]) -> None:
+    """Write ``data`` to a file called ``name`` and load it: it loads, or fails with a named one-line error."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "tariff.toml"
+        path = Path(scratch) / name
         path.write_bytes(data)
         try:
-            load_tariff(path)
-        except TariffError as exc:
+            load(path)
+        except error as exc:
             one_line(str(exc), path)
+
+
+@SETTINGS
+@given(mutated_text((ROOT / "metering/tariffs/default.toml").read_text(encoding="utf-8")))
+def test_broken_tariff_files_are_named_errors(data: bytes) -> None:
+    accepted_or_named(data, "tariff.toml", load_tariff, TariffError)
 
 
 @SETTINGS
 @given(mutated_text((ROOT / "scenarios/pin-lockout.toml").read_text(encoding="utf-8")))
 def test_broken_scenario_files_are_named_errors(data: bytes) -> None:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "scenario.toml"
-        path.write_bytes(data)
-        try:
-            load_scenario(path)
-        except ScenarioError as exc:
-            one_line(str(exc), path)
+    accepted_or_named(data, "scenario.toml", load_scenario, ScenarioError)
 
 
 def test_the_cli_exits_2_with_one_line_and_nothing_on_stdout(tmp_path: Path) -> None:
