@@ -228,8 +228,6 @@ def templates() -> dict[str, Template]:
             position = data.find(sentinel)
             if position >= 0:
                 offsets[field] = position
-                if field == "ue" and data.find(sentinel, position + 1) >= 0:
-                    offsets["ue2"] = data.find(sentinel, position + 1)
         found[name] = Template(data, offsets)
     return found
 
