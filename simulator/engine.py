@@ -17,6 +17,7 @@ Processes (small generator functions, as in SimPy's own examples):
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class Device:
         fleet: Its fleet.
         account_number: Position of its account (part of the ICCID).
         iccid: The SIM's ICCID.
-        imei: The device's IMEI (changes on ``device.swap``).
+        imei: The device's IMEI now (changes on ``device.swap``).
         card: The SIM card state machine.
         outages: Its coverage outages.
         status: ``active``, ``locked``, ``unlocked``, ``dead``.
@@ -74,6 +75,22 @@ class Device:
     powered: bool = True
     power_cycles: int = 0
     power_changed: simpy.Event | None = None
+    imeis: list[tuple[int, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.imeis:
+            self.imeis.append((0, self.imei))
+
+    def swap(self, instant: int, imei: str) -> None:
+        """Put the SIM into the device with ``imei`` from ``instant`` on (``device.swap``)."""
+        if self.imeis[-1][0] == instant:
+            self.imeis.pop()
+        self.imeis.append((instant, imei))
+        self.imei = imei
+
+    def imei_at(self, instant: int) -> str:
+        """The IMEI of the device the SIM was in at ``instant`` (after every swap at that instant)."""
+        return self.imeis[max(bisect.bisect_right(self.imeis, instant, key=lambda entry: entry[0]) - 1, 0)][1]
 
 
 @dataclass
@@ -449,7 +466,7 @@ class Engine:
                 self.notify(device.fleet.gateway)
         elif action == "device.swap":
             for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
-                device.imei = f"36{device.index:013d}"
+                device.swap(int(now), f"36{device.index:013d}")
                 self.notify(device.fleet.gateway)
         elif action in ("option.enable", "option.disable"):
             kind = "option.enabled" if action == "option.enable" else "option.disabled"
@@ -561,16 +578,15 @@ class Engine:
         self.emit_session_created(device, session_id, start, route, gateway)
 
     def emit_session_created(
-        self,
-        device: Device,
-        session_id: str,
-        start: int,
-        route: str,
-        gateway: MobileGateway | None,
-        imei: str | None = None,
+        self, device: Device, session_id: str, start: int, route: str, gateway: MobileGateway | None
     ) -> None:
-        """Write ``session.created`` for a session that opened on ``gateway`` as it was at ``start``."""
+        """Write ``session.created`` for a session that opened on ``gateway`` as it was at ``start``.
+
+        Besides the address and DNS the gateway gave, it names the IMEI of the device the SIM was
+        in and, under terminal lock, the IMEI the gateway locked the SIM to (for disputes).
+        """
         assert gateway is not None, "a session opens only on an existing gateway"
+        locked = gateway.locked_imei(device.iccid)
         self.emit(
             start,
             "session.created",
@@ -582,11 +598,12 @@ class Engine:
             route=route,
             address=gateway.address_of(device.iccid),
             dns=gateway.dns,
-            imei=device.imei if imei is None else imei,
+            imei=device.imei_at(start),
+            **({} if locked is None else {"locked_imei": locked}),
         )
 
-    def session_deleted(self, device: Device, session_id: str, end: int, cause: str) -> None:
-        """Write ``session.deleted`` with its cause."""
+    def session_deleted(self, device: Device, session_id: str, start: int, end: int, cause: str) -> None:
+        """Write ``session.deleted`` with its cause and the IMEI of the device in its last second."""
         self.emit(
             end,
             "session.deleted",
@@ -596,6 +613,7 @@ class Engine:
             gateway=device.fleet.gateway,
             session=session_id,
             cause=cause,
+            imei=device.imei_at(max(start, end - 1)),
         )
 
     def open_session(self, device: Device, admission: Admission, start: int) -> OpenSession:
@@ -635,7 +653,7 @@ class Engine:
         kept = bursts.cut(int(np.searchsorted(bursts.times, end, side="left")))
         self.record_traffic(device, session.session_id, end, kept, admission.route)
         if self.scenario.traffic_records == "session":
-            self.session_deleted(device, session.session_id, end, cause)
+            self.session_deleted(device, session.session_id, session.start, end, cause)
 
     def session(self, device: Device, admission: Admission) -> SimProcess:
         """One data session: open, wait for its end or a change of the gateway, close."""

@@ -79,7 +79,6 @@ class Timeline:
 
     gateways: dict[str, list[tuple[int, MobileGateway | None]]] = field(default_factory=dict)
     registered: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)
-    imeis: dict[int, list[tuple[int, str]]] = field(default_factory=dict)
 
     @staticmethod
     def at(history: list[tuple[int, Any]], instant: int, default: Any) -> Any:
@@ -185,11 +184,8 @@ class FastEngine(Engine):
             Timeline.record(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), False)
 
     def operate(self, action: str, arguments: Any) -> None:
-        """Operate, recording IMEI swaps and waking control processes on power changes."""
+        """Operate, and wake control processes on power changes."""
         super().operate(action, arguments)
-        if action == "device.swap":
-            for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
-                Timeline.record(self.timeline.imeis.setdefault(device.index, []), int(self.env.now), device.imei)
         if action == "device.power" and not arguments["value"]:
             for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
                 if device.power_changed is not None and not device.power_changed.triggered:
@@ -222,13 +218,9 @@ class FastEngine(Engine):
         if gateway is None:
             return Admission(False, cause="gateway_off")
         registered = Timeline.at(self.timeline.registered.get(device.iccid, []), instant, False)
-        imei = self.imei_at(device, instant)
+        imei = device.imei_at(instant)
         admission: Admission = gateway.admit(device.iccid, imei, device.fleet.profile.destination, registered)
         return admission
-
-    def imei_at(self, device: Device, instant: int) -> str:
-        """The IMEI of the device at ``instant`` (it changes on ``device.swap``)."""
-        return str(Timeline.at(self.timeline.imeis.get(device.index, []), instant, f"35{device.index:013d}"))
 
     def next_change(self, device: Device, after: int) -> int:
         """The first recorded change after ``after`` that could change this device's admission."""
@@ -396,7 +388,7 @@ class FastEngine(Engine):
                     self.daily_traffic.add(device, day, up, down, end - 1, admission.route, fleet.gateway)
             if not daily:
                 gateway = Timeline.at(self.timeline.gateways[fleet.gateway], now, None)
-                self.emit_session_created(device, session_id, now, admission.route, gateway, self.imei_at(device, now))
+                self.emit_session_created(device, session_id, now, admission.route, gateway)
                 if up + down:
                     self.emit(
                         end - 1,
@@ -410,7 +402,7 @@ class FastEngine(Engine):
                         session=session_id,
                         gateway=fleet.gateway,
                     )
-                self.session_deleted(device, session_id, end, "mass_traffic")
+                self.session_deleted(device, session_id, now, end, "mass_traffic")
             now = end
         return now
 
@@ -645,7 +637,7 @@ class FastEngine(Engine):
         recorded timeline (the SIM may have left it since).
         """
         gateway = Timeline.at(self.timeline.gateways[device.fleet.gateway], start, None)
-        self.emit_session_created(device, session_id, start, route, gateway, self.imei_at(device, start))
+        self.emit_session_created(device, session_id, start, route, gateway)
 
     def session_events(
         self,
@@ -661,8 +653,8 @@ class FastEngine(Engine):
         for offset, (start, end, why) in enumerate(zip(starts.tolist(), ends.tolist(), causes, strict=True)):
             session_id = f"{device.iccid}-{first_number + offset}"
             gateway = Timeline.at(history, start, None)
-            self.emit_session_created(device, session_id, start, admission.route, gateway, self.imei_at(device, start))
-            self.session_deleted(device, session_id, end, why)
+            self.emit_session_created(device, session_id, start, admission.route, gateway)
+            self.session_deleted(device, session_id, start, end, why)
 
     def firmware_months(self, profile: TrafficProfile, start: int, end: int) -> list[int]:
         """Scenario seconds of the month starts whose firmware instant may fall in ``[start, end)``."""
