@@ -44,11 +44,11 @@ PAYLOAD_BYTES: Final = 16
 IN_FLIGHT: Final = 32
 """QoS 1 publishes awaiting their PUBACK at once (aiomqtt and paho scan the in-flight ones per call:
 more costs time per message, fewer leaves the loopback round trip idle)."""
-RETRY_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 BATCH: Final = 5_000
 """Messages handed to the client at a time (progress is reported per batch)."""
-"""Back-off between reconnection attempts (the last repeats)."""
+MAX_BACKOFF_S: Final = 30.0
+"""The longest wait between two connection attempts (the back-off doubles up to it)."""
 
 
 class MqttAdapterError(Exception):
@@ -67,7 +67,10 @@ class Broker:
         password: Password, if any (from the environment).
         tls: Connect with TLS.
         ca_file: CA certificates to verify the broker with (TLS).
-        attempts: Connection attempts before giving up (``mqtt://`` without a broker at start).
+        attempts: Connection attempts in a row before giving up (a broker absent at start, or
+            gone for good).
+        backoff_s: Wait after the first failed attempt; it doubles after each further one, up to
+            :data:`MAX_BACKOFF_S`.
     """
 
     host: str
@@ -78,9 +81,17 @@ class Broker:
     tls: bool = False
     ca_file: Path | None = None
     attempts: int = 5
+    backoff_s: float = 0.25
 
     @classmethod
-    def from_url(cls, url: str, username: str | None = None, ca_file: Path | None = None, attempts: int = 5) -> Broker:
+    def from_url(
+        cls,
+        url: str,
+        username: str | None = None,
+        ca_file: Path | None = None,
+        attempts: int = 5,
+        backoff_s: float = 0.25,
+    ) -> Broker:
         """A broker from ``mqtt://HOST:PORT/PREFIX`` or ``mqtts://…`` (TLS).
 
         Raises:
@@ -104,7 +115,12 @@ class Broker:
             tls=parts.scheme == "mqtts" or ca_file is not None,
             ca_file=ca_file,
             attempts=attempts,
+            backoff_s=backoff_s,
         )
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed attempts in a row (exponential back-off)."""
+        return float(min(self.backoff_s * 2 ** (failures - 1), MAX_BACKOFF_S))
 
     def describe(self) -> str:
         """Where, for messages (without credentials)."""
@@ -169,23 +185,32 @@ def platform_messages(events: Iterable[Any]) -> Iterator[PlatformMessage]:
                 yield PlatformMessage(f"{event.id}#{number}", event.account, event.sim, event.ts)
 
 
-def _connection_error(broker: Broker, exc: BaseException) -> MqttAdapterError:
+def _connection_error(broker: Broker, exc: BaseException, attempts: int = 0) -> MqttAdapterError:
+    """One line on a failed connection (``attempts``: how many were made, when giving up)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if broker.password:
         text = text.replace(broker.password, "***")
     if "ot authorized" in text or "bad user name or password" in text.lower() or "code:5" in text.replace(" ", ""):
         return MqttAdapterError(f"{broker.describe()}: the broker refused the user name or password")
-    return MqttAdapterError(f"{broker.describe()}: {text}")
+    tried = f" (gave up after {attempts} attempt{'s' if attempts != 1 else ''})" if attempts else ""
+    return MqttAdapterError(f"{broker.describe()}: {text}{tried}")
+
+
+RetryReport = Callable[[int, float, str], None]
+"""Told of each failed connection attempt that will be retried: failures so far, the wait, why."""
 
 
 async def publish_messages(
-    broker: Broker, messages: list[PlatformMessage], progress: Callable[[int], None] | None = None
+    broker: Broker,
+    messages: list[PlatformMessage],
+    progress: Callable[[int], None] | None = None,
+    on_retry: RetryReport | None = None,
 ) -> int:
     """Publish at QoS 1 until every message is acknowledged; return how many publishes it took.
 
-    A lost connection is retried with back-off; messages not yet acknowledged are published
-    again (same id). Raises :class:`MqttAdapterError` when the broker stays unreachable for
-    ``broker.attempts`` attempts in a row, or refuses the credentials.
+    A lost connection is retried with back-off (``broker.retry_delay``); messages not yet
+    acknowledged are published again (same id). Raises :class:`MqttAdapterError` when the broker
+    stays unreachable for ``broker.attempts`` attempts in a row, or refuses the credentials.
     """
     import aiomqtt
 
@@ -210,8 +235,10 @@ async def publish_messages(
                 raise _connection_error(broker, exc) from None
             failures += 1
             if failures >= broker.attempts:
-                raise _connection_error(broker, exc) from None
-            await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
+                raise _connection_error(broker, exc, failures) from None
+            if on_retry is not None:
+                on_retry(failures, broker.retry_delay(failures), _connection_error(broker, exc).args[0])
+            await asyncio.sleep(broker.retry_delay(failures))
         pending = [position for position in pending if not done[position]]
     return calls[0]
 
@@ -284,10 +311,13 @@ async def subscribe_messages(
     expect: int | None = None,
     idle_s: float = 10.0,
     ready: Callable[[], None] | None = None,
+    on_retry: RetryReport | None = None,
 ) -> Subscription:
     """Receive platform messages as ``mono.message`` events, until enough or none for a while.
 
     It stops when ``expect`` distinct messages arrived, or nothing arrived for ``idle_s`` seconds.
+    A lost connection is retried with back-off (``broker.retry_delay``); after ``broker.attempts``
+    failed attempts in a row it raises :class:`MqttAdapterError`.
 
     The session is persistent (``identifier``, clean session off), so messages published while
     the subscriber or the broker was away are delivered when it is back.
@@ -326,9 +356,11 @@ async def subscribe_messages(
                 got.take(queue.get_nowait().payload)
             failures += 1
             got.reconnections += 1
-            if failures >= broker.attempts + 20 or time.monotonic() - last > max(idle_s, 30.0):
-                raise _connection_error(broker, exc) from None
-            await asyncio.sleep(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
+            if failures >= broker.attempts:
+                raise _connection_error(broker, exc, failures) from None
+            if on_retry is not None:
+                on_retry(failures, broker.retry_delay(failures), _connection_error(broker, exc).args[0])
+            await asyncio.sleep(broker.retry_delay(failures))
     return got
 
 

@@ -20,12 +20,14 @@ from rich.table import Table
 from metering.eventlog import EventLogError
 from metering.pipeline import Inputs, load_inputs
 from metering.rating import Rating
-
-if TYPE_CHECKING:
-    from simulator.runner import RunResult
-    from simulator.scenario import Scenario
 from metering.tariff import TariffError, load_tariff
 from metering.timeutil import TimeFormatError, parse_month_range
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from simulator.runner import RunResult
+    from simulator.scenario import Scenario
 
 app = typer.Typer(
     name="mgwsim",
@@ -196,6 +198,14 @@ def ingest(
 
 
 ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/quickstart.toml.")]
+MqttUsernameOpt = Annotated[str | None, typer.Option(help="MQTT user name.")]
+MqttCaOpt = Annotated[Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.")]
+MqttRetriesOpt = Annotated[
+    int, typer.Option(min=1, help="Connection attempts in a row before giving up on the broker.")
+]
+MqttBackoffOpt = Annotated[
+    float, typer.Option(min=0.0, help="Seconds to wait after the first failed attempt; doubles after each, up to 30 s.")
+]
 
 
 def _scenario(path: Path) -> Scenario:
@@ -219,7 +229,8 @@ def _simulate(scenario: Scenario, rater: str, engine: str = "fast", ray_address:
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=stderr, transient=True) as progress:
+    # a progress bar only on a terminal: in a log it would leave a stray empty line
+    with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task(f"simulating {scenario.name} ({scenario.sim_count:,} SIMs)", total=1.0)
         try:
             return run_scenario(
@@ -269,8 +280,10 @@ def run(
             "mqtt://HOST[:PORT][/PREFIX] or mqtts://… (TLS); the password comes from $MGWSIM_MQTT_PASSWORD."
         ),
     ] = None,
-    mqtt_username: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
-    mqtt_ca: Annotated[Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.")] = None,
+    mqtt_username: MqttUsernameOpt = None,
+    mqtt_ca: MqttCaOpt = None,
+    mqtt_retries: MqttRetriesOpt = 5,
+    mqtt_backoff: MqttBackoffOpt = 0.25,
 ) -> None:
     """Simulate a scenario, meter it in-process, print a summary; exit 1 if an [expect] check fails.
 
@@ -289,7 +302,7 @@ def run(
         fail("--ray-address: only with --engine ray")
     if pcap_sims is not None and pcap is None:
         fail("--pcap-sims: only with --pcap")
-    broker = _broker(mqtt, mqtt_username, mqtt_ca) if mqtt is not None else None
+    broker = _broker(mqtt, mqtt_username, mqtt_ca, mqtt_retries, mqtt_backoff) if mqtt is not None else None
     scenario = _scenario(scenario_path)
     if pcap is not None and scenario.traffic_records != "session":
         fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
@@ -339,15 +352,24 @@ def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path
     return [path, sim_map]
 
 
-def _broker(url: str, username: str | None, ca_file: Path | None) -> Any:
+def _broker(url: str, username: str | None, ca_file: Path | None, attempts: int, backoff_s: float) -> Any:
     from gateway.mqtt import Broker, MqttAdapterError
 
     if ca_file is not None and not ca_file.is_file():
         fail(f"--mqtt-ca: {ca_file}: no such file")
     try:
-        return Broker.from_url(url, username, ca_file)
+        return Broker.from_url(url, username, ca_file, attempts, backoff_s)
     except MqttAdapterError as exc:
         fail(f"--mqtt: {exc}")
+
+
+def _report_retry(broker: Any) -> Callable[[int, float, str], None]:
+    """Say on standard error that a connection attempt failed and when the next one is made."""
+
+    def report(failures: int, wait_s: float, reason: str) -> None:
+        stderr.print(f"{reason}; attempt {failures + 1} of {broker.attempts} in {wait_s:g} s", markup=False)
+
+    return report
 
 
 def _publish(result: RunResult, broker: Any) -> None:
@@ -357,7 +379,7 @@ def _publish(result: RunResult, broker: Any) -> None:
 
     messages = list(platform_messages(result.events))
     try:
-        asyncio.run(publish_messages(broker, messages))
+        asyncio.run(publish_messages(broker, messages, on_retry=_report_retry(broker)))
     except MqttAdapterError as exc:
         fail(f"--mqtt: {exc}", status=3)
     stderr.print(f"{broker.describe()}: {len(messages):,} platform messages published (QoS 1)", markup=False)
@@ -375,8 +397,10 @@ def meter_mqtt(
     client_id: Annotated[
         str, typer.Option(help="Client identifier of the persistent session (messages wait for it).")
     ] = "mgwsim-meter",
-    mqtt_username: Annotated[str | None, typer.Option(help="MQTT user name.")] = None,
-    mqtt_ca: Annotated[Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.")] = None,
+    mqtt_username: MqttUsernameOpt = None,
+    mqtt_ca: MqttCaOpt = None,
+    mqtt_retries: MqttRetriesOpt = 10,
+    mqtt_backoff: MqttBackoffOpt = 0.25,
 ) -> None:
     """Subscribe to platform messages (QoS 1, persistent session) and write them as mono.message events.
 
@@ -393,13 +417,13 @@ def meter_mqtt(
         log_format(out)
     except EventLogError as exc:
         fail(f"--out: {exc}")
-    broker = _broker(broker_url, mqtt_username, mqtt_ca)
+    broker = _broker(broker_url, mqtt_username, mqtt_ca, mqtt_retries, mqtt_backoff)
 
     def ready() -> None:
         stderr.print(f"{broker.describe()}: subscribed to {topic}", markup=False)
 
     try:
-        got = asyncio.run(subscribe_messages(broker, topic, client_id, expect, idle, ready))
+        got = asyncio.run(subscribe_messages(broker, topic, client_id, expect, idle, ready, _report_retry(broker)))
     except MqttAdapterError as exc:
         fail(str(exc), status=3)
     write_event_log(sorted(got.events, key=lambda event: event.ts), out)

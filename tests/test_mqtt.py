@@ -20,8 +20,10 @@ import pytest
 from conftest import ROOT
 
 from gateway.bench import free_port, mosquitto_binary, start_mosquitto
-from gateway.mqtt import Broker, MqttAdapterError, PlatformMessage, publish_messages
+from gateway.mqtt import Broker, MqttAdapterError, PlatformMessage, platform_messages, publish_messages
 from metering.eventlog import read_event_log
+from simulator.runner import run_scenario
+from simulator.scenario import load_scenario
 
 MOSQUITTO = mosquitto_binary()
 
@@ -140,11 +142,11 @@ def test_a_broker_restart_in_the_middle_loses_nothing(mosquitto: Mosquitto, tmp_
     assert publishes >= count
 
 
-def test_no_broker_at_start_is_a_clear_error(tmp_path: Path) -> None:
+def test_no_broker_at_start_is_a_clear_error_after_the_retries_asked_for(tmp_path: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/quickstart.toml"]
     run = subprocess.run(
-        [*command, "--mqtt", f"mqtt://127.0.0.1:{port}/mono"],
+        [*command, "--mqtt", f"mqtt://127.0.0.1:{port}/mono", "--mqtt-retries", "3", "--mqtt-backoff", "0.2"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -153,6 +155,33 @@ def test_no_broker_at_start_is_a_clear_error(tmp_path: Path) -> None:
     assert run.returncode == 3
     lines = run.stderr.strip().splitlines()
     assert "Traceback" not in run.stderr and f"mqtt://127.0.0.1:{port}" in lines[-1], lines[-3:]
+    assert "gave up after 3 attempts" in lines[-1]
+    retries = [line for line in lines if "attempt" in line and "gave up" not in line]
+    assert [line.rsplit(";", 1)[1] for line in retries] == [" attempt 2 of 3 in 0.2 s", " attempt 3 of 3 in 0.4 s"]
+
+
+def test_a_broker_that_comes_up_during_the_back_off_gets_every_message(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The broker is down when the run starts publishing and the subscriber is away: both retry."""
+    scenario = ROOT / "scenarios/quickstart.toml"
+    expected = len(list(platform_messages(run_scenario(load_scenario(scenario)).events)))
+    meter = start_meter(mosquitto, tmp_path / "mono.jsonl", expected, "back-off")
+    mosquitto.stop()
+    command = [sys.executable, "-m", "simulator.cli", "run", str(scenario), "--mqtt", f"{mosquitto.url}/mono"]
+    command += ["--mqtt-retries", "10", "--mqtt-backoff", "0.5"]
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+    try:
+        assert run.stderr is not None
+        first = run.stderr.readline()
+        assert "attempt 2 of 10 in 0.5 s" in first, first
+        mosquitto.start()
+        rest = run.stderr.read()
+        assert run.wait(timeout=120) == 0, rest
+        assert f"{expected:,} platform messages published" in rest
+        assert meter.wait(timeout=120) == 0
+        assert len(list(read_event_log(tmp_path / "mono.jsonl"))) == expected > 0
+    finally:
+        run.kill()
+        meter.kill()
 
 
 def test_object_json_is_what_the_platform_sends() -> None:

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
-
 from collections import Counter
+from typing import Any
 
 from hypothesis import HealthCheck, assume, example, given, settings
 from test_engine_differential import RUNAWAYS_THROUGH_TUNNELS, resolve_times, scenarios
