@@ -39,6 +39,30 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks: figures measured side by side in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="Log what is done on standard error: -v the steps and scheduled operations, -vv also each "
+            "SIM's PIN and PUK flow. PIN, PUK and PASSCODE are never logged.",
+        ),
+    ] = 0,
+) -> None:
+    """Mobile gateway and SIM network simulator with an embedded metering core."""
+    if verbose:
+        import logging
+
+        # our packages at the level asked for; other libraries' chatter only when it is a warning
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        for package in ("simulator", "devices", "gateway", "metering"):
+            logging.getLogger(package).setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+
+
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 """Messages to people: never wrapped, so a path or a count stays on one line that tools can grep."""
 
@@ -285,7 +309,7 @@ def run(
     mqtt_retries: MqttRetriesOpt = 5,
     mqtt_backoff: MqttBackoffOpt = 0.25,
 ) -> None:
-    """Simulate a scenario, meter it in-process, print a summary; exit 1 if an [expect] check fails.
+    """Simulate a scenario, meter it in-process, print a summary; exit 1 if a check of its expect table fails.
 
     Example: mgwsim run scenarios/quickstart.toml --out out/quickstart
     """

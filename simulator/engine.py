@@ -18,6 +18,7 @@ Processes (small generator functions, as in SimPy's own examples):
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import Counter
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,11 @@ from devices.sim_card import CardState, Command, SimCard, SimSecrets
 from devices.traffic import DAY, Bursts, session_bursts
 from gateway.mobile_gateway import Admission, GatewayCommand, GatewayState, MobileGateway
 from metering.events import BILLED_TYPES, Event, encode_extra
+from metering.timeutil import format_instant
 from simulator.scenario import FleetSpec, Scenario
 
+LOG: Final = logging.getLogger(__name__)
+"""Operations at INFO; each SIM's PIN and PUK flow at DEBUG (what the card answered, never a code)."""
 US: Final = 1_000_000
 JST_S: Final = 9 * 3600
 PIN_RETRY_S: Final = 10
@@ -191,6 +195,11 @@ def _secrets_of(seed: int, indexes: list[int]) -> list[SimSecrets]:
     draws = np.stack([keyed_uniform(seed, STREAM_FLEET, sims, periods, draw) for draw in range(20)], axis=1)
     rows = ("".join(map(str, row)) for row in (draws * 10).astype(np.int64).tolist())
     return [SimSecrets(pin=digits[:4], puk=digits[4:12], passcode=digits[12:20]) for digits in rows]
+
+
+def _described(arguments: Any) -> str:
+    """An operation's arguments as ``key=value`` words (none of them is a secret)."""
+    return " ".join(f"{key}={value}" for key, value in sorted(arguments.items()))
 
 
 def _wrong(code: str) -> str:
@@ -414,6 +423,7 @@ class Engine:
         self.operations_done += 1
         now = self.env.now
         tag = f"{int(now)}.{self.operations_done}"
+        LOG.info("%s: %s %s", format_instant(self.instant(now)), action, _described(arguments))
         if action == "gateway.create":
             self.create_gateway(arguments["gateway"])
         elif action == "gateway.delete":
@@ -488,12 +498,14 @@ class Engine:
             return False
         secrets = device.card.secrets
         if fleet.pin == "correct":
-            device.card, _ = device.card.apply(Command.VERIFY_PIN, secrets.pin)
+            device.card, answer = device.card.apply(Command.VERIFY_PIN, secrets.pin)
+            LOG.debug("SIM %s: PIN entered, card answered %s", device.iccid, answer.status.name)
             return device.card.state is CardState.READY
         attempt = 0
         while device.card.state is CardState.PIN_REQUIRED:
             attempt += 1
             device.card, answer = device.card.apply(Command.VERIFY_PIN, _wrong(secrets.pin))
+            LOG.debug("SIM %s: wrong PIN entered, %d tries left", device.iccid, answer.tries_left)
             self.emit(
                 self.env.now,
                 "sim.pin_failed",
@@ -511,12 +523,16 @@ class Engine:
         yield self.env.timeout(fleet.puk_after_s)
         if fleet.puk == "correct":
             new_pin = _wrong(_wrong(secrets.pin))
-            device.card, _ = device.card.apply(Command.UNBLOCK_PIN, secrets.puk, new_pin)
+            device.card, answer = device.card.apply(Command.UNBLOCK_PIN, secrets.puk, new_pin)
+            LOG.debug(
+                "SIM %s: unblocked with the PUK and a new PIN, card answered %s", device.iccid, answer.status.name
+            )
             self.emit(self.env.now, "sim.unlocked", account, f"{device.iccid}/unlocked", sim=device.iccid)
             self.set_status(device, "unlocked")
             return True
         while device.card.state is CardState.BLOCKED:
             device.card, answer = device.card.apply(Command.UNBLOCK_PIN, _wrong(secrets.puk), "0000")
+            LOG.debug("SIM %s: wrong PUK entered, %d tries left", device.iccid, answer.tries_left)
             if device.card.state is CardState.BLOCKED:
                 yield self.env.timeout(PUK_RETRY_S)
         self.emit(self.env.now, "sim.dead", account, f"{device.iccid}/dead", sim=device.iccid)

@@ -20,6 +20,7 @@ the invoices are byte-identical); a differential test demands it.
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from simulator.engine import (
 )
 from simulator.scenario import FleetSpec, Scenario
 
+LOG: Final = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
 FOREVER: Final = 2**62
 CYCLE_S: Final = ATTACH_BACKOFF_S + (ATTACH_FAILURES_BEFORE_BACKOFF - 1) * ATTACH_RETRY_S
@@ -676,6 +678,9 @@ class FastEngine(Engine):
                 device.card, _ = device.card.apply(Command.POWER_ON)
                 self.usable[device.index].append((device.index % 60, FOREVER))
         self.env.run(until=self.horizon + 1)
+        LOG.info(
+            "control run done: %d operations; planning the sessions of %d SIMs", self.operations_done, len(self.devices)
+        )
         if progress is not None:
             progress(0.1)
         step = max(1, len(self.devices) // 50)
@@ -691,6 +696,9 @@ class FastEngine(Engine):
                 self.stats.traffic_per_day[self.first_day + offset] += volume
         if progress is not None:
             progress(1.0)
+        LOG.info(
+            "sessions planned: %d sessions, %d events besides daily traffic", self.stats.sessions, len(self.events)
+        )
         events = sorted(self.events, key=lambda event: event.ts)
         if isinstance(self.daily_traffic, ColumnarDailyTraffic):
             return CompactLog(events, self.daily_traffic.compact(self.devices, self.scenario.start_us))

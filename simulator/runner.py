@@ -9,6 +9,7 @@ each atomically; :func:`compare_golden` is the CI regression check of ``mgwsim c
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from metering.reference import rate_reference
 from metering.timeutil import format_month
 from simulator.engine import Engine, RunStats
 from simulator.scenario import Scenario
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,12 +99,20 @@ def simulate_shard(
 
     began = time.perf_counter()
     engine = FastEngine(scenario, accounts) if engine_name == "fast" else Engine(scenario, accounts)
+    LOG.info(
+        "simulating %s with the %s engine: %d SIMs, %s",
+        scenario.name,
+        engine_name,
+        len(engine.devices),
+        "all accounts" if accounts is None else "accounts " + ", ".join(sorted(accounts)),
+    )
     events = engine.run(progress)
     states = Counter(device.status for device in engine.devices)
     states["registered at the end"] = engine.registered_count
     stats = engine.stats
     del engine  # the devices and their timelines are not needed to rate: free them first
     simulated = time.perf_counter()
+    LOG.info("simulated in %.1f s: %d sessions, %d events", simulated - began, stats.sessions, len(events))
     if rater == "reference":
         rating = rate_reference(events, scenario.tariff, scenario.billing_months)
     else:
@@ -109,6 +120,7 @@ def simulate_shard(
     if rating.errors:
         raise MeteringFailure(f"the simulated event log does not rate: {rating.errors[0]}")
     rated = time.perf_counter()
+    LOG.info("metered %d months with the %s rater in %.1f s", len(scenario.billing_months), rater, rated - simulated)
     return ShardResult(
         events if keep_events else [], len(events), stats, states, rating, simulated - began, rated - simulated
     )
@@ -200,6 +212,7 @@ def write_outputs(result: RunResult, out: Path | None, events_path: Path | None)
     with AtomicWriter(summary) as temporary:
         temporary.write_text(json.dumps(summary_of(result), indent=1, sort_keys=True) + "\n", encoding="utf-8")
     written.append(summary)
+    LOG.info("wrote %d files to %s", len(written), out)
     return written
 
 

@@ -160,6 +160,17 @@ def test_help_explains() -> None:
     assert result.returncode == 0 and "--month" in result.stdout and "--tariff" in result.stdout
 
 
+def test_verbose_logs_the_steps_and_the_pin_flows_on_stderr_only(tmp_path: Path) -> None:
+    quiet = mgwsim("run", ROOT / "scenarios/pin-lockout.toml", columns=200)
+    info = mgwsim("-v", "run", ROOT / "scenarios/pin-lockout.toml", "--out", tmp_path / "out", columns=200)
+    debug = mgwsim("-vv", "run", ROOT / "scenarios/pin-lockout.toml", columns=200)
+    assert quiet.returncode == info.returncode == debug.returncode == 0
+    assert quiet.stderr == "" and quiet.stdout == debug.stdout, "logs go to stderr, the summary is unchanged"
+    assert "simulating pin-lockout" in info.stderr and "metered 2 months" in info.stderr
+    assert "wrote 5 files" in info.stderr and "PIN entered" not in info.stderr and "matplotlib" not in info.stderr
+    assert "wrong PIN entered, 0 tries left" in debug.stderr and "wrong PUK entered" in debug.stderr
+
+
 def test_an_interrupted_run_is_reported_by_the_next(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "invoices").mkdir(parents=True)

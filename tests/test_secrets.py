@@ -1,4 +1,4 @@
-"""Secrets: every scenario, every output switched on, and not one SIM's PIN, PUK or PASSCODE in them.
+"""Secrets: every scenario, every output on (verbose log too), and not one SIM's PIN, PUK or PASSCODE in them.
 
 The SIM secrets are made 10 digits long and random-looking for this test (the card takes any
 digits), so that a hit is a leak and not a coincidence of a 4-digit PIN with a byte count.
@@ -7,6 +7,7 @@ digits), so that a hit is a leak and not a coincidence of a 4-digit PIN with a b
 from __future__ import annotations
 
 import io
+import logging
 import re
 from pathlib import Path
 
@@ -35,8 +36,11 @@ def distinctive_secrets(seed: int, indexes: list[int]) -> list[SimSecrets]:
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[path.stem for path in SCENARIOS])
-def test_no_secret_in_any_output(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_secret_in_any_output(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(simulator.engine, "_secrets_of", distinctive_secrets)
+    caplog.set_level(logging.DEBUG)  # what `mgwsim -vv` logs
     scenario = load_scenario(path)
     secrets = {
         code
@@ -62,6 +66,9 @@ def test_no_secret_in_any_output(path: Path, tmp_path: Path, monkeypatch: pytest
     blobs = {str(file): file.read_bytes() for file in written}
     blobs["mqtt payloads"] = payloads
     blobs["summary tables"] = printed.getvalue().encode()
+    blobs["verbose log"] = caplog.text.encode()
+    if any(fleet.pin != "disabled" for fleet in scenario.fleets):
+        assert "PIN entered" in caplog.text, "the PIN flows are in the verbose log"
     blobs["repr of the run"] = repr(result.stats).encode() + repr(result.sim_states).encode()
     assert len(blobs) >= 6
     pattern = re.compile(rb"(?<![0-9])(" + b"|".join(code.encode() for code in secrets) + rb")(?![0-9])")
