@@ -22,7 +22,7 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -141,6 +141,8 @@ class FastEngine(Engine):
         """Build the world at the scenario start (of all accounts, or of a shard's)."""
         super().__init__(scenario, accounts)
         self.timeline = Timeline(gateways={spec.id: [] for spec in scenario.gateways})
+        self.settings_changes: dict[str, list[int]] = {}
+        """Per gateway: the instants its own settings changed (see :meth:`change_instants`)."""
         self.usable: dict[int, list[tuple[int, int]]] = {device.index: [] for device in self.devices}
         powered = {op.arguments["fleet"] for op in scenario.operations if op.action == "device.power"}
         self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
@@ -226,14 +228,36 @@ class FastEngine(Engine):
 
     def next_change(self, device: Device, after: int) -> int:
         """The first recorded change after ``after`` that could change this device's admission."""
-        history = self.timeline.gateways[device.fleet.gateway]
-        position = bisect.bisect_right(history, after, key=lambda entry: entry[0])
-        return history[position][0] if position < len(history) else FOREVER
+        instants = self.change_instants(device, after)
+        return instants[0] if instants else FOREVER
 
-    def change_instants(self, device: Device, after: int) -> Iterator[int]:
-        """Instants after ``after`` at which the reference engine would re-check this device's session."""
-        instants = [instant for instant, _ in self.timeline.gateways[device.fleet.gateway] if instant > after]
-        return iter(instants)
+    def change_instants(self, device: Device, after: int) -> list[int]:
+        """Instants after ``after`` at which this device's admission may change, in time order.
+
+        The reference engine re-checks a session at every change of its gateway; the answer for
+        this device can only differ where the gateway's own settings changed (created, deleted,
+        power, switch, internet) or this SIM was registered or deleted (which adds it to or
+        removes it from the gateway, with its terminal lock) or its device was swapped. Changes
+        that concern only other SIMs are skipped.
+        """
+        settings = self.settings_changes[device.fleet.gateway]
+        candidates = settings[bisect.bisect_right(settings, after) :]
+        own = [instant for instant, _ in self.timeline.registered.get(device.iccid, ())]
+        own += [instant for instant, _ in device.imeis]
+        if not any(instant > after for instant in own):
+            return candidates
+        return sorted({*candidates, *(instant for instant in own if instant > after)})
+
+    def record_settings_changes(self) -> None:
+        """Find, once the control run is over, where each gateway's own settings changed."""
+        for gateway, history in self.timeline.gateways.items():
+            instants, before = [], None
+            for instant, state in history:
+                settings = None if state is None else (state.state, state.switch, state.internet)
+                if settings != before:
+                    instants.append(instant)
+                before = settings
+            self.settings_changes[gateway] = instants
 
     def stretch_end(self, device: Device, start: int, admission: Admission, power_off: int) -> tuple[int, str]:
         """When an admitted stretch from ``start`` ends, and the cause a session open then gets."""
@@ -678,6 +702,7 @@ class FastEngine(Engine):
                 device.card, _ = device.card.apply(Command.POWER_ON)
                 self.usable[device.index].append((device.index % 60, FOREVER))
         self.env.run(until=self.horizon + 1)
+        self.record_settings_changes()
         LOG.info(
             "control run done: %d operations; planning the sessions of %d SIMs", self.operations_done, len(self.devices)
         )
