@@ -31,6 +31,7 @@ class Pieces:
 
     Attributes:
         session: The session (its position in the input) of each piece.
+        sim: The SIM number of each piece.
         day: JST day number.
         start: Scenario second the piece starts.
         end: Scenario second the piece ends (exclusive).
@@ -39,6 +40,7 @@ class Pieces:
     """
 
     session: IntArray
+    sim: IntArray
     day: IntArray
     start: IntArray
     end: IntArray
@@ -52,9 +54,10 @@ def split_at_midnights(starts: IntArray, ends: IntArray, origin_jst_s: int) -> t
     counts = (origin_jst_s + ends - 1) // DAY - first_day + 1
     if int(counts.max(initial=1)) == 1:  # no session crosses a midnight: one piece each
         return np.arange(len(starts)), first_day
+    # piece p of a session whose first piece is at position b lies on day first_day + (p - b)
+    first_piece = np.cumsum(counts) - counts
     session = np.repeat(np.arange(len(starts)), counts)
-    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-    return session, first_day[session] + offsets
+    return session, (first_day - first_piece)[session] + np.arange(len(session))
 
 
 def piece_traffic(
@@ -78,37 +81,41 @@ def piece_traffic(
         ends: Session ends (exclusive).
         phases: Phases per SIM number (rows of :func:`devices.traffic.device_phases`).
         firmware_months: Scenario seconds of the starts of the months with a firmware download,
-            from a week before the first session on.
+            from a week before the first session on, in time order.
     """
     session, day = split_at_midnights(starts, ends, origin_jst_s)
     sim = sims[session]
-    start = np.maximum(starts[session], day * DAY - origin_jst_s)
-    end = np.minimum(ends[session], (day + 1) * DAY - origin_jst_s)
+    day_start = day * DAY - origin_jst_s
+    start = np.maximum(starts[session], day_start)
+    end = np.minimum(ends[session], day_start + DAY)
     up = np.zeros(len(day), dtype=np.int64)
     down = np.zeros(len(day), dtype=np.int64)
     if profile.telemetry_interval_s:
         interval = profile.telemetry_interval_s
-        offset = (phases[sim, 0] * interval).astype(np.int64)
-        ticks = (end - 1 - offset) // interval - (start - 1 - offset) // interval
+        offset = ((phases[sims, 0] * interval).astype(np.int64) + 1)[session]
+        ticks = (end - offset) // interval - (start - offset) // interval
         up += ticks * profile.telemetry_up
         down += ticks * profile.telemetry_down
     if profile.daily_upload_bytes and len(day):
-        # draw once per (SIM, day): the pieces of one are adjacent
+        # one upload per (SIM, day), drawn once: the pieces of one are adjacent
         first = np.flatnonzero(np.concatenate(([True], (sim[1:] != sim[:-1]) | (day[1:] != day[:-1]))))
-        lengths = np.diff(np.append(first, len(day)))
         upload_at, size = daily_uploads(profile, seed, sim[first], day[first])
-        at = day * DAY - origin_jst_s + np.repeat(upload_at, lengths)
-        up += np.where((at >= start) & (at < end), np.repeat(size, lengths), 0)
-    if profile.firmware_bytes and len(day):
-        shift = (phases[sim, 2] * 7 * DAY).astype(np.int64)
-        for month_start in firmware_months.tolist():
-            at = month_start + shift
-            down += np.where((at >= start) & (at < end), profile.firmware_bytes, 0)
-    return Pieces(session, day, start, end, up, down)
+        group = np.repeat(np.arange(len(first)), np.diff(np.append(first, len(day))))
+        at = (day_start[first] + upload_at)[group]
+        carrying = np.flatnonzero((at >= start) & (at < end))
+        up[carrying] += size[group[carrying]]
+    if profile.firmware_bytes and len(day) and len(firmware_months):
+        # a download at month start + shift (under a week): months are weeks apart, so a piece (a
+        # day at most) can only hold the one of the first month start at or after start - shift
+        shift = (phases[sims, 2] * 7 * DAY).astype(np.int64)[session]
+        month = np.searchsorted(firmware_months, start - shift, side="left")
+        at = firmware_months[np.minimum(month, len(firmware_months) - 1)] + shift
+        down += np.where((at >= start) & (at < end), profile.firmware_bytes, 0)
+    return Pieces(session, sim, day, start, end, up, down)
 
 
 def daily_records(
-    sims: IntArray, routes: IntArray, pieces: Pieces
+    routes: IntArray, pieces: Pieces
 ) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
     """One record per (SIM, JST day) with traffic: the sums of its pieces.
 
@@ -117,25 +124,28 @@ def daily_records(
     day's last piece with traffic and keeps the route of the day's first such piece.
 
     Args:
-        sims: The SIM number of each session.
         routes: The route code of each session.
         pieces: The sessions' pieces.
 
     Returns:
         SIM number, day, up, down, stamp and route code per record.
     """
-    carrying = (pieces.up + pieces.down) > 0
-    sim = sims[pieces.session][carrying]
-    day = pieces.day[carrying]
-    if not len(day):
+    carrying = np.flatnonzero((pieces.up + pieces.down) > 0)
+    if not len(carrying):
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty, empty, empty
+    everything = len(carrying) == len(pieces.day)  # usual: then no copies of the pieces are needed
+
+    def kept(values: IntArray) -> IntArray:
+        return values if everything else values[carrying]
+
+    sim, day = kept(pieces.sim), kept(pieces.day)
     first = np.flatnonzero(np.concatenate(([True], (sim[1:] != sim[:-1]) | (day[1:] != day[:-1]))))
     return (
         sim[first],
         day[first],
-        np.add.reduceat(pieces.up[carrying], first),
-        np.add.reduceat(pieces.down[carrying], first),
-        np.maximum.reduceat(pieces.end[carrying], first) - 1,
-        routes[pieces.session][carrying][first],
+        np.add.reduceat(kept(pieces.up), first),
+        np.add.reduceat(kept(pieces.down), first),
+        np.maximum.reduceat(kept(pieces.end), first) - 1,
+        routes[kept(pieces.session)[first]],
     )

@@ -148,7 +148,7 @@ class FastEngine(Engine):
         self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
         if scenario.traffic_records == "daily":
             self.daily_traffic = ColumnarDailyTraffic()
-        self.phase_table = all_device_phases(scenario.seed, scenario.sim_count)
+        self.phase_table = np.asfortranarray(all_device_phases(scenario.seed, scenario.sim_count))
         """Every device's phases (as :func:`~devices.traffic.device_phases` gives them), drawn at once."""
         self.firmware_month_starts: dict[int, IntArray] = {}
         self.bulk: dict[TrafficProfile, list[tuple[int, int, IntArray, IntArray]]] = {}
@@ -649,7 +649,7 @@ class FastEngine(Engine):
                 self.phase_table,
                 self.firmware_starts(profile),
             )
-            sim, day, up, down, stamp, route = daily_records(sims, routes, pieces)
+            sim, day, up, down, stamp, route = daily_records(routes, pieces)
             self.day_traffic += np.bincount(day - self.first_day, weights=up, minlength=len(self.day_traffic)).astype(
                 np.int64
             ) + np.bincount(day - self.first_day, weights=down, minlength=len(self.day_traffic)).astype(np.int64)
