@@ -105,10 +105,12 @@ class ColumnarDailyTraffic(DailyTraffic):
             joined[name] = np.concatenate(parts) if parts else np.zeros(0, dtype=DTYPES[name])
             parts.clear()
         indexes = np.array([item.index for item in devices], dtype=np.int64)
+        position = np.zeros(int(indexes.max(initial=0)) + 1, dtype=np.int32)
+        position[indexes] = np.arange(len(indexes), dtype=np.int32)
         return CompactTraffic(
             origin_us=start_us,
             second=joined["stamp"],
-            sim=np.searchsorted(indexes, joined["device"]).astype(np.int32),
+            sim=position[joined["device"]],
             up_bytes=joined["up"],
             down_bytes=joined["down"],
             route=joined["route"],
