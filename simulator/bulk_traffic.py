@@ -105,12 +105,17 @@ def piece_traffic(
         carrying = np.flatnonzero((at >= start) & (at < end))
         up[carrying] += size[group[carrying]]
     if profile.firmware_bytes and len(day) and len(firmware_months):
-        # a download at month start + shift (under a week): months are weeks apart, so a piece (a
-        # day at most) can only hold the one of the first month start at or after start - shift
-        shift = (phases[sims, 2] * 7 * DAY).astype(np.int64)[session]
-        month = np.searchsorted(firmware_months, start - shift, side="left")
-        at = firmware_months[np.minimum(month, len(firmware_months) - 1)] + shift
-        down += np.where((at >= start) & (at < end), profile.firmware_bytes, 0)
+        # a download at month start + shift (shift under a week) falls on one of the eight days
+        # from a month start; months being weeks apart, a day can only hold its month's download
+        first_day = int(day.min())
+        candidate = np.full(int(day.max()) - first_day + 1, -1, dtype=np.int64)
+        for month_start in firmware_months.tolist():
+            near_day = (month_start + origin_jst_s) // DAY - first_day
+            candidate[max(near_day - 1, 0) : max(near_day + 8, 0)] = month_start
+        at = candidate[day - first_day]
+        near = np.flatnonzero(at >= 0)
+        at = at[near] + (phases[sim[near], 2] * 7 * DAY).astype(np.int64)
+        down[near[(at >= start[near]) & (at < end[near])]] += profile.firmware_bytes
     return Pieces(session, sim, day, start, end, up, down)
 
 
