@@ -46,6 +46,7 @@ from simulator.engine import (
     SimProcess,
     back_off,
 )
+from simulator.heap import keep_freed_blocks
 from simulator.scenario import FleetSpec, Scenario
 
 LOG: Final = logging.getLogger(__name__)
@@ -690,6 +691,7 @@ class FastEngine(Engine):
 
     def run(self, progress: Any = None) -> Sequence[Event]:
         """Run the control events in SimPy, then every device's sessions in bulk."""
+        keep_freed_blocks()
         self.start()
         self.env.process(self.operations())
         self.env.process(self.sms())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,7 @@ from devices.traffic import DAY, PROFILES, all_device_phases, device_phases, mon
 from gateway.mobile_gateway import GatewayCommand, GatewayState, IllegalGatewayCommand, MobileGateway
 from gateway.policy import MassTrafficPolicy, TrafficControl
 from simulator.bulk_traffic import piece_traffic
+from simulator.heap import keep_freed_blocks
 
 SIM = "8981300000000000001"
 ORIGIN = 1_767_225_600 + 9 * 3600  # 2026-01-01T00:00+09:00 in JST seconds
@@ -176,3 +179,8 @@ def test_counted_traffic_equals_the_sum_of_generated_bursts(
         return {key: value for key, value in totals.items() if sum(value)}
 
     assert carrying(counted) == carrying(generated)
+
+
+def test_large_freed_blocks_are_kept_for_reuse_on_linux() -> None:
+    """The fast engine's batches reuse their memory (glibc's thresholds are raised)."""
+    assert keep_freed_blocks() is sys.platform.startswith("linux")
