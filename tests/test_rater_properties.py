@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import random
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ from hypothesis import strategies as st
 from metering.eventlog import write_event_log
 from metering.events import Event, EventError, event_from_mapping
 from metering.fast import rate_fast
+from metering.invoice import Invoice, Line, pack_lines
 from metering.reference import rate_reference
+from metering.rules.points import PointsBlock
 from metering.tariff import Tariff, load_tariff
 from metering.timeutil import format_instant, month_start, parse_month
 
@@ -198,3 +202,36 @@ def test_points_and_month_invariants(case: tuple[int, int, str]) -> None:
             )
             taken[account] = taken.get(account, 0) + block.consumed + block.expired
             assert given_points[account] == taken[account] + block.closing, "granted = consumed + expired + balance"
+
+
+texts = st.one_of(st.text(max_size=12), st.sampled_from(["", "\x1f", "\x1e", "a\x1fb", "\x1e\x1f"]))
+lines = st.builds(
+    Line,
+    texts,
+    texts,
+    texts,
+    st.integers(-(10**12), 10**12),
+    st.decimals(allow_nan=False, allow_infinity=False, places=None),
+    st.decimals(allow_nan=False, allow_infinity=False, places=None),
+    st.lists(texts, max_size=3).map(tuple),
+    texts,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(lines, max_size=8))
+def test_invoices_cross_a_process_boundary_unchanged(drawn: list[Line]) -> None:
+    """A Ray shard's invoices are pickled with their lines packed as text: they come back equal."""
+    invoice = Invoice("acct-1", "JPY", tuple(drawn), Decimal("1.5"), Decimal(0), Decimal("1.5"), PointsBlock(1, 2))
+    again = pickle.loads(pickle.dumps(invoice))
+    assert again == invoice
+    assert [str(line.amount) for line in again.lines] == [str(line.amount) for line in drawn]  # same exponent too
+
+
+def test_plain_lines_are_packed_as_a_few_texts() -> None:
+    plain = tuple(
+        Line("sim_basic_fee", "SMC-38", f"898130000000000{i:04d}", 1, Decimal(150), Decimal(150), (f"e{i}",), "n")
+        for i in range(1000)
+    )
+    count, columns = pack_lines(plain)  # type: ignore[misc]
+    assert count == 1000 and len(columns) == 8 and all(isinstance(column, str) for column in columns)
