@@ -25,7 +25,6 @@ block. Output depends only on the sessions given: the same run writes the same b
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -286,22 +285,17 @@ class CaptureWriter:
     def _transfer(self, fields: _SessionFields, ts_us: int, uplink: bool, volume: int) -> int:
         """G-PDUs carrying ``volume`` bytes from ``ts_us`` on, one microsecond apart; the next free instant."""
         full, rest = divmod(volume, MAX_PAYLOAD)
-        if full:  # identical packets but for their timestamps: headers in one numpy block, one packet
-            packet = bytes(self._gpdu(fields, uplink, MAX_PAYLOAD))
+        if full:  # identical packets but for their timestamps: one block of records, written at once
+            packet = np.frombuffer(bytes(self._gpdu(fields, uplink, MAX_PAYLOAD)), dtype=np.uint8)
             instants = ts_us + np.arange(full, dtype=np.int64)
             header = np.empty((full, 4), dtype="<u4")
             header[:, 0] = instants // 1_000_000
             header[:, 1] = instants % 1_000_000
             header[:, 2] = header[:, 3] = len(packet)
-            headers = memoryview(header.tobytes())
-            self.stream.flush()
-            for first in range(0, full, _VECTOR // 2):  # the kernel gathers header, packet, header, …
-                last = min(full, first + _VECTOR // 2)
-                parts: list[bytes | memoryview] = []
-                for row in range(first, last):
-                    parts.append(headers[16 * row : 16 * row + 16])
-                    parts.append(packet)
-                _write_all(self.stream.fileno(), parts)
+            block = np.empty((full, 16 + len(packet)), dtype=np.uint8)
+            block[:, :16] = header.view(np.uint8)
+            block[:, 16:] = packet
+            self.stream.write(block.reshape(-1).data)
             self.packets += full
         if rest:
             self._record(ts_us + full, self._gpdu(fields, uplink, rest))
@@ -319,20 +313,6 @@ class CaptureWriter:
             self._transfer(fields, at, False, transfer.down)
         self._record(session.end_us, self._control("delete_request", fields, teids["pgw_c"], sequence + 1))
         self._record(session.end_us + 1_000, self._control("delete_response", fields, teids["sgw_c"], sequence + 1))
-
-
-_VECTOR: Final = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024)
-"""Buffers per ``writev`` call."""
-
-
-def _write_all(descriptor: int, parts: list[bytes | memoryview]) -> None:
-    """``writev`` the parts, finishing what a short write left."""
-    written = os.writev(descriptor, parts)
-    total = sum(len(part) for part in parts)
-    if written < total:
-        rest = memoryview(b"".join(parts))[written:]
-        while rest:
-            rest = rest[os.write(descriptor, rest) :]
 
 
 _SGW_PACKED: Final = ipaddress.IPv4Address(SGW_ADDRESS).packed
