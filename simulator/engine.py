@@ -87,14 +87,26 @@ class Device:
 
     def swap(self, instant: int, imei: str) -> None:
         """Put the SIM into the device with ``imei`` from ``instant`` on (``device.swap``)."""
-        if self.imeis[-1][0] == instant:
-            self.imeis.pop()
-        self.imeis.append((instant, imei))
+        record_value(self.imeis, instant, imei)
         self.imei = imei
 
     def imei_at(self, instant: int) -> str:
         """The IMEI of the device the SIM was in at ``instant`` (after every swap at that instant)."""
-        return self.imeis[max(bisect.bisect_right(self.imeis, instant, key=lambda entry: entry[0]) - 1, 0)][1]
+        return str(value_at(self.imeis, instant, self.imeis[0][1]))
+
+
+def value_at(history: list[tuple[int, Any]], instant: int, default: Any) -> Any:
+    """The value of a history of ``(instant, value)`` pairs at ``instant`` (``default`` before its first)."""
+    position = bisect.bisect_right(history, instant, key=lambda entry: entry[0]) - 1
+    return history[position][1] if position >= 0 else default
+
+
+def record_value(history: list[tuple[int, Any]], instant: int, value: Any) -> None:
+    """Record a value from ``instant`` on (a later value at the same instant replaces it)."""
+    if history and history[-1][0] == instant:
+        history[-1] = (instant, value)
+    else:
+        history.append((instant, value))
 
 
 @dataclass

@@ -45,6 +45,8 @@ from simulator.engine import (
     Engine,
     SimProcess,
     back_off,
+    record_value,
+    value_at,
 )
 from simulator.heap import keep_freed_blocks
 from simulator.scenario import FleetSpec, Scenario
@@ -77,25 +79,12 @@ class Timeline:
     """The recorded history of what decides a device's admission.
 
     Every list holds ``(instant, value)`` pairs in time order; the value holds from its instant on
-    (after all operations at that instant).
+    (after all operations at that instant): see :func:`~simulator.engine.value_at` and
+    :func:`~simulator.engine.record_value`.
     """
 
     gateways: dict[str, list[tuple[int, MobileGateway | None]]] = field(default_factory=dict)
     registered: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)
-
-    @staticmethod
-    def at(history: list[tuple[int, Any]], instant: int, default: Any) -> Any:
-        """The value of a history at ``instant``."""
-        position = bisect.bisect_right(history, instant, key=lambda entry: entry[0]) - 1
-        return history[position][1] if position >= 0 else default
-
-    @staticmethod
-    def record(history: list[tuple[int, Any]], instant: int, value: Any) -> None:
-        """Record a value from ``instant`` on (a later value at the same instant replaces it)."""
-        if history and history[-1][0] == instant:
-            history[-1] = (instant, value)
-        else:
-            history.append((instant, value))
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,20 +162,20 @@ class FastEngine(Engine):
 
     def notify(self, gateway: str) -> None:
         """Record the gateway's state after a change (then wake, as the reference does)."""
-        Timeline.record(self.timeline.gateways[gateway], int(self.env.now), self.gateways.get(gateway))
+        record_value(self.timeline.gateways[gateway], int(self.env.now), self.gateways.get(gateway))
         super().notify(gateway)
 
     def register(self, devices: list[Device]) -> None:
         """Register, and record the registrations."""
         super().register(devices)
         for device in devices:
-            Timeline.record(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), True)
+            record_value(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), True)
 
     def delete(self, devices: list[Device]) -> None:
         """Delete, and record the deletions."""
         super().delete(devices)
         for device in devices:
-            Timeline.record(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), False)
+            record_value(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), False)
 
     def operate(self, action: str, arguments: Any) -> None:
         """Operate, and wake control processes on power changes."""
@@ -219,10 +208,10 @@ class FastEngine(Engine):
 
     def admission_at(self, device: Device, instant: int) -> Admission:
         """What the reference engine's ``admit`` answers at ``instant``."""
-        gateway = Timeline.at(self.timeline.gateways[device.fleet.gateway], instant, None)
+        gateway = value_at(self.timeline.gateways[device.fleet.gateway], instant, None)
         if gateway is None:
             return Admission(False, cause="gateway_off")
-        registered = Timeline.at(self.timeline.registered.get(device.iccid, []), instant, False)
+        registered = value_at(self.timeline.registered.get(device.iccid, []), instant, False)
         imei = device.imei_at(instant)
         admission: Admission = gateway.admit(device.iccid, imei, device.fleet.profile.destination, registered)
         return admission
@@ -414,7 +403,7 @@ class FastEngine(Engine):
                 if daily:
                     self.daily_traffic.add(device, day, up, down, end - 1, admission.route, fleet.gateway)
             if not daily:
-                gateway = Timeline.at(self.timeline.gateways[fleet.gateway], now, None)
+                gateway = value_at(self.timeline.gateways[fleet.gateway], now, None)
                 self.emit_session_created(device, session_id, now, admission.route, gateway)
                 if up + down:
                     self.emit(
@@ -663,7 +652,7 @@ class FastEngine(Engine):
         The control run is over when sessions are planned, so the gateway is looked up in the
         recorded timeline (the SIM may have left it since).
         """
-        gateway = Timeline.at(self.timeline.gateways[device.fleet.gateway], start, None)
+        gateway = value_at(self.timeline.gateways[device.fleet.gateway], start, None)
         self.emit_session_created(device, session_id, start, route, gateway)
 
     def session_events(
@@ -679,7 +668,7 @@ class FastEngine(Engine):
         history = self.timeline.gateways[device.fleet.gateway]
         for offset, (start, end, why) in enumerate(zip(starts.tolist(), ends.tolist(), causes, strict=True)):
             session_id = f"{device.iccid}-{first_number + offset}"
-            gateway = Timeline.at(history, start, None)
+            gateway = value_at(history, start, None)
             self.emit_session_created(device, session_id, start, admission.route, gateway)
             self.session_deleted(device, session_id, start, end, why)
 
