@@ -200,6 +200,20 @@ RetryReport = Callable[[int, float, str], None]
 """Told of each failed connection attempt that will be retried: failures so far, the wait, why."""
 
 
+async def _back_off(broker: Broker, exc: BaseException, failures: int, on_retry: RetryReport | None) -> None:
+    """Wait before the next connection attempt, or give up after ``broker.attempts`` failures in a row.
+
+    Raises:
+        MqttAdapterError: When the attempts are used up.
+    """
+    if failures >= broker.attempts:
+        raise _connection_error(broker, exc, failures) from None
+    delay = broker.retry_delay(failures)
+    if on_retry is not None:
+        on_retry(failures, delay, str(_connection_error(broker, exc)))
+    await asyncio.sleep(delay)
+
+
 async def publish_messages(
     broker: Broker,
     messages: list[PlatformMessage],
@@ -234,11 +248,7 @@ async def publish_messages(
             if "ot authorized" in str(exc) or "code:5" in str(exc).replace(" ", ""):
                 raise _connection_error(broker, exc) from None
             failures += 1
-            if failures >= broker.attempts:
-                raise _connection_error(broker, exc, failures) from None
-            if on_retry is not None:
-                on_retry(failures, broker.retry_delay(failures), _connection_error(broker, exc).args[0])
-            await asyncio.sleep(broker.retry_delay(failures))
+            await _back_off(broker, exc, failures, on_retry)
         pending = [position for position in pending if not done[position]]
     return calls[0]
 
@@ -356,11 +366,7 @@ async def subscribe_messages(
                 got.take(queue.get_nowait().payload)
             failures += 1
             got.reconnections += 1
-            if failures >= broker.attempts:
-                raise _connection_error(broker, exc, failures) from None
-            if on_retry is not None:
-                on_retry(failures, broker.retry_delay(failures), _connection_error(broker, exc).args[0])
-            await asyncio.sleep(broker.retry_delay(failures))
+            await _back_off(broker, exc, failures, on_retry)
     return got
 
 
