@@ -54,18 +54,31 @@ def zone_outages(zone: Zone, rng: np.random.Generator, horizon_s: int) -> tuple[
     count = expected + 4 * int(expected**0.5) + 8
     gaps = rng.exponential(zone.mean_gap_s, count)
     lengths = np.maximum(1.0, rng.exponential(zone.mean_outage_s, count))
-    starts = np.cumsum(gaps) + np.concatenate(([0.0], np.cumsum(lengths)[:-1]))
+    starts = _outage_starts(gaps, lengths)
     while starts[-1] < horizon_s:  # rare: draw more than the margin allowed for
         more_gaps = rng.exponential(zone.mean_gap_s, count)
         more_lengths = np.maximum(1.0, rng.exponential(zone.mean_outage_s, count))
         base = starts[-1] + lengths[-1]
         more_starts = base + np.cumsum(more_gaps) + np.concatenate(([0.0], np.cumsum(more_lengths)[:-1]))
         starts, lengths = np.concatenate((starts, more_starts)), np.concatenate((lengths, more_lengths))
-    keep = starts < horizon_s
-    begin = starts[keep].astype(np.int64)
-    finish = np.minimum(horizon_s, (starts[keep] + lengths[keep]).astype(np.int64))
+    kept = int(np.searchsorted(starts, horizon_s))  # starts grow: the ones before the horizon are a prefix
+    begin = starts[:kept].astype(np.int64)
+    ends = starts[:kept]
+    ends += lengths[:kept]  # starts are not needed any more: their buffer takes the ends
+    finish = np.minimum(ends.astype(np.int64), horizon_s)
     valid = finish > begin
+    if valid.all():
+        return begin, finish
     return begin[valid], finish[valid]
+
+
+def _outage_starts(gaps: npt.NDArray[np.float64], lengths: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Start of each outage: the gaps before it plus the outages before it (in that order of summing)."""
+    starts = np.cumsum(gaps)
+    before = np.zeros(len(lengths))
+    np.cumsum(lengths[:-1], out=before[1:])
+    starts += before
+    return starts
 
 
 def merge(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
