@@ -136,6 +136,10 @@ class SimBenchReport:
             rows += [
                 ("serial fast engine: wall time", f"{self.serial['wall']:.1f} s"),
                 ("serial fast engine: peak memory", f"{self.serial['peak_mb']:,.0f} MB"),
+                (
+                    "serial fast engine: session cost / bare SimPy event cost",
+                    f"{self.serial['simulate'] / max(1, self.serial['sessions']) / bare['per_event']:.3f}",
+                ),
                 ("starting the local Ray (not in the wall time)", f"{run['ray_start']:.1f} s"),
                 (f"ray ({RAY_CPUS} local workers) / serial wall time", f"{run['wall'] / self.serial['wall']:.2f}"),
             ]
