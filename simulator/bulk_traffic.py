@@ -37,6 +37,7 @@ class Pieces:
         end: Scenario second the piece ends (exclusive).
         up: Uplink bytes.
         down: Downlink bytes.
+        day_groups: Where each run of pieces of one (SIM, day) begins, when known.
     """
 
     session: IntArray
@@ -46,18 +47,35 @@ class Pieces:
     end: IntArray
     up: IntArray
     down: IntArray
+    day_groups: IntArray | None = None
 
 
-def split_at_midnights(starts: IntArray, ends: IntArray, origin_jst_s: int) -> tuple[IntArray, IntArray]:
-    """The session and JST day of each piece of sessions ``[starts[i], ends[i])`` cut at midnights."""
+def cut_at_midnights(
+    sims: IntArray, starts: IntArray, ends: IntArray, origin_jst_s: int
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
+    """Sessions ``[starts[i], ends[i])`` of SIMs ``sims[i]`` cut at JST midnights.
+
+    Returns:
+        The session, SIM, JST day, start and end of each piece, in session order.
+    """
     first_day = (origin_jst_s + starts) // DAY
     counts = (origin_jst_s + ends - 1) // DAY - first_day + 1
     if int(counts.max(initial=1)) == 1:  # no session crosses a midnight: one piece each
-        return np.arange(len(starts)), first_day
+        return np.arange(len(starts)), sims, first_day, starts, ends
     # piece p of a session whose first piece is at position b lies on day first_day + (p - b)
     first_piece = np.cumsum(counts) - counts
     session = np.repeat(np.arange(len(starts)), counts)
-    return session, (first_day - first_piece)[session] + np.arange(len(session))
+    day = (first_day - first_piece)[session] + np.arange(len(session))
+    start, end = starts[session], ends[session]
+    # only the pieces of sessions that cross a midnight need clipping to their day
+    crossing = np.flatnonzero(counts > 1)
+    crossing_counts = counts[crossing]
+    clipped = np.repeat(first_piece[crossing] - (np.cumsum(crossing_counts) - crossing_counts), crossing_counts)
+    clipped += np.arange(len(clipped))
+    day_start = day[clipped] * DAY - origin_jst_s
+    start[clipped] = np.maximum(start[clipped], day_start)
+    end[clipped] = np.minimum(end[clipped], day_start + DAY)
+    return session, sims[session], day, start, end
 
 
 def piece_traffic(
@@ -83,40 +101,34 @@ def piece_traffic(
         firmware_months: Scenario seconds of the starts of the months with a firmware download,
             from a week before the first session on, in time order.
     """
-    session, day = split_at_midnights(starts, ends, origin_jst_s)
-    sim = sims[session]
-    day_start = day * DAY - origin_jst_s
-    start = np.maximum(starts[session], day_start)
-    end = np.minimum(ends[session], day_start + DAY)
-    up = np.zeros(len(day), dtype=np.int64)
-    down = np.zeros(len(day), dtype=np.int64)
+    session, sim, day, start, end = cut_at_midnights(sims, starts, ends, origin_jst_s)
     if profile.telemetry_interval_s:
         interval = profile.telemetry_interval_s
         offset = ((phases[sims, 0] * interval).astype(np.int64) + 1)[session]
         ticks = (end - offset) // interval - (start - offset) // interval
-        up += ticks * profile.telemetry_up
-        down += ticks * profile.telemetry_down
+        up, down = ticks * profile.telemetry_up, ticks * profile.telemetry_down
+    else:
+        up, down = np.zeros(len(day), dtype=np.int64), np.zeros(len(day), dtype=np.int64)
+    groups = None
     if profile.daily_upload_bytes and len(day):
         # one upload per (SIM, day), drawn once: the pieces of one are adjacent
-        first = np.flatnonzero(np.concatenate(([True], (sim[1:] != sim[:-1]) | (day[1:] != day[:-1]))))
-        upload_at, size = daily_uploads(profile, seed, sim[first], day[first])
-        group = np.repeat(np.arange(len(first)), np.diff(np.append(first, len(day))))
-        at = (day_start[first] + upload_at)[group]
+        groups = np.flatnonzero(np.concatenate(([True], (sim[1:] != sim[:-1]) | (day[1:] != day[:-1]))))
+        upload_at, size = daily_uploads(profile, seed, sim[groups], day[groups])
+        group = np.repeat(np.arange(len(groups)), np.diff(np.append(groups, len(day))))
+        at = (day[groups] * DAY - origin_jst_s + upload_at)[group]
         carrying = np.flatnonzero((at >= start) & (at < end))
         up[carrying] += size[group[carrying]]
     if profile.firmware_bytes and len(day) and len(firmware_months):
         # a download at month start + shift (shift under a week) falls on one of the eight days
         # from a month start; months being weeks apart, a day can only hold its month's download
-        first_day = int(day.min())
-        candidate = np.full(int(day.max()) - first_day + 1, -1, dtype=np.int64)
+        candidate = np.full(int(day.max()) + 1, -1, dtype=np.int64)
         for month_start in firmware_months.tolist():
-            near_day = (month_start + origin_jst_s) // DAY - first_day
+            near_day = (month_start + origin_jst_s) // DAY
             candidate[max(near_day - 1, 0) : max(near_day + 8, 0)] = month_start
-        at = candidate[day - first_day]
-        near = np.flatnonzero(at >= 0)
-        at = at[near] + (phases[sim[near], 2] * 7 * DAY).astype(np.int64)
+        near = np.flatnonzero(candidate[day] >= 0)
+        at = candidate[day[near]] + (phases[sim[near], 2] * 7 * DAY).astype(np.int64)
         down[near[(at >= start[near]) & (at < end[near])]] += profile.firmware_bytes
-    return Pieces(session, sim, day, start, end, up, down)
+    return Pieces(session, sim, day, start, end, up, down, groups)
 
 
 def daily_records(
@@ -135,22 +147,24 @@ def daily_records(
     Returns:
         SIM number, day, up, down, stamp and route code per record.
     """
-    carrying = np.flatnonzero((pieces.up + pieces.down) > 0)
-    if not len(carrying):
+    sim, day = pieces.sim, pieces.day
+    carrying = (pieces.up + pieces.down) > 0
+    if not len(day) or not carrying.any():
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty, empty, empty
-    everything = len(carrying) == len(pieces.day)  # usual: then no copies of the pieces are needed
-
-    def kept(values: IntArray) -> IntArray:
-        return values if everything else values[carrying]
-
-    sim, day = kept(pieces.sim), kept(pieces.day)
-    first = np.flatnonzero(np.concatenate(([True], (sim[1:] != sim[:-1]) | (day[1:] != day[:-1]))))
+    first = pieces.day_groups
+    if first is None:
+        first = np.flatnonzero(np.concatenate(([True], (sim[1:] != sim[:-1]) | (day[1:] != day[:-1]))))
+    up = np.add.reduceat(pieces.up, first)
+    down = np.add.reduceat(pieces.down, first)
+    last_end = np.maximum.reduceat(np.where(carrying, pieces.end, -1), first)
+    first_carrying = np.minimum.reduceat(np.where(carrying, np.arange(len(day)), len(day)), first)
+    kept = np.flatnonzero((up + down) > 0)
     return (
-        sim[first],
-        day[first],
-        np.add.reduceat(kept(pieces.up), first),
-        np.add.reduceat(kept(pieces.down), first),
-        np.maximum.reduceat(kept(pieces.end), first) - 1,
-        routes[kept(pieces.session)[first]],
+        sim[first[kept]],
+        day[first[kept]],
+        up[kept],
+        down[kept],
+        last_end[kept] - 1,
+        routes[pieces.session[first_carrying[kept]]],
     )
