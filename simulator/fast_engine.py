@@ -486,15 +486,18 @@ class FastEngine(Engine):
                 position[at % period] = len(orbit)
                 orbit.append(known)
                 at += known.length
-            prefix, cycle = orbit[: position[at % period]], orbit[position[at % period] :]
-            cycle_length = sum(item.length for item in cycle)
+            # the chain as positions in the orbit: its prefix once, then its cycle over and over
+            cycle_start = position[at % period]
+            cycle_length = sum(item.length for item in orbit[cycle_start:])
             repeats = (limit - now) // cycle_length + 2
-            chain = prefix + cycle * repeats
-            lengths = np.array([item.length for item in chain], dtype=np.int64)
+            chain = np.concatenate(
+                (np.arange(cycle_start), np.tile(np.arange(cycle_start, len(orbit)), repeats))
+            ).astype(np.int64)
+            lengths = np.array([item.length for item in orbit], dtype=np.int64)[chain]
             ends = now + np.cumsum(lengths)
             count = int(np.searchsorted(ends, limit, side="left"))  # sessions that end before the limit
             if count:
-                self.record_chain(device, admission, chain[:count], ends[:count] - lengths[:count], ends[:count])
+                self.record_chain(device, admission, orbit, chain[:count], ends[:count] - lengths[:count], ends[:count])
                 now = int(ends[count - 1])
             now = self.one_session(device, admission, now, stretch_end, cause)
             if now >= stretch_end or device.outages.state_at(now)[0]:
@@ -502,9 +505,15 @@ class FastEngine(Engine):
         return now
 
     def record_chain(
-        self, device: Device, admission: Admission, chain: list[CutSession], starts: IntArray, ends: IntArray
+        self,
+        device: Device,
+        admission: Admission,
+        orbit: list[CutSession],
+        chain: IntArray,
+        starts: IntArray,
+        ends: IntArray,
     ) -> None:
-        """Count a chain of cut sessions and add their traffic to the daily records."""
+        """Count a chain of cut sessions (positions in ``orbit``) and add their traffic to the daily records."""
         count = len(chain)
         device.sessions += count
         self.stats.sessions += count
@@ -512,8 +521,8 @@ class FastEngine(Engine):
         origin = self.origin_jst_s
         for day, cuts in zip(*np.unique((origin + ends) // DAY, return_counts=True), strict=True):
             self.stats.interruptions_per_day[int(day)] += int(cuts)
-        ups = np.array([item.up[-1] for item in chain], dtype=np.int64)
-        downs = np.array([item.down[-1] for item in chain], dtype=np.int64)
+        ups = np.array([item.up[-1] for item in orbit], dtype=np.int64)[chain]
+        downs = np.array([item.down[-1] for item in orbit], dtype=np.int64)[chain]
         start_day, end_day = (origin + starts) // DAY, (origin + ends - 1) // DAY
         whole = (start_day == end_day) & (ups + downs > 0)
         columns = self.daily_traffic
@@ -530,7 +539,7 @@ class FastEngine(Engine):
             )
         # sessions across a JST midnight: split per day like the reference's record_traffic
         for index in np.flatnonzero(start_day != end_day).tolist():
-            item, begin, finish = chain[index], int(starts[index]), int(ends[index])
+            item, begin, finish = orbit[int(chain[index])], int(starts[index]), int(ends[index])
             for day in range(int(start_day[index]), int(end_day[index]) + 1):
                 low = max(begin, day * DAY - origin) - begin
                 high = min(finish, (day + 1) * DAY - origin) - begin
