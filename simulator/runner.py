@@ -13,7 +13,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,12 @@ LOG = logging.getLogger(__name__)
 
 
 @dataclass
-class RunResult:
-    """What one run produced."""
+class ShardResult:
+    """What simulating and rating some accounts of a scenario produced (all of them, serially).
 
-    scenario: Scenario
+    ``events`` is empty when the caller did not ask to keep the log; ``event_count`` counts it.
+    """
+
     events: Sequence[Event]
     event_count: int
     stats: RunStats
@@ -45,6 +47,13 @@ class RunResult:
     """Seconds spent simulating (summed over shards with ``--engine ray``)."""
     rate_seconds: float = 0.0
     """Seconds spent rating (likewise)."""
+
+
+@dataclass
+class RunResult(ShardResult):
+    """What one run produced: the shard of every account, with its scenario."""
+
+    scenario: Scenario = field(kw_only=True)
 
     @property
     def documents(self) -> list[InvoiceDocument]:
@@ -64,22 +73,6 @@ class RunResult:
 
 class MeteringFailure(Exception):
     """The run's own event log did not rate: a defect of the simulator, reported as such."""
-
-
-@dataclass
-class ShardResult:
-    """What simulating and rating some accounts of a scenario produced (all of them, serially).
-
-    ``events`` is empty when the caller did not ask to keep the log; ``event_count`` counts it.
-    """
-
-    events: Sequence[Event]
-    event_count: int
-    stats: RunStats
-    sim_states: Counter[str]
-    rating: Rating
-    simulate_seconds: float = 0.0
-    rate_seconds: float = 0.0
 
 
 def simulate_shard(
@@ -150,7 +143,7 @@ def run_scenario(
         shard = run_sharded(scenario, rater, ray_address, keep_events, progress)
     else:
         shard = simulate_shard(scenario, None, rater, engine_name, keep_events, progress)
-    return RunResult(scenario, **vars(shard))
+    return RunResult(**vars(shard), scenario=scenario)
 
 
 def check_expectations(result: RunResult) -> list[str]:
