@@ -84,10 +84,10 @@ def _decode_line(raw: bytes, path: Path, number: int) -> Event | None:
         raise EventLogError(f"{path}:{number}: JSON nested too deeply") from None
     if not isinstance(record, dict):
         raise EventLogError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-    result = event_from_mapping(record)
+    result = event_from_mapping(record, str(path), number)
     if isinstance(result, EventError):
         raise EventLogError(f"{path}:{number}: {result.reason}")
-    return result.with_source(str(path), number)
+    return result
 
 
 def _read_jsonl(path: Path, compressed: bool) -> Iterator[Event]:
@@ -147,10 +147,10 @@ def _read_parquet(path: Path) -> Iterator[Event]:
             if not isinstance(decoded, dict):
                 raise EventLogError(f"{path}:{row}: column 'extra' is not a JSON object")
             cleaned.update(decoded)
-        result = event_from_mapping(cleaned)
+        result = event_from_mapping(cleaned, str(path), row)
         if isinstance(result, EventError):
             raise EventLogError(f"{path}:{row}: {result.reason}")
-        yield result.with_source(str(path), row)
+        yield result
 
 
 def read_event_log(path: Path) -> Iterator[Event]:

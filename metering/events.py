@@ -182,14 +182,8 @@ class Event:
 
     def content(self) -> dict[str, Any]:
         """The event's normalised content (no id, no source), used for the content hash."""
-        content: dict[str, Any] = {"ts": self.ts, "type": self.type, "account": self.account}
-        for name in EVENT_COLUMNS:
-            value = getattr(self, name)
-            if value is not None:
-                content[name] = value
-        if self.extra:
-            content["extra"] = self.extra
-        return content
+        columns = {name: getattr(self, name) for name in EVENT_COLUMNS}
+        return event_content(self.ts, self.type, self.account, columns, self.extra)
 
     def with_source(self, source: str, line: int) -> Event:
         """Return the same event, located at ``source:line``."""
@@ -209,6 +203,15 @@ class EventError:
         if self.source:
             return f"{self.source}:{self.line}: {self.reason}"
         return self.reason
+
+
+def event_content(ts: int, event_type: str, account: str, columns: Mapping[str, Any], extra: str) -> dict[str, Any]:
+    """The normalised content of an event with these values (see :meth:`Event.content`)."""
+    content: dict[str, Any] = {"ts": ts, "type": event_type, "account": account}
+    content.update((name, value) for name, value in columns.items() if value is not None)
+    if extra:
+        content["extra"] = extra
+    return content
 
 
 def content_id(content: Mapping[str, Any]) -> str:
@@ -262,12 +265,14 @@ def encode_extra(fields: Mapping[str, Any]) -> str:
     return json.dumps(dict(fields), sort_keys=True, separators=(",", ":")) if fields else ""
 
 
-def event_from_mapping(record: Mapping[str, Any]) -> Event | EventError:
+def event_from_mapping(record: Mapping[str, Any], source: str = "", line: int = 0) -> Event | EventError:
     """Validate one decoded event record.
 
     Args:
         record: One JSON object of the event log (or one Parquet row as a dict, with ``ts``
             already an RFC 3339 string or epoch microseconds as int).
+        source: The file it was read from, for messages.
+        line: Its line (or row) in that file.
 
     Returns:
         The normalised :class:`Event`, or an :class:`EventError` with the reason.
@@ -329,12 +334,9 @@ def event_from_mapping(record: Mapping[str, Any]) -> Event | EventError:
                 return EventError(f"{event_type}: missing required field {name!r}")
         if event_type in ("sms.sent", "mono.message"):
             values.setdefault("count", 1)
-    event = Event(
-        ts=ts,
-        type=event_type,
-        account=account,
-        id="",
-        extra=encode_extra(extra),
-        **values,
+    extra_text = encode_extra(extra)
+    if given_id is None:
+        given_id = content_id(event_content(ts, event_type, account, values, extra_text))
+    return Event(
+        ts=ts, type=event_type, account=account, id=given_id, extra=extra_text, source=source, line=line, **values
     )
-    return replace(event, id=given_id if given_id is not None else content_id(event.content()))
