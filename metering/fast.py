@@ -20,6 +20,7 @@ documents from this rater and :func:`metering.reference.rate_reference`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from metering.store import EventStore, StoreError
 from metering.tariff import Tariff
 from metering.timeutil import month_start
 
+LOG: Final = logging.getLogger(__name__)
 STREAM_BATCH: Final = 100_000
 """Events read from a row-by-row log between two appends to the store (bounds the memory of ``bill``)."""
 STREAM_MEMORY_LIMIT: Final = "384MB"
@@ -746,6 +748,7 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
                 memory.append(source.events())
         try:
             for path in paths:
+                LOG.info("reading %s", path)
                 if log_format(path) == "parquet":
                     memory.ingest_file(path, STREAM_BATCH, validate_first=False)
                 else:  # streamed, and checked for reused ids once at the end
@@ -753,6 +756,7 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
             memory.settle_duplicates()
         except StoreError as exc:
             return Rating({}, {}, (EventError(str(exc)),))
+        LOG.info("rating %d month%s", len(months), "" if len(months) == 1 else "s")
         return _materialised(rate_connection(memory.connection, tariff, months))
 
 

@@ -8,6 +8,7 @@ whole batches, and rerunning the same command completes it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from metering.eventlog import ARROW_SCHEMA, events_to_arrow, log_format, read_ev
 from metering.events import EVENT_COLUMNS, ICCID_PATTERN, NAME_PATTERN, ROUTES, Event
 from metering.rating import deduplicate
 
+LOG: Final = logging.getLogger(__name__)
+"""Progress of long appends at INFO (``mgwsim -v``)."""
 STORE_SCHEMA: Final = "mgwsim.store/1"
 MEMORY_LIMIT: Final = os.environ.get("MGWSIM_MEMORY_LIMIT", "1GB")
 THREADS_VARIABLE: Final = "MGWSIM_DUCKDB_THREADS"
@@ -273,6 +276,7 @@ class EventStore:
             if len(batch) >= batch_events:
                 batch_added, batch_skipped = self.append(batch)
                 added, skipped, batch = added + batch_added, skipped + batch_skipped, []
+                LOG.info("%s: %s events added, %s already stored", path, f"{added:,}", f"{skipped:,}")
         if batch:
             batch_added, batch_skipped = self.append(batch)
             added, skipped = added + batch_added, skipped + batch_skipped
@@ -285,7 +289,7 @@ class EventStore:
         over large logs): checking every batch against all stored events costs time that grows
         with the store, where one pass at the end does not.
         """
-        seq = self._next_seq()
+        seq = first = self._next_seq()
         batch: list[Event] = []
 
         def flush() -> None:
@@ -297,6 +301,7 @@ class EventStore:
             finally:
                 self.connection.unregister("unchecked")
             seq, batch = seq + len(batch), []
+            LOG.info("%s events read into the store", f"{seq - first:,}")
 
         for event in events:
             batch.append(event)

@@ -113,7 +113,10 @@ def simulate_shard(
     if rating.errors:
         raise MeteringFailure(f"the simulated event log does not rate: {rating.errors[0]}")
     rated = time.perf_counter()
-    LOG.info("metered %d months with the %s rater in %.1f s", len(scenario.billing_months), rater, rated - simulated)
+    months = len(scenario.billing_months)
+    LOG.info(
+        "metered %d month%s with the %s rater in %.1f s", months, "" if months == 1 else "s", rater, rated - simulated
+    )
     return ShardResult(
         events if keep_events else [], len(events), stats, states, rating, simulated - began, rated - simulated
     )

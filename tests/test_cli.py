@@ -171,6 +171,15 @@ def test_verbose_logs_the_steps_and_the_pin_flows_on_stderr_only(tmp_path: Path)
     assert "wrong PIN entered, 0 tries left" in debug.stderr and "wrong PUK entered" in debug.stderr
 
 
+def test_verbose_bill_logs_its_reading_and_prints_the_same_invoice() -> None:
+    log = DISPUTES / "points.jsonl"
+    quiet = mgwsim("bill", log, "--month", "2026-01", "--format", "json")
+    verbose = mgwsim("-v", "bill", log, "--month", "2026-01", "--format", "json", columns=200)
+    assert quiet.returncode == verbose.returncode == 0 and quiet.stdout == verbose.stdout
+    assert f"reading {log}" in verbose.stderr and "events read into the store" in verbose.stderr
+    assert "rating 1 month" in verbose.stderr
+
+
 def test_an_interrupted_run_is_reported_by_the_next(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "invoices").mkdir(parents=True)
