@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from metering.timeutil import TimeFormatError, parse_instant
@@ -184,10 +184,6 @@ class Event:
         """The event's normalised content (no id, no source), used for the content hash."""
         columns = {name: getattr(self, name) for name in EVENT_COLUMNS}
         return event_content(self.ts, self.type, self.account, columns, self.extra)
-
-    def with_source(self, source: str, line: int) -> Event:
-        """Return the same event, located at ``source:line``."""
-        return replace(self, source=source, line=line)
 
 
 @dataclass(frozen=True, slots=True)

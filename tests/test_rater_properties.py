@@ -118,9 +118,9 @@ def make_history(seed: int, accounts: int) -> list[dict[str, Any]]:
 def events_of(records: list[dict[str, Any]]) -> list[Event]:
     events = []
     for number, record in enumerate(records, start=1):
-        event = event_from_mapping(record)
+        event = event_from_mapping(record, "generated.jsonl", number)
         assert not isinstance(event, EventError), event
-        events.append(event.with_source("generated.jsonl", number))
+        events.append(event)
     return events
 
 
