@@ -19,6 +19,7 @@ import numpy as np
 from rich.table import Table
 
 from gateway.pcap import MAX_PAYLOAD, SERVERS, CaptureSession, Transfer, write_capture
+from metering.bench import figures_table
 
 DAY_US = 86_400_000_000
 START_US = 1_767_193_200_000_000  # 2026-01-01 00:00 JST
@@ -95,17 +96,15 @@ class PcapBenchReport:
     def table(self) -> Table:
         """The report as a rich table."""
         rate = self.packets / self.seconds
-        table = Table(title=f"mgwsim bench pcap: {self.sessions:,} sessions, {self.packets:,} packets")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        for row in (
-            ("capture written", f"{self.megabytes:,.0f} MB in {self.seconds:.2f} s"),
-            ("packets per second (templates, bulk)", f"{rate:,.0f}"),
-            (f"scapy, one by one ({self.scapy_sample:,} of the same G-PDUs)", f"{self.scapy_per_second:,.0f} /s"),
-            ("templates / scapy", f"{rate / self.scapy_per_second:,.0f}x"),
-        ):
-            table.add_row(*row)
-        return table
+        return figures_table(
+            f"mgwsim bench pcap: {self.sessions:,} sessions, {self.packets:,} packets",
+            [
+                ("capture written", f"{self.megabytes:,.0f} MB in {self.seconds:.2f} s"),
+                ("packets per second (templates, bulk)", f"{rate:,.0f}"),
+                (f"scapy, one by one ({self.scapy_sample:,} of the same G-PDUs)", f"{self.scapy_per_second:,.0f} /s"),
+                ("templates / scapy", f"{rate / self.scapy_per_second:,.0f}x"),
+            ],
+        )
 
 
 def run_pcap_bench(sessions: int, sample: int, directory: Path | None = None) -> PcapBenchReport:
@@ -132,16 +131,14 @@ class MqttBenchReport:
 
     def table(self) -> Table:
         """The report as a rich table."""
-        table = Table(title=f"mgwsim bench mqtt: {self.messages:,} platform messages at QoS 1 to {self.broker}")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        for row in (
-            ("wall time (every PUBACK received)", f"{self.seconds:.2f} s"),
-            ("messages per second", f"{self.messages / self.seconds:,.0f}"),
-            ("publishes (more than messages after a reconnect)", f"{self.publishes:,}"),
-        ):
-            table.add_row(*row)
-        return table
+        return figures_table(
+            f"mgwsim bench mqtt: {self.messages:,} platform messages at QoS 1 to {self.broker}",
+            [
+                ("wall time (every PUBACK received)", f"{self.seconds:.2f} s"),
+                ("messages per second", f"{self.messages / self.seconds:,.0f}"),
+                ("publishes (more than messages after a reconnect)", f"{self.publishes:,}"),
+            ],
+        )
 
 
 def mosquitto_binary() -> str | None:

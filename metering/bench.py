@@ -21,7 +21,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -182,10 +182,7 @@ class MeteringBenchReport:
 
     def table(self) -> Table:
         """The report as a rich table."""
-        table = Table(title=f"mgwsim bench metering: {self.events:,} traffic events, {self.sims:,} SIMs, 12 months")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
-        table.add_column("goal", justify="right")
+        title = f"mgwsim bench metering: {self.events:,} traffic events, {self.sims:,} SIMs, 12 months"
         rate = self.bill["rate"]
         ratio = rate / self.group_by_median
         rows = [
@@ -202,9 +199,19 @@ class MeteringBenchReport:
             ("ingest into a DuckDB file (mgwsim ingest)", f"{self.store['ingest']:.2f} s", ""),
             ("  throughput", f"{self.rows / self.store['ingest']:,.0f} events/s", ""),
         ]
-        for row in rows:
-            table.add_row(*row)
-        return table
+        return figures_table(title, rows, goals=True)
+
+
+def figures_table(title: str, rows: Iterable[tuple[str, ...]], goals: bool = False) -> Table:
+    """A benchmark's report: one row per measure with its value (and, with ``goals``, its goal)."""
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    if goals:
+        table.add_column("goal", justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def run_metering_bench(

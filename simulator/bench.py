@@ -17,7 +17,7 @@ from typing import Any
 import simpy
 from rich.table import Table
 
-from metering.bench import _peak_rss_mb, in_child_process
+from metering.bench import _peak_rss_mb, figures_table, in_child_process
 
 
 def scaled(path: Path, sims: int) -> Any:
@@ -113,9 +113,7 @@ class SimBenchReport:
         """The report as a rich table."""
         run, bare = self.run, self.bare
         per_session = run["simulate"] / max(1, run["sessions"])
-        table = Table(title=f"mgwsim bench sim: {self.scenario}, {run['sims']:,} SIMs, engine {self.engine}")
-        table.add_column("measure")
-        table.add_column("value", justify="right")
+        title = f"mgwsim bench sim: {self.scenario}, {run['sims']:,} SIMs, engine {self.engine}"
         rows = [
             ("wall time (simulate + meter 12 months)", f"{run['wall']:.1f} s"),
             (
@@ -143,9 +141,7 @@ class SimBenchReport:
                 ("starting the local Ray (not in the wall time)", f"{run['ray_start']:.1f} s"),
                 (f"ray ({RAY_CPUS} local workers) / serial wall time", f"{run['wall'] / self.serial['wall']:.2f}"),
             ]
-        for row in rows:
-            table.add_row(*row)
-        return table
+        return figures_table(title, rows)
 
 
 def run_sim_bench(path: Path, sims: int, engine: str, progress: Any) -> SimBenchReport:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from metering.eventlog import EventLogError
 from metering.pipeline import Inputs, load_inputs
@@ -550,17 +549,16 @@ def bench_jsonl(
     workdir: Annotated[Path, typer.Option(help="Where the log is written (and removed after).")] = Path("."),
 ) -> None:
     """Bill a large JSONL log: it is streamed, so peak memory stays bounded (reported)."""
-    from metering.bench import run_jsonl_bench
+    from metering.bench import figures_table, run_jsonl_bench
 
     found = run_jsonl_bench(lines, workdir, lambda text: stderr.print(text, markup=False))
-    table = Table(title=f"mgwsim bench jsonl: {found['lines']:,} lines ({found['megabytes']:,.0f} MB)")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_row("bill, 12 months: wall time", f"{found['seconds']:.1f} s")
-    table.add_row("lines per second", f"{found['lines'] / found['seconds']:,.0f}")
-    table.add_row("peak memory", f"{found['peak_mb']:,.0f} MB")
-    table.add_row("errors", str(found["errors"]))
-    Console().print(table)
+    rows = [
+        ("bill, 12 months: wall time", f"{found['seconds']:.1f} s"),
+        ("lines per second", f"{found['lines'] / found['seconds']:,.0f}"),
+        ("peak memory", f"{found['peak_mb']:,.0f} MB"),
+        ("errors", str(found["errors"])),
+    ]
+    Console().print(figures_table(f"mgwsim bench jsonl: {found['lines']:,} lines ({found['megabytes']:,.0f} MB)", rows))
 
 
 @bench_app.command("sim")

@@ -203,3 +203,12 @@ def test_bill_counts_a_redelivered_event_once_and_refuses_a_reused_id(tmp_path: 
     assert_one_line_error(
         mgwsim("bill", DISPUTES / "points.jsonl", changed, "-m", "2026-01"), f"{changed}:2", "points.jsonl:2"
     )
+
+
+def test_benchmarks_print_their_figures(tmp_path: Path) -> None:
+    """Small runs of two benchmarks: each prints its table of measures and values."""
+    pcap = mgwsim("bench", "pcap", "--sessions", "5", "--sample", "10", "--dir", tmp_path, columns=160)
+    jsonl = mgwsim("bench", "jsonl", "--lines", "2000", "--workdir", tmp_path, columns=160)
+    assert pcap.returncode == jsonl.returncode == 0, pcap.stderr + jsonl.stderr
+    assert "measure" in pcap.stdout and "packets per second" in pcap.stdout and "templates / scapy" in pcap.stdout
+    assert "lines per second" in jsonl.stdout and "peak memory" in jsonl.stdout and "errors" in jsonl.stdout
