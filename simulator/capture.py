@@ -126,6 +126,17 @@ class MeteredCapture:
     skipped: dict[str, int]
 
 
+def _session_marker(what: str, instant_us: int, account: str, session: str, sim: str) -> Event:
+    """The ``session.created`` or ``session.deleted`` diagnostic of a session seen in a capture."""
+    return Event(
+        ts=instant_us,
+        type=f"session.{what}",
+        account=account,
+        id=f"{session}/{what}",
+        extra=encode_extra({"session": session, "sim": sim}),
+    )
+
+
 def events_from_capture(contents: CaptureContents, account: str, sim_map: dict[str, str]) -> MeteredCapture:
     """``sim.traffic`` per session and JST day (stamped at its last G-PDU), and session diagnostics.
 
@@ -138,15 +149,7 @@ def events_from_capture(contents: CaptureContents, account: str, sim_map: dict[s
         if iccid is None:
             raise CaptureInputError(f"IMSI {session.imsi} of a session in the capture is not in the SIM map")
         name = f"pcap-{session.teids['pgw_c']:08x}-{session.start_us}"
-        events.append(
-            Event(
-                ts=session.start_us,
-                type="session.created",
-                account=account,
-                id=f"{name}/created",
-                extra=encode_extra({"session": name, "sim": iccid}),
-            )
-        )
+        events.append(_session_marker("created", session.start_us, account, name, iccid))
         for day in sorted(set(session.up) | set(session.down)):
             events.append(
                 Event(
@@ -162,14 +165,6 @@ def events_from_capture(contents: CaptureContents, account: str, sim_map: dict[s
                 )
             )
         if session.end_us is not None:
-            events.append(
-                Event(
-                    ts=session.end_us,
-                    type="session.deleted",
-                    account=account,
-                    id=f"{name}/deleted",
-                    extra=encode_extra({"session": name, "sim": iccid}),
-                )
-            )
+            events.append(_session_marker("deleted", session.end_us, account, name, iccid))
     events.sort(key=lambda event: event.ts)
     return MeteredCapture(events, len(contents.sessions), contents.packets, dict(contents.skipped))
