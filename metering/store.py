@@ -29,10 +29,12 @@ from metering.rating import deduplicate
 LOG: Final = logging.getLogger(__name__)
 """Progress of long appends at INFO (``mgwsim -v``)."""
 STORE_SCHEMA: Final = "mgwsim.store/1"
-MEMORY_LIMIT: Final = os.environ.get("MGWSIM_MEMORY_LIMIT", "1GB")
+MEMORY_VARIABLE: Final = "MGWSIM_MEMORY_LIMIT"
+"""Environment variable: DuckDB's memory limit for every store (overrides the stores' own)."""
+MEMORY_LIMIT: Final = "1GB"
+"""DuckDB's memory limit for a store; beyond it DuckDB spills to a private temporary directory."""
 THREADS_VARIABLE: Final = "MGWSIM_DUCKDB_THREADS"
 """Environment variable: DuckDB threads per store (default: DuckDB's, one per core). Ray tasks set 1."""
-"""DuckDB's memory limit for a store; beyond it DuckDB spills to a private temporary directory."""
 BATCH_EVENTS: Final = 500_000
 
 COLUMNS_SQL: Final = """
@@ -87,16 +89,28 @@ def staging_table(events: list[Event], first_seq: int) -> pa.Table:
     return table.append_column("line", pa.array([event.line for event in events], type=pa.int64()))
 
 
+def batches(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
+    """The events in lists of ``size`` (the last one shorter), holding one list at a time."""
+    batch: list[Event] = []
+    for event in events:
+        batch.append(event)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class EventStore:
     """A DuckDB file of events (or ``:memory:``). Use as a context manager."""
 
     def __init__(self, path: Path | str, read_only: bool = False, memory_limit: str | None = None) -> None:
         """Open (and create, unless read-only) the store at ``path``.
 
-        ``memory_limit`` overrides :data:`MEMORY_LIMIT` (unless the environment sets it).
+        ``memory_limit`` overrides :data:`MEMORY_LIMIT` (unless :data:`MEMORY_VARIABLE` is set).
         """
         self.path = str(path)
-        self.memory_limit = os.environ.get("MGWSIM_MEMORY_LIMIT") or memory_limit or MEMORY_LIMIT
+        self.memory_limit = os.environ.get(MEMORY_VARIABLE) or memory_limit or MEMORY_LIMIT
         if read_only and self.path != ":memory:" and not Path(self.path).is_file():
             raise StoreError(f"{self.path}: no such store (create it with `mgwsim ingest … --db {self.path}`)")
         self.spill = tempfile.mkdtemp(prefix="mgwsim-duckdb-")
@@ -270,16 +284,10 @@ class EventStore:
             for _ in read_event_log(path):
                 pass
         added = skipped = 0
-        batch: list[Event] = []
-        for event in read_event_log(path):
-            batch.append(event)
-            if len(batch) >= batch_events:
-                batch_added, batch_skipped = self.append(batch)
-                added, skipped, batch = added + batch_added, skipped + batch_skipped, []
-                LOG.info("%s: %s events added, %s already stored", path, f"{added:,}", f"{skipped:,}")
-        if batch:
+        for batch in batches(read_event_log(path), batch_events):
             batch_added, batch_skipped = self.append(batch)
             added, skipped = added + batch_added, skipped + batch_skipped
+            LOG.info("%s: %s events added, %s already stored", path, f"{added:,}", f"{skipped:,}")
         return added, skipped
 
     def append_unchecked(self, events: Iterable[Event], batch_events: int = BATCH_EVENTS) -> None:
@@ -290,25 +298,14 @@ class EventStore:
         with the store, where one pass at the end does not.
         """
         seq = first = self._next_seq()
-        batch: list[Event] = []
-
-        def flush() -> None:
-            nonlocal seq, batch
-            staged = staging_table(batch, seq)
-            self.connection.register("unchecked", staged)
+        for batch in batches(events, batch_events):
+            self.connection.register("unchecked", staging_table(batch, seq))
             try:
                 self.connection.execute("INSERT INTO events SELECT * FROM unchecked").fetchall()
             finally:
                 self.connection.unregister("unchecked")
-            seq, batch = seq + len(batch), []
+            seq += len(batch)
             LOG.info("%s events read into the store", f"{seq - first:,}")
-
-        for event in events:
-            batch.append(event)
-            if len(batch) >= batch_events:
-                flush()
-        if batch:
-            flush()
 
     def settle_duplicates(self) -> int:
         """After :meth:`append_unchecked`: refuse reused ids, drop repeated events; return how many.
