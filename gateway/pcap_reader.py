@@ -16,6 +16,9 @@ unknown TEID and GTP messages this reader does not use are counted by reason; no
 from __future__ import annotations
 
 import ipaddress
+import mmap
+import os
+import stat
 import struct
 from collections import Counter
 from collections.abc import Iterator
@@ -78,13 +81,29 @@ class CaptureContents:
 def packets(path: Path) -> Iterator[tuple[int, bytes | None, str]]:
     """``(epoch µs, IPv4 packet or None, reason)`` per record of a classic pcap file.
 
+    A regular file is mapped rather than read, so a capture of gigabytes is not held in memory.
+
     Raises:
         CaptureReadError: If the file cannot be read or is not a classic pcap file.
     """
     try:
-        data = path.read_bytes()
+        with path.open("rb") as stream:
+            status = os.fstat(stream.fileno())
+            if stat.S_ISREG(status.st_mode) and status.st_size:
+                data: bytes | mmap.mmap = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
+            else:  # a pipe, or empty: read as it comes
+                data = stream.read()
     except OSError as exc:
         raise CaptureReadError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        yield from _records(path, data)
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
+def _records(path: Path, data: bytes | mmap.mmap) -> Iterator[tuple[int, bytes | None, str]]:
+    """The records of the capture's bytes (see :func:`packets`)."""
     if len(data) < 24:
         raise CaptureReadError(f"{path}: not a pcap file (shorter than its 24-byte header)")
     magic = data[:4]
