@@ -185,12 +185,18 @@ def platform_messages(events: Iterable[Any]) -> Iterator[PlatformMessage]:
                 yield PlatformMessage(f"{event.id}#{number}", event.account, event.sim, event.ts)
 
 
+def _credentials_refused(exc: BaseException) -> bool:
+    """Whether the broker refused the user name or password (CONNACK 4 or 5, in paho's words)."""
+    text = str(exc)
+    return "ot authorized" in text or "bad user name or password" in text.lower() or "code:5" in text.replace(" ", "")
+
+
 def _connection_error(broker: Broker, exc: BaseException, attempts: int = 0) -> MqttAdapterError:
     """One line on a failed connection (``attempts``: how many were made, when giving up)."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if broker.password:
         text = text.replace(broker.password, "***")
-    if "ot authorized" in text or "bad user name or password" in text.lower() or "code:5" in text.replace(" ", ""):
+    if _credentials_refused(exc):
         return MqttAdapterError(f"{broker.describe()}: the broker refused the user name or password")
     tried = f" (gave up after {attempts} attempt{'s' if attempts != 1 else ''})" if attempts else ""
     return MqttAdapterError(f"{broker.describe()}: {text}{tried}")
@@ -245,7 +251,7 @@ async def publish_messages(
                     if progress is not None:
                         progress(sum(done))
         except aiomqtt.MqttError as exc:
-            if "ot authorized" in str(exc) or "code:5" in str(exc).replace(" ", ""):
+            if _credentials_refused(exc):
                 raise _connection_error(broker, exc) from None
             failures += 1
             await _back_off(broker, exc, failures, on_retry)
