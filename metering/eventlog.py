@@ -196,6 +196,11 @@ def event_to_json(event: Event) -> dict[str, Any]:
     return record
 
 
+def event_line(event: Event) -> str:
+    """One event as a line of a JSONL log (without the newline)."""
+    return json.dumps(event_to_json(event), ensure_ascii=False, separators=(", ", ": "))
+
+
 def events_to_arrow(events: Iterable[Event]) -> pa.Table:
     """The columnar form (:data:`ARROW_SCHEMA`) of a sequence of events."""
     columns: dict[str, list[Any]] = {name: [] for name in ARROW_SCHEMA.names}
@@ -263,7 +268,7 @@ def write_event_log(events: Iterable[Event], path: Path) -> int:
         opener = gzip.open if fmt == "jsonl.gz" else open
         with opener(temporary, "wt", encoding="utf-8") as stream:
             for event in events:
-                stream.write(json.dumps(event_to_json(event), ensure_ascii=False, separators=(", ", ": ")))
+                stream.write(event_line(event))
                 stream.write("\n")
                 written += 1
     return written

@@ -475,7 +475,7 @@ def meter_pcap(
     import re
 
     from gateway.pcap_reader import CaptureReadError, read_capture
-    from metering.eventlog import event_to_json, log_format, write_event_log
+    from metering.eventlog import event_line, log_format, write_event_log
     from metering.events import NAME_PATTERN
     from simulator.capture import CaptureInputError, events_from_capture, read_sim_map
 
@@ -493,7 +493,7 @@ def meter_pcap(
         fail(str(exc))
     if out is None:
         for event in metered.events:
-            sys.stdout.write(json.dumps(event_to_json(event), ensure_ascii=False, separators=(", ", ": ")) + "\n")
+            sys.stdout.write(event_line(event) + "\n")
     else:
         write_event_log(metered.events, out)
     stderr.print(
