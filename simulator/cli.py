@@ -471,7 +471,6 @@ def meter_pcap(
     Malformed or truncated packets are counted and reported (standard error), never fatal.
     Example: mgwsim meter-pcap core.pcap --account acct-1 --sims core.pcap.sims.csv --out events.jsonl
     """
-    import json
     import re
 
     from gateway.pcap_reader import CaptureReadError, read_capture
