@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.table import Table
 
+from metering.fast import month_sql
 from metering.timeutil import month_start, parse_month
 
 ACCOUNTS = 10
 YEAR_START = month_start(parse_month("2026-01"))
 YEAR_END = month_start(parse_month("2027-01"))
-MONTH_SQL = "(year(make_timestamp(ts + 32400000000)) * 12 + month(make_timestamp(ts + 32400000000)) - 1)"
 
 
 def generate_traffic(path: Path, events: int, sims: int, seed: int) -> int:
@@ -134,7 +134,7 @@ def _group_by(path: str, queue: Any) -> None:
     for _ in range(3):
         start = time.perf_counter()
         connection.sql(
-            f"SELECT sim, {MONTH_SQL.replace('ts +', 'epoch_us(ts) +')} AS month, sum(up_bytes + down_bytes) "
+            f"SELECT sim, {month_sql('epoch_us(ts)')} AS month, sum(up_bytes + down_bytes) "
             f"FROM read_parquet('{path}') WHERE type = 'sim.traffic' GROUP BY ALL"
         ).to_arrow_table()
         times.append(time.perf_counter() - start)

@@ -19,8 +19,8 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metering.events import EVENT_COLUMNS, Event, EventError, event_from_mapping
-from metering.timeutil import format_instant
+from metering.events import EVENT_COLUMNS, DuplicateKeyError, Event, EventError, decode_object, event_from_mapping
+from metering.timeutil import INSTANT_RANGE, MAX_INSTANT, MIN_INSTANT, format_instant
 
 SUFFIXES: Final = (".jsonl", ".jsonl.gz", ".parquet")
 
@@ -75,11 +75,15 @@ def _decode_line(raw: bytes, path: Path, number: int) -> Event | None:
     if not text:
         return None
     try:
-        record = json.loads(text)
+        record = decode_object(text)
     except UnicodeDecodeError:
         raise EventLogError(f"{path}:{number}: line is not UTF-8 text") from None
+    except DuplicateKeyError as exc:
+        raise EventLogError(f"{path}:{number}: key {exc.key[:60]!r} appears twice in one object") from None
     except json.JSONDecodeError as exc:
         raise EventLogError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except ValueError as exc:
+        raise EventLogError(f"{path}:{number}: not valid JSON ({exc})") from None
     except RecursionError:
         raise EventLogError(f"{path}:{number}: JSON nested too deeply") from None
     if not isinstance(record, dict):
@@ -136,18 +140,26 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def _read_parquet(path: Path) -> Iterator[Event]:
     for row, record in _parquet_rows(path):
         cleaned = {key: value for key, value in record.items() if value is not None or key in ("ts", "type", "account")}
-        if isinstance(cleaned.get("expires"), int):
-            cleaned["expires"] = format_instant(cleaned["expires"])
+        expires = cleaned.get("expires")
+        if isinstance(expires, int):
+            if not MIN_INSTANT <= expires <= MAX_INSTANT:
+                raise EventLogError(f"{path}:{row}: field 'expires' lies outside {INSTANT_RANGE}")
+            cleaned["expires"] = format_instant(expires)
         extra = cleaned.pop("extra", None)
         if extra:
             try:
-                decoded = json.loads(extra)
-            except json.JSONDecodeError:
+                decoded = decode_object(extra)
+            except DuplicateKeyError as exc:
+                raise EventLogError(f"{path}:{row}: column 'extra' names key {exc.key[:60]!r} twice") from None
+            except (ValueError, RecursionError):
                 raise EventLogError(f"{path}:{row}: column 'extra' is not a JSON object") from None
             if not isinstance(decoded, dict):
                 raise EventLogError(f"{path}:{row}: column 'extra' is not a JSON object")
+            clash = next((key for key in decoded if key in cleaned), None)
+            if clash is not None:
+                raise EventLogError(f"{path}:{row}: column 'extra' repeats the field {clash[:60]!r}")
             cleaned.update(decoded)
-        result = event_from_mapping(cleaned, str(path), row)
+        result = event_from_mapping(cleaned, str(path), row, epoch_ts=True)
         if isinstance(result, EventError):
             raise EventLogError(f"{path}:{row}: {result.reason}")
         yield result

@@ -7,17 +7,23 @@ readers in :mod:`metering.eventlog` add the file and line. Nothing here raises f
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from metering.timeutil import TimeFormatError, parse_instant
+from metering.timeutil import INSTANT_RANGE, MAX_INSTANT, MIN_INSTANT, TimeFormatError, parse_instant
 
 SCHEMA: Final = "mgwsim.events/1"
 INT64_MAX: Final = 2**63 - 1
+INT64_MIN: Final = -(2**63)
+MAX_TEXT: Final = 65_536
+"""The longest string (in characters) any field of an event may hold (EVENTS.md)."""
 
 BILLED_TYPES: Final = (
     "sim.registered",
@@ -62,7 +68,11 @@ OPTION_PATTERN: Final = "[a-z][a-z0-9_]{0,63}"
 _ICCID_RE = re.compile(ICCID_PATTERN)
 _NAME_RE = re.compile(NAME_PATTERN)
 _OPTION_RE = re.compile(OPTION_PATTERN)
-_SECRET_RE = re.compile(r"^(new_?|old_?)?(pin|puk|passcode)(_?code|_?\d)?$", re.IGNORECASE)
+SECRET_WORDS: Final = frozenset({"pin", "puk", "passcode", "pincode", "pukcode"})
+"""Words that make a field name a secret's (EVENTS.md); so does ``pass`` followed by ``code``."""
+_CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_DIGITS_RE = re.compile(r"([0-9]+)")
+_SEPARATORS_RE = re.compile(r"[_\-. ]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +226,63 @@ def content_id(content: Mapping[str, Any]) -> str:
     return "h-" + hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 
+def name_words(name: str) -> list[str]:
+    """A field name's words, lower case: split at ``_ - . space``, lower-to-upper camelCase and digits.
+
+    >>> name_words("userPassCode_2")
+    ['user', 'pass', 'code', '2']
+    """
+    spaced = _DIGITS_RE.sub(r" \1 ", _CAMEL_RE.sub(" ", name))
+    return [word.lower() for word in _SEPARATORS_RE.split(spaced) if word]
+
+
+@functools.lru_cache(maxsize=4096)
 def is_secret_field(name: str) -> bool:
-    """Whether a field name denotes a PIN, PUK or PASSCODE (never allowed in an event)."""
-    return bool(_SECRET_RE.match(name))
+    """Whether a field name denotes a PIN, PUK or PASSCODE (never allowed in an event).
+
+    The rule of EVENTS.md: the name has a word of :data:`SECRET_WORDS`, or the word ``pass``
+    followed by the word ``code`` (see :func:`name_words`). ``entered_pin``, ``sim.puk``,
+    ``passCode``, ``pin1`` are secret; ``shipping`` and ``spin_rate`` are not.
+    """
+    words = name_words(name)
+    if any(word in SECRET_WORDS for word in words):
+        return True
+    return any(first == "pass" and second == "code" for first, second in itertools.pairwise(words))
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object that names one key twice (raised while decoding, by :func:`decode_object`)."""
+
+    def __init__(self, key: str) -> None:
+        """Remember the repeated key."""
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKeyError(key)
+            seen.add(key)
+    return record
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def decode_object(text: str | bytes) -> Any:
+    """Decode JSON as the event format reads it: duplicate keys and NaN/Infinity are refused.
+
+    Raises:
+        DuplicateKeyError: For an object with a key given twice.
+        ValueError: For invalid JSON (a :class:`json.JSONDecodeError`) or ``NaN``/``Infinity``.
+        RecursionError: For JSON nested too deeply.
+    """
+    return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
 
 
 def _check_value(name: str, kind: str, value: Any) -> tuple[Any, str | None]:
@@ -261,23 +325,44 @@ def encode_extra(fields: Mapping[str, Any]) -> str:
     return json.dumps(dict(fields), sort_keys=True, separators=(",", ":")) if fields else ""
 
 
-def event_from_mapping(record: Mapping[str, Any], source: str = "", line: int = 0) -> Event | EventError:
+def _scalar_problem(name: str, value: Any) -> str | None:
+    """Why a diagnostic field's value is not allowed (``None`` when it is)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if INT64_MIN <= value <= INT64_MAX else f"field {name!r} does not fit in 64 bits"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"field {name!r} is not a finite number"
+    if isinstance(value, str):
+        return None
+    return f"field {name!r} must be a scalar"
+
+
+def event_from_mapping(
+    record: Mapping[str, Any], source: str = "", line: int = 0, epoch_ts: bool = False
+) -> Event | EventError:
     """Validate one decoded event record.
 
     Args:
-        record: One JSON object of the event log (or one Parquet row as a dict, with ``ts``
-            already an RFC 3339 string or epoch microseconds as int).
+        record: One JSON object of the event log (or one Parquet row as a dict).
         source: The file it was read from, for messages.
         line: Its line (or row) in that file.
+        epoch_ts: Whether ``ts`` may be epoch microseconds as an int (a Parquet row); in a
+            JSON object it must be an RFC 3339 string.
 
     Returns:
         The normalised :class:`Event`, or an :class:`EventError` with the reason.
     """
-    for name in record:
-        if is_secret_field(str(name)):
+    for name, value in record.items():
+        text = str(name)
+        if len(text) > MAX_TEXT:
+            return EventError(f"a field name is longer than {MAX_TEXT:,} characters")
+        if is_secret_field(text):
             return EventError(
-                f"event carries a secret field {name!r}: PIN, PUK and PASSCODE never belong in an event log"
+                f"event carries a secret field {text[:60]!r}: PIN, PUK and PASSCODE never belong in an event log"
             )
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            return EventError(f"field {text[:60]!r} is longer than {MAX_TEXT:,} characters")
     event_type = record.get("type")
     if event_type is None:
         return EventError("missing required field 'type'")
@@ -293,7 +378,9 @@ def event_from_mapping(record: Mapping[str, Any], source: str = "", line: int = 
             ts = parse_instant(raw_ts)
         except TimeFormatError as exc:
             return EventError(f"field 'ts': {exc}")
-    elif isinstance(raw_ts, int) and not isinstance(raw_ts, bool):
+    elif epoch_ts and isinstance(raw_ts, int) and not isinstance(raw_ts, bool):
+        if not MIN_INSTANT <= raw_ts <= MAX_INSTANT:
+            return EventError(f"field 'ts' lies outside {INSTANT_RANGE}")
         ts = raw_ts
     else:
         return EventError(f"field 'ts' must be an RFC 3339 string, got {type(raw_ts).__name__}")
@@ -311,8 +398,9 @@ def event_from_mapping(record: Mapping[str, Any], source: str = "", line: int = 
         if name in COMMON_FIELDS:
             continue
         if specs is None:
-            if value is not None and not isinstance(value, str | int | float | bool):
-                return EventError(f"{event_type}: field {name!r} must be a scalar")
+            problem = _scalar_problem(str(name)[:60], value)
+            if problem is not None:
+                return EventError(f"{event_type}: {problem}")
             extra[name] = value
             continue
         spec = specs.get(name)

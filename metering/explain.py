@@ -58,7 +58,8 @@ def explain(rating: Rating, tariff: Tariff, events: Mapping[tuple[str, str], Eve
         f"I-1 usage_test={switches.usage_test}, I-2 exempt_first_and_last_month="
         f"{str(switches.exempt_first_and_last_month).lower()}, I-3 deleted_in_final_month="
         f"{switches.deleted_in_final_month}, I-4 consumption_order={switches.consumption_order}, "
-        f"I-5 expiring_at_deduction={switches.expiring_at_deduction}."
+        f"I-5 expiring_at_deduction={switches.expiring_at_deduction}, "
+        f"I-6 shortfall_on_deleted_account={switches.shortfall_on_deleted_account}."
     )
     for month, document in sorted(rating.documents.items()):
         for invoice in document.invoices:

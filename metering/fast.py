@@ -38,7 +38,7 @@ from metering.eventlog import log_format, read_event_log
 from metering.events import EVENT_COLUMNS, Event, EventError
 from metering.history import AccountHistory, Usage, processing_order, replay
 from metering.invoice import InvoiceDocument, Line, build_invoice, make_line, points_block, sort_invoices
-from metering.money import divide_round, round_money
+from metering.money import divide_round, from_minor, priced, to_minor, total
 from metering.rating import Rating
 from metering.rules import Charge, Outcome
 from metering.rules.data_fee import Pool, history_pools, metered_data_fee, metered_note, pack_charges
@@ -63,13 +63,42 @@ STREAM_MEMORY_LIMIT: Final = "384MB"
 
 BULK_TYPES: Final = ("sim.traffic", "mono.message", "sms.sent")
 NEVER: Final = 2**62
-MONTH_SQL: Final = "(year(make_timestamp(ts + 32400000000)) * 12 + month(make_timestamp(ts + 32400000000)) - 1)"
-ORDER_KEY: Final = "(ts::HUGEINT * 1099511627776 + seq)"
+
+
+def month_sql(instant: str = "ts") -> str:
+    """SQL of the JST month index (``year * 12 + month - 1``) of an epoch-microsecond expression."""
+    shifted = f"make_timestamp({instant} + 32400000000)"
+    return f"(year({shifted}) * 12 + month({shifted}) - 1)"
+
+
+MONTH_SQL: Final = month_sql()
+
+
+def order_key(alias: str = "") -> str:
+    """SQL of an event's place in processing order, ``(ts, seq)`` as one number (``alias``: table prefix)."""
+    prefix = f"{alias}." if alias else ""
+    return f"({prefix}ts::HUGEINT * 1099511627776 + {prefix}seq)"
+
+
+ORDER_KEY: Final = order_key()
+SIMPLE_VOLUME: Final = 2**62
+"""A SIM with a month of this many bytes or more is rated by the reference rules (exact Python ints)."""
+COMMUNICATION_SQL: Final = (
+    "(e.type = 'sim.traffic' AND (e.up_bytes > 0 OR e.down_bytes > 0)) OR (e.type = 'mono.message' "
+    f"AND {order_key('e')} > s.start_key "
+    f"AND (s.end_key IS NULL OR {order_key('e')} < s.end_key))"
+)
+"""Whether event ``e`` of simple SIM ``s`` is communication (Art. 38(2), 57(2)): traffic of more
+than 0 bytes, or a platform message while the SIM is registered (in processing order, as the
+reference replay decides it)."""
 EVENT_FIELDS: Final = ("ts", "type", "account", "id", *EVENT_COLUMNS, "extra", "source", "line")
 ObjectArray = npt.NDArray[np.object_]
 PoolPart = tuple[int, int, list[tuple[str, str]]]
 """Part of a data pack pool: SIM count, volume, ``(iccid, first traffic id)`` of SIMs with traffic."""
 IntArray = npt.NDArray[np.int64]
+INT64_SAFE: Final = 2**60
+"""A block of int64 amounts whose sum stays below this bound cannot overflow, even with the month's
+other blocks (at most three) added."""
 
 
 def _fetch_events(connection: duckdb.DuckDBPyConnection, sql: str) -> list[Event]:
@@ -83,10 +112,20 @@ def _fetch_events(connection: duckdb.DuckDBPyConnection, sql: str) -> list[Event
     return found
 
 
+def _numpy(column: pa.ChunkedArray) -> npt.NDArray[Any]:
+    """A column as numpy; HUGEINT sums (Arrow decimals) as int64, or as exact Python ints when they do not fit."""
+    if pa.types.is_decimal(column.type):
+        try:
+            return column.cast(pa.int64()).to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
+        except pa.ArrowInvalid:
+            return np.array([None if value is None else int(value) for value in column.to_pylist()], dtype=object)
+    return column.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
+
+
 def _columns(connection: duckdb.DuckDBPyConnection, sql: str) -> dict[str, Any]:
-    """The result of a query as numpy columns."""
+    """The result of a query as numpy columns (sums exact, see :func:`_numpy`)."""
     table = connection.sql(sql).to_arrow_table()
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    return {name: _numpy(table.column(name)) for name in table.column_names}
 
 
 @dataclass
@@ -108,12 +147,23 @@ class SimpleSims:
 
 @dataclass
 class SimTraffic:
-    """``traffic_month`` rows of the simple SIMs, with the SIM's row in :class:`SimpleSims`."""
+    """``traffic_month`` rows of the simple SIMs, with the SIM's row in :class:`SimpleSims`.
+
+    Attributes:
+        sim: The SIM's row.
+        month: JST month.
+        volume: Bytes up and down (below :data:`SIMPLE_VOLUME`).
+        events: Traffic events.
+        message_sim: The SIM's row, for each (SIM, month) with a platform message while registered.
+        message_month: Its month.
+    """
 
     sim: IntArray
     month: IntArray
     volume: IntArray
     events: IntArray
+    message_sim: IntArray
+    message_month: IntArray
 
 
 @dataclass
@@ -124,7 +174,7 @@ class LineBlock:
     rule: str
     sims: IntArray
     quantity: IntArray
-    amount_minor: IntArray
+    amount_minor: npt.NDArray[Any]
     unit_price: Decimal
     details: dict[str, Any]
 
@@ -132,27 +182,32 @@ class LineBlock:
 class Evidence:
     """Evidence ids of the simple SIMs' traffic per month, looked up only for lines being built.
 
-    Per SIM and month: the first traffic event, the first and the last event with bytes > 0, in
-    processing order ``(ts, seq)`` — what the reference rules cite.
+    Per SIM and month: the first traffic event, and the first and the last communication (traffic
+    with bytes > 0, or a platform message while the SIM is registered), in processing order
+    ``(ts, seq)`` — what the reference rules cite.
     """
 
     SPAN: Final = 1 << 24
 
     def __init__(self, connection: duckdb.DuckDBPyConnection, months: set[int] | None) -> None:
         """Query the evidence of ``months`` (``None``: every month)."""
-        where = "type = 'sim.traffic'"
+        where = "e.type IN ('sim.traffic', 'mono.message')"
         if months is not None:
-            ranges = " OR ".join(f"(ts >= {month_start(m)} AND ts < {month_start(m + 1)})" for m in sorted(months))
+            ranges = " OR ".join(f"(e.ts >= {month_start(m)} AND e.ts < {month_start(m + 1)})" for m in sorted(months))
             where += f" AND ({ranges or 'false'})"
+        traffic = "e.type = 'sim.traffic'"
         table = connection.sql(
             f"""
-            SELECT s.idx * {self.SPAN} + t.month AS key, t.first_id, t.used_id, t.last_used_id
-            FROM (SELECT account, sim, {MONTH_SQL} AS month, arg_min(id, {ORDER_KEY}) AS first_id,
-                         arg_min(id, {ORDER_KEY}) FILTER (WHERE up_bytes + down_bytes > 0) AS used_id,
-                         arg_max(id, {ORDER_KEY}) FILTER (WHERE up_bytes + down_bytes > 0) AS last_used_id
-                  FROM events WHERE {where} GROUP BY ALL) t
-            JOIN simple_sims s ON t.account = s.account AND t.sim = s.sim
-            ORDER BY key
+            SELECT s.idx * {self.SPAN} + {month_sql("e.ts")} AS key,
+                   arg_min(e.id, {order_key("e")})
+                       FILTER (WHERE {traffic}) AS first_id,
+                   arg_min(e.id, {order_key("e")})
+                       FILTER (WHERE {COMMUNICATION_SQL}) AS used_id,
+                   arg_max(e.id, {order_key("e")})
+                       FILTER (WHERE {COMMUNICATION_SQL}) AS last_used_id
+            FROM events e JOIN simple_sims s ON e.account = s.account AND e.sim = s.sim
+            WHERE {where}
+            GROUP BY ALL ORDER BY key
             """
         ).to_arrow_table()
         self.keys: IntArray = table.column("key").to_numpy().astype(np.int64)
@@ -240,7 +295,6 @@ class LazyDocuments(Mapping[int, InvoiceDocument]):
 def _block_lines(block: LineBlock, invoices: _Invoices, month: int) -> Iterator[tuple[str, Line]]:
     """Invoice lines of one vectorised block, with the notes of the shared rule code."""
     tariff, simple = invoices.tariff, invoices.simple
-    scale = Decimal(1).scaleb(-tariff.amount_decimals)
     evidence = invoices.evidence_for()
     details = {key: value.tolist() for key, value in block.details.items()}
     this_month = np.full(len(block.sims), month, dtype=np.int64)
@@ -276,7 +330,7 @@ def _block_lines(block: LineBlock, invoices: _Invoices, month: int) -> Iterator[
             simple.sim[index],
             quantity,
             block.unit_price,
-            Decimal(amount) * scale,
+            from_minor(amount, tariff.amount_decimals),
             evidence_ids,
             note,
         )
@@ -330,28 +384,40 @@ class FastRater:
         self._sql(
             f"""
             CREATE OR REPLACE TEMP TABLE traffic_month AS
-            SELECT account, sim, {MONTH_SQL} AS month, sum(up_bytes + down_bytes)::BIGINT AS volume,
+            SELECT account, sim, {MONTH_SQL} AS month, sum(up_bytes::HUGEINT + down_bytes) AS volume,
                    count(*) AS events, min(ts) AS min_ts, max(ts) AS max_ts
             FROM events WHERE type = 'sim.traffic' GROUP BY ALL
             """
         )
         self._sql(
-            """
+            f"""
             CREATE OR REPLACE TEMP TABLE simple_sims AS
             SELECT row_number() OVER (ORDER BY l.account, l.sim) - 1 AS idx,
-                   l.account, l.sim, l.start_ts, l.start_id, l.end_ts
+                   l.account, l.sim, l.start_ts, l.start_id, l.end_ts, l.start_key, l.end_key
             FROM sim_life l
-            LEFT JOIN (SELECT account, sim, min(min_ts) AS lo, max(max_ts) AS hi FROM traffic_month GROUP BY ALL) t
+            LEFT JOIN (SELECT account, sim, min(min_ts) AS lo, max(max_ts) AS hi, max(volume) AS most
+                       FROM traffic_month GROUP BY ALL) t
                 ON l.account = t.account AND l.sim = t.sim
             WHERE l.regs = 1 AND (l.dels = 0 OR (l.dels = 1 AND l.end_key > l.start_key))
-              AND (t.lo IS NULL OR (t.lo >= l.start_ts AND (l.end_ts IS NULL OR t.hi < l.end_ts)))
+              AND (t.lo IS NULL OR (t.lo >= l.start_ts AND (l.end_ts IS NULL OR t.hi < l.end_ts)
+                                    AND t.most < {SIMPLE_VOLUME}))
+            """
+        )
+        self._sql(
+            f"""
+            CREATE OR REPLACE TEMP TABLE message_month AS
+            SELECT s.idx, {month_sql("e.ts")} AS month
+            FROM events e JOIN simple_sims s ON e.account = s.account AND e.sim = s.sim
+            WHERE e.type = 'mono.message' AND {order_key("e")} > s.start_key
+              AND (s.end_key IS NULL OR {order_key("e")} < s.end_key)
+            GROUP BY ALL
             """
         )
         self._sql(
             f"""
             CREATE OR REPLACE TEMP TABLE usage_month AS
             SELECT type, account, CASE WHEN type = 'sms.sent' THEN kind ELSE sim END AS subject,
-                   {MONTH_SQL} AS month, sum(count)::BIGINT AS amount,
+                   {MONTH_SQL} AS month, sum(count::HUGEINT) AS amount,
                    arg_min(id, {ORDER_KEY}) AS first_id, arg_min(ts, {ORDER_KEY}) AS first_ts,
                    arg_min(seq, {ORDER_KEY}) AS first_seq, min(ts) AS min_ts, max(ts) AS max_ts
             FROM events WHERE type IN ('mono.message', 'sms.sent') GROUP BY ALL
@@ -377,19 +443,28 @@ class FastRater:
         )
         rows = _columns(
             self.connection,
-            "SELECT s.idx, t.month, t.volume, t.events "
+            "SELECT s.idx, t.month, t.volume::BIGINT AS volume, t.events "
             "FROM traffic_month t JOIN simple_sims s ON t.account = s.account AND t.sim = s.sim",
         )
+        messages = _columns(self.connection, "SELECT idx, month FROM message_month")
         traffic = SimTraffic(
             sim=rows["idx"].astype(np.int64),
             month=rows["month"].astype(np.int64),
             volume=rows["volume"].astype(np.int64),
             events=rows["events"].astype(np.int64),
+            message_sim=messages["idx"].astype(np.int64),
+            message_month=messages["month"].astype(np.int64),
         )
         return simple, traffic
 
-    def _histories(self) -> tuple[dict[str, AccountHistory], list[EventError]]:
-        """Replay everything but the simple SIMs and the aggregated usage, per account."""
+    def _histories(self, simple: SimpleSims) -> tuple[dict[str, AccountHistory], list[EventError]]:
+        """Replay everything but the simple SIMs and the aggregated usage, per account.
+
+        Platform messages are replayed one by one where the reference must see them: messages of
+        a SIM that is not simple (they are its communication, Art. 57(2)) and of a device ID with
+        several issue periods, or with messages outside its one period. The others reach the
+        rules as monthly aggregates; those of simple SIMs without a device ID only consume points.
+        """
         tariff = self.tariff
         fields = ", ".join(f"e.{name}" for name in EVENT_FIELDS)
         bulk = ", ".join(f"'{name}'" for name in BULK_TYPES)
@@ -414,11 +489,10 @@ class FastRater:
             "FROM usage_month ORDER BY account, type, subject, month",
         )
         event_months: dict[str, set[int]] = {}
-        month_of = MONTH_SQL.replace("ts +", "{0} +")
         month_rows = self.connection.execute(
             "SELECT DISTINCT account, month FROM traffic_month UNION SELECT DISTINCT account, month FROM usage_month "
-            f"UNION SELECT DISTINCT account, {month_of.format('start_ts')} FROM simple_sims "
-            f"UNION SELECT DISTINCT account, {month_of.format('end_ts')} FROM simple_sims WHERE end_ts IS NOT NULL"
+            f"UNION SELECT DISTINCT account, {month_sql('start_ts')} FROM simple_sims "
+            f"UNION SELECT DISTINCT account, {month_sql('end_ts')} FROM simple_sims WHERE end_ts IS NOT NULL"
         ).fetchall()
         for account, month in month_rows:
             event_months.setdefault(account, set()).add(int(month))
@@ -426,8 +500,9 @@ class FastRater:
         by_account: dict[str, list[Event]] = {account: [] for account in accounts}
         for event in processing_order(events):
             by_account[event.account].append(event)
-        # device IDs: a device with one issue period containing all its messages is simple
+        # device IDs: a device with one issue period strictly containing all its messages is simple
         lifecycle = {account: replay(account, by_account[account], tariff)[0] for account in accounts}
+        simple_keys = set(zip(simple.account.tolist(), simple.sim.tolist(), strict=True))
         spans: dict[tuple[str, str], tuple[int, int]] = {}
         for kind, account, subject, low, high in zip(
             usage["type"].tolist(),
@@ -440,20 +515,24 @@ class FastRater:
             if kind == "mono.message":
                 first, last = spans.get((account, subject), (low, high))
                 spans[(account, subject)] = (min(first, low), max(last, high))
-        complex_devices = set()
+        replayed, deviceless = set(), set()
         for (account, sim), (low, high) in spans.items():
             periods = lifecycle[account].devices.get(sim)
-            if not (periods and len(periods) == 1 and periods[0].contains(low) and periods[0].contains(high)):
-                complex_devices.add((account, sim))
-        if complex_devices:
-            chosen = pa.table({"a": [key[0] for key in complex_devices], "s": [key[1] for key in complex_devices]})
-            self.connection.register("complex_devices", chosen)
+            if (account, sim) not in simple_keys:
+                replayed.add((account, sim))
+            elif not periods:
+                deviceless.add((account, sim))
+            elif not (len(periods) == 1 and periods[0].start < low and (periods[0].end or NEVER) > high):
+                replayed.add((account, sim))
+        if replayed:
+            chosen = pa.table({"a": [key[0] for key in replayed], "s": [key[1] for key in replayed]})
+            self.connection.register("replayed_messages", chosen)
             raw = _fetch_events(
                 self.connection,
-                f"SELECT {fields} FROM events e SEMI JOIN complex_devices c ON e.account = c.a AND e.sim = c.s "
+                f"SELECT {fields} FROM events e SEMI JOIN replayed_messages c ON e.account = c.a AND e.sim = c.s "
                 "WHERE e.type = 'mono.message' ORDER BY e.seq",
             )
-            self.connection.unregister("complex_devices")
+            self.connection.unregister("replayed_messages")
             for event in raw:
                 by_account[event.account].append(event)
         histories: dict[str, AccountHistory] = {}
@@ -464,13 +543,17 @@ class FastRater:
             history.event_months.update(event_months.get(account, ()))
             histories[account] = history
             errors.extend(found)
-        self._attach_usage(histories, usage, complex_devices)
+        self._attach_usage(histories, usage, replayed | deviceless)
         return histories, errors
 
     def _attach_usage(
-        self, histories: dict[str, AccountHistory], usage: dict[str, Any], complex_devices: set[tuple[str, str]]
+        self, histories: dict[str, AccountHistory], usage: dict[str, Any], not_aggregated: set[tuple[str, str]]
     ) -> None:
-        """Monthly message, SMS and point-consumption records from ``usage_month``."""
+        """Monthly message, SMS and point-consumption records from ``usage_month``.
+
+        Messages of the SIMs in ``not_aggregated`` are not attached (replayed one by one, or of a
+        SIM without a device ID); every message consumes points all the same.
+        """
         consuming = self.tariff.points_consumption
         consumption: dict[str, list[tuple[int, int, Usage]]] = {}
         for kind, account, subject, amount, first_id, first_ts, first_seq in zip(
@@ -487,7 +570,7 @@ class FastRater:
             record = Usage(first_ts, amount, first_id, 0)
             if kind == "sms.sent":
                 history.sms.setdefault(subject, []).append(record)
-            elif (account, subject) not in complex_devices:
+            elif (account, subject) not in not_aggregated:
                 history.messages.setdefault(subject, []).append(record)
             per = consuming.get(kind, 0)
             if per:
@@ -497,16 +580,22 @@ class FastRater:
             entries.sort(key=lambda entry: (entry[0], entry[1]))
             histories[account].consumption = [entry[2] for entry in entries]
 
-    def _amounts(self, quantity: IntArray, unit_price: Decimal) -> IntArray:
-        """Rounded line amounts in minor units, exact: one Decimal product per distinct quantity."""
+    def _amounts(self, quantity: IntArray, unit_price: Decimal) -> npt.NDArray[Any]:
+        """Rounded line amounts in minor units, exact: one Decimal product per distinct quantity.
+
+        int64 when the block's sum cannot overflow it, else exact Python ints (an object array).
+        """
         tariff = self.tariff
         values, inverse = np.unique(quantity, return_inverse=True)
-        scale = Decimal(10) ** tariff.amount_decimals
+        decimals = tariff.amount_decimals
         minor = [
-            int(round_money(unit_price * int(value), tariff.amount_decimals, tariff.line_rounding) * scale)
+            to_minor(priced(unit_price, int(value), decimals, tariff.line_rounding), decimals)
             for value in values.tolist()
         ]
-        return np.array(minor, dtype=np.int64)[inverse] if len(values) else np.zeros(0, dtype=np.int64)
+        if not minor:
+            return np.zeros(0, dtype=np.int64)
+        dtype = np.int64 if max(minor) * len(quantity) < INT64_SAFE else object
+        return np.array(minor, dtype=dtype)[inverse]
 
     def _units(self, volume: IntArray) -> IntArray:
         unit, mode = self.tariff.data_unit_bytes, self.tariff.data_unit_rounding
@@ -527,9 +616,14 @@ class FastRater:
         sims = np.arange(count, dtype=np.int64)
         span = 1 << 24
         communicated = traffic.volume > 0
-        comm_keys = traffic.sim[communicated] * span + traffic.month[communicated]
-        order = np.argsort(comm_keys, kind="stable")
-        comm_keys = comm_keys[order]
+        comm_keys = np.unique(
+            np.concatenate(
+                [
+                    traffic.sim[communicated] * span + traffic.month[communicated],
+                    traffic.message_sim * span + traffic.message_month,
+                ]
+            )
+        )
         transitional = tariff.transitional_start
         transitional_at = month_start(transitional)
         counted_from = simple.start_month.copy()
@@ -547,9 +641,11 @@ class FastRater:
             rows = traffic.sim[in_month]
             volume = np.zeros(count, dtype=np.int64)
             volume[rows] = traffic.volume[in_month]
+            used = volume > 0
+            used[traffic.message_sim[traffic.message_month == month]] = True
             covers = (simple.start_month <= month) & (simple.end_month >= month)
             edge = (simple.start_month == month) | (simple.end_month == month)
-            basic = covers & ((volume > 0) | (edge & (not switches.exempt_first_and_last_month)))
+            basic = covers & (used | (edge & (not switches.exempt_first_and_last_month)))
             charged = sims[basic]
             month_blocks = [
                 self._block(
@@ -558,7 +654,7 @@ class FastRater:
                     charged,
                     np.ones(len(charged), np.int64),
                     tariff.sim_basic_fee,
-                    {"used": (volume > 0)[basic]},
+                    {"used": used[basic]},
                 ),
             ]
             # SMC-39: the idle run starts at max(counted_from, month after the last communication)
@@ -683,7 +779,7 @@ class FastRater:
         simple, traffic = self._simple_sims()
         self.timings["aggregate"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        histories, errors = self._histories()
+        histories, errors = self._histories(simple)
         self.timings["replay"] = time.perf_counter() - clock
         if errors:
             return Rating({}, {}, tuple(sorted(errors, key=lambda error: (error.source, error.line))))
@@ -708,14 +804,15 @@ class FastRater:
         invoices.evidence = evidence
         account_index = {account: position for position, account in enumerate(accounts)}
         sim_account = np.array([account_index[account] for account in simple.account.tolist()], dtype=np.int64)
+        decimals = tariff.amount_decimals
         for month, month_blocks in blocks.items():
-            per_account = np.zeros(len(accounts), dtype=np.int64)
+            exact = all(block.amount_minor.dtype == np.int64 for block in month_blocks)
+            per_account = np.zeros(len(accounts), dtype=np.int64 if exact else object)
             for block in month_blocks:
                 np.add.at(per_account, sim_account[block.sims], block.amount_minor)
-            scale = Decimal(10) ** tariff.amount_decimals
             for account, minor in zip(accounts, per_account.tolist(), strict=True):
-                extra = sum((line.amount for line in lines.get((month, account), [])), Decimal(0))
-                invoices.totals[(month, account)] = minor + int(extra * scale)
+                extra = total(line.amount for line in lines.get((month, account), []))
+                invoices.totals[(month, account)] = minor + to_minor(extra, decimals)
         self.timings["totals"] = time.perf_counter() - clock
         return Rating(LazyDocuments(invoices), {}, ())
 

@@ -103,10 +103,17 @@ class AccountHistory:
     account: str
     sims: dict[str, list[Period]] = field(default_factory=dict)
     traffic: dict[str, list[Usage]] = field(default_factory=dict)
+    communication: dict[str, list[Usage]] = field(default_factory=dict)
+    """Per SIM, in processing order: its traffic and its platform messages while it is registered
+    (Art. 57(2): communication through the platform is the SIM's communication), each with the SIM
+    registration period it falls in. SMC-38 and SMC-39 judge "communication" by it."""
     gateways: dict[str, list[Period]] = field(default_factory=dict)
     options: dict[str, list[Period]] = field(default_factory=dict)
     devices: dict[str, list[Period]] = field(default_factory=dict)
     messages: dict[str, list[Usage]] = field(default_factory=dict)
+    """Per SIM, the platform messages sent while it had a device ID, with the device-ID period (MONO-57)."""
+    deviceless: dict[str, list[Usage]] = field(default_factory=dict)
+    """Per SIM, the platform messages sent while it had no device ID: points, but no MONO-57 fee."""
     sms: dict[str, list[Usage]] = field(default_factory=dict)
     grants: list[PointGrant] = field(default_factory=list)
     consumption: list[Usage] = field(default_factory=list)
@@ -180,7 +187,9 @@ def replay(account: str, events: Sequence[Event], tariff: Tariff) -> tuple[Accou
                 fail(event, f"SIM {sim} is not registered at {format_instant(event.ts)}")
                 continue
             volume = (event.up_bytes or 0) + (event.down_bytes or 0)
-            history.traffic.setdefault(sim, []).append(Usage(event.ts, volume, event.id, period))
+            usage = Usage(event.ts, volume, event.id, period)
+            history.traffic.setdefault(sim, []).append(usage)
+            history.communication.setdefault(sim, []).append(usage)
         elif kind == "gateway.created":
             error = _open(history.gateways, event.gateway or "", event, f"gateway {event.gateway}")
         elif kind == "gateway.deleted":
@@ -199,13 +208,16 @@ def replay(account: str, events: Sequence[Event], tariff: Tariff) -> tuple[Accou
             error = _open(history.devices, event.sim or "", event, f"device ID of SIM {event.sim}")
         elif kind == "mono.device.deleted":
             error = _close(history.devices, event.sim or "", event, f"device ID of SIM {event.sim}")
-        elif kind == "mono.message":
-            sim = event.sim or ""
-            period = _period_at(history.devices.get(sim), event.ts)
-            if period is None:
-                fail(event, f"SIM {sim} has no Mono Platform device ID at {format_instant(event.ts)}")
-                continue
-            history.messages.setdefault(sim, []).append(Usage(event.ts, event.count or 1, event.id, period))
+        elif kind == "mono.message":  # never an error: points are consumed whatever the SIM's state (PT-3)
+            sim, count = event.sim or "", event.count or 1
+            registration = _period_at(history.sims.get(sim), event.ts)
+            if registration is not None:
+                history.communication.setdefault(sim, []).append(Usage(event.ts, count, event.id, registration))
+            device = _period_at(history.devices.get(sim), event.ts)
+            if device is None:
+                history.deviceless.setdefault(sim, []).append(Usage(event.ts, count, event.id, 0))
+            else:
+                history.messages.setdefault(sim, []).append(Usage(event.ts, count, event.id, device))
         elif kind == "sms.sent":
             history.sms.setdefault(event.kind or "", []).append(Usage(event.ts, event.count or 1, event.id, 0))
         elif kind == "points.purchased":

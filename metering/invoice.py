@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, NamedTuple
 
-from metering.money import ZERO, format_money, round_money
+from metering.money import MONEY_CONTEXT, format_money, priced, round_money, total
 from metering.rules import ITEMS, Charge
 from metering.rules.points import PointsBlock, PointsClose
 from metering.tariff import Tariff
@@ -185,7 +185,7 @@ def line_sort_key(line: Line) -> tuple[int, str, Decimal, str]:
 
 def make_line(charge: Charge, tariff: Tariff) -> Line:
     """Price one charge: ``amount = quantity x unit price``, rounded per the tariff."""
-    amount = round_money(charge.unit_price * charge.quantity, tariff.amount_decimals, tariff.line_rounding)
+    amount = priced(charge.unit_price, charge.quantity, tariff.amount_decimals, tariff.line_rounding)
     return Line(
         charge.item,
         charge.rule,
@@ -206,9 +206,9 @@ def points_block(close: PointsClose | None) -> PointsBlock:
 def build_invoice(account: str, lines: Iterable[Line], points: PointsBlock, tariff: Tariff) -> Invoice:
     """Total the lines of one account: subtotal, tax (rounded once per invoice), total."""
     ordered = tuple(sorted(lines, key=line_sort_key))
-    subtotal = sum((line.amount for line in ordered), ZERO)
-    tax = round_money(subtotal * tariff.tax_rate, tariff.amount_decimals, tariff.tax_rounding)
-    return Invoice(account, tariff.currency, ordered, subtotal, tax, subtotal + tax, points)
+    subtotal = total(line.amount for line in ordered)
+    tax = round_money(MONEY_CONTEXT.multiply(subtotal, tariff.tax_rate), tariff.amount_decimals, tariff.tax_rounding)
+    return Invoice(account, tariff.currency, ordered, subtotal, tax, MONEY_CONTEXT.add(subtotal, tax), points)
 
 
 def sort_invoices(invoices: Sequence[Invoice]) -> tuple[Invoice, ...]:

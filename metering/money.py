@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from collections.abc import Iterable
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    ROUND_HALF_EVEN,
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
 from typing import Literal
 
 RoundingMode = Literal["down", "up", "half_up", "half_even"]
@@ -16,6 +27,11 @@ ROUNDING_MODES: dict[str, str] = {
 
 ZERO = Decimal(0)
 
+MONEY_CONTEXT = Context(prec=200, Emax=10_000, Emin=-10_000, traps=[InvalidOperation, DivisionByZero, Overflow])
+"""The arithmetic of money: 200 significant digits, so that every product of an accepted volume
+(sums of 64-bit counts) and a tariff price (at most 10^12, 8 places) and every sum of such amounts
+is exact; Python's default context keeps only 28 digits and would round them silently."""
+
 
 def round_money(amount: Decimal, decimals: int, mode: str) -> Decimal:
     """Round an amount to ``decimals`` places with a tariff rounding mode.
@@ -26,17 +42,43 @@ def round_money(amount: Decimal, decimals: int, mode: str) -> Decimal:
         mode: One of ``down``, ``up``, ``half_up``, ``half_even``.
     """
     quantum = Decimal(1).scaleb(-decimals)
-    return amount.quantize(quantum, rounding=ROUNDING_MODES[mode])
+    return amount.quantize(quantum, rounding=ROUNDING_MODES[mode], context=MONEY_CONTEXT)
+
+
+def priced(unit_price: Decimal, quantity: int, decimals: int, mode: str) -> Decimal:
+    """``quantity x unit_price``, computed exactly and rounded to ``decimals`` places with ``mode``."""
+    return round_money(MONEY_CONTEXT.multiply(unit_price, quantity), decimals, mode)
+
+
+def total(amounts: Iterable[Decimal]) -> Decimal:
+    """The exact sum of amounts."""
+    result = ZERO
+    for amount in amounts:
+        result = MONEY_CONTEXT.add(result, amount)
+    return result
+
+
+def from_minor(minor: int, decimals: int) -> Decimal:
+    """The amount of ``minor`` units of ``10**-decimals`` (e.g. sen), exactly."""
+    return Decimal(minor).scaleb(-decimals, context=MONEY_CONTEXT)
+
+
+def to_minor(amount: Decimal, decimals: int) -> int:
+    """An amount with at most ``decimals`` places in minor units of ``10**-decimals``, exactly."""
+    return int(amount.scaleb(decimals, context=MONEY_CONTEXT))
 
 
 def divide_round(numerator: int, denominator: int, mode: str) -> int:
-    """Divide two non-negative integers and round to an integer with a tariff rounding mode."""
-    if mode == "down":
-        return numerator // denominator
+    """Divide two non-negative integers and round to an integer with a tariff rounding mode (exact)."""
+    quotient, remainder = divmod(numerator, denominator)
+    if mode == "down" or remainder == 0:
+        return quotient
     if mode == "up":
-        return -(-numerator // denominator)
-    quotient = Decimal(numerator) / Decimal(denominator)
-    return int(quotient.quantize(Decimal(1), rounding=ROUNDING_MODES[mode]))
+        return quotient + 1
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and (mode == "half_up" or quotient % 2 == 1)):
+        return quotient + 1
+    return quotient
 
 
 def format_money(amount: Decimal) -> str:
@@ -46,10 +88,15 @@ def format_money(amount: Decimal) -> str:
 
 
 __all__ = [
+    "MONEY_CONTEXT",
     "ROUNDING_MODES",
     "ZERO",
     "RoundingMode",
     "divide_round",
     "format_money",
+    "from_minor",
+    "priced",
     "round_money",
+    "to_minor",
+    "total",
 ]

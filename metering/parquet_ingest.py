@@ -31,6 +31,9 @@ from metering.events import (
     SMS_KINDS,
     is_secret_field,
 )
+from metering.timeutil import MAX_INSTANT, MIN_INSTANT
+
+_IN_RANGE: Final = f"{{c}} BETWEEN {MIN_INSTANT} AND {MAX_INSTANT}"
 
 _CHECKS: Final = {
     "iccid": f"regexp_full_match({{c}}, '{ICCID_PATTERN}')",
@@ -41,7 +44,7 @@ _CHECKS: Final = {
     "count": "{c} >= 0",
     "positive": "{c} > 0",
     "bool": "true",
-    "instant": "true",
+    "instant": _IN_RANGE,
 }
 _TYPES: Final = {
     "up_bytes": "BIGINT",
@@ -72,7 +75,8 @@ def _valid_sql() -> str:
             parts.append("expires > ts")
         branches.append(f"WHEN '{event_type}' THEN " + " AND ".join(parts))
     common = (
-        f"ts IS NOT NULL AND account IS NOT NULL AND regexp_full_match(account, '{NAME_PATTERN}') "
+        f"ts IS NOT NULL AND {_IN_RANGE.replace('{c}', 'ts')} "
+        f"AND account IS NOT NULL AND regexp_full_match(account, '{NAME_PATTERN}') "
         "AND id IS NOT NULL AND length(id) BETWEEN 1 AND 200"
     )
     return f"({common}) AND (CASE type " + " ".join(branches) + " ELSE false END)"

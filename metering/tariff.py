@@ -6,7 +6,7 @@ tariff file, never in code. :func:`load_tariff` validates the whole file and rai
 negative or non-decimal prices, and missing items are all rejected.
 
 The interpretation switches fix the readings of TARIFF.md where the terms are ambiguous
-(I-1 … I-5) so that a dispute can be replayed under the other reading.
+(I-1 … I-6) so that a dispute can be replayed under the other reading.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ USAGE_TESTS: Final = ("per_sim_month", "per_registration")
 DELETED_IN_FINAL_MONTH: Final = ("no_fee", "fee")
 CONSUMPTION_ORDERS: Final = ("earliest_expiry_free_first", "earliest_expiry_paid_first", "grant_order")
 EXPIRING_AT_DEDUCTION: Final = ("unavailable", "available")
+SHORTFALL_ON_DELETED_ACCOUNT: Final = ("lapse", "keep")
 DATA_PLANS: Final = ("metered", "data_pack")
 
 
@@ -36,7 +37,7 @@ class TariffError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Interpretations:
-    """The interpretation switches I-1 … I-5 of TARIFF.md.
+    """The interpretation switches I-1 … I-6 of TARIFF.md.
 
     Attributes:
         usage_test: I-1, how "used for communication" is judged for SMC-38 and MONO-57:
@@ -49,6 +50,9 @@ class Interpretations:
         consumption_order: I-4, the order in which point lots are consumed.
         expiring_at_deduction: I-5, whether points expiring at the end of month M can pay for
             M's deduction on the 1st of M+1 (``unavailable``, the default) or not.
+        shortfall_on_deleted_account: I-6, the points of a month-end shortfall purchase (PT-5) in
+            the month the account is deleted: ``lapse`` (billed, and lapsing with the account,
+            PT-12; the default) or ``keep`` (left on the deleted account, as before this switch).
     """
 
     usage_test: str = "per_sim_month"
@@ -56,6 +60,7 @@ class Interpretations:
     deleted_in_final_month: str = "no_fee"
     consumption_order: str = "earliest_expiry_free_first"
     expiring_at_deduction: str = "unavailable"
+    shortfall_on_deleted_account: str = "lapse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +94,7 @@ class Tariff:
         line_rounding: Rounding of a line amount ``quantity x unit price``.
         tax_rate: Consumption tax rate (e.g. ``0.10``).
         tax_rounding: Rounding of the tax, once per invoice.
-        interpretations: I-1 … I-5.
+        interpretations: I-1 … I-6.
         sim_basic_fee: SMC-38 monthly fee per chargeable registration.
         line_maintenance_fee: SMC-39 fee per completed idle period.
         idle_months: SMC-39 length of an idle period (12).
@@ -276,6 +281,9 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>") -> Ta
         deleted_in_final_month=switches.choice("deleted_in_final_month", DELETED_IN_FINAL_MONTH, "no_fee"),
         consumption_order=switches.choice("consumption_order", CONSUMPTION_ORDERS, "earliest_expiry_free_first"),
         expiring_at_deduction=switches.choice("expiring_at_deduction", EXPIRING_AT_DEDUCTION, "unavailable"),
+        shortfall_on_deleted_account=switches.choice(
+            "shortfall_on_deleted_account", SHORTFALL_ON_DELETED_ACCOUNT, "lapse"
+        ),
     )
     switches.finish()
 

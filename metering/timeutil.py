@@ -18,6 +18,17 @@ JST = timezone(timedelta(hours=9), "JST")
 US_PER_SECOND = 1_000_000
 JST_OFFSET_US = 9 * 3600 * US_PER_SECOND
 
+FIRST_YEAR = 1970
+"""The first year an event, a month or an expiry may lie in (EVENTS.md)."""
+LAST_YEAR = 2999
+"""The last year an event, a month or an expiry may lie in (EVENTS.md)."""
+MIN_INSTANT = 0
+"""1970-01-01T00:00:00Z, the earliest instant the event format accepts."""
+MAX_INSTANT = 32_503_680_000 * US_PER_SECOND - 1
+"""The last microsecond of 2999-12-31 UTC, the latest instant the event format accepts."""
+INSTANT_RANGE = "1970-01-01T00:00:00Z..2999-12-31T23:59:59Z"
+"""The accepted range of instants, in words for messages."""
+
 _MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|z|[+-]\d{2}:\d{2})$")
 
@@ -36,7 +47,8 @@ def parse_instant(text: str) -> int:
         Microseconds since 1970-01-01T00:00:00Z.
 
     Raises:
-        TimeFormatError: If the text is not RFC 3339 or has no offset.
+        TimeFormatError: If the text is not RFC 3339, has no offset, or lies outside
+            :data:`INSTANT_RANGE`.
     """
     if not _RFC3339_RE.match(text):
         if re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?$", text):
@@ -52,7 +64,10 @@ def parse_instant(text: str) -> int:
         moment = datetime.fromisoformat(normalized)
     except ValueError as exc:
         raise TimeFormatError(f"timestamp {text!r} is not a valid date and time") from exc
-    return instant_from_datetime(moment)
+    instant = instant_from_datetime(moment)
+    if not MIN_INSTANT <= instant <= MAX_INSTANT:
+        raise TimeFormatError(f"timestamp {text!r} lies outside {INSTANT_RANGE}")
+    return instant
 
 
 def instant_from_datetime(moment: datetime) -> int:
@@ -101,12 +116,16 @@ def parse_month(text: str) -> int:
     """Parse ``YYYY-MM`` into a month index.
 
     Raises:
-        TimeFormatError: If the text is not of the form ``YYYY-MM``.
+        TimeFormatError: If the text is not of the form ``YYYY-MM`` or its year lies outside
+            :data:`FIRST_YEAR` .. :data:`LAST_YEAR`.
     """
     match = _MONTH_RE.match(text)
     if not match:
         raise TimeFormatError(f"month {text!r} is not of the form YYYY-MM")
-    return int(match.group(1)) * 12 + int(match.group(2)) - 1
+    year = int(match.group(1))
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise TimeFormatError(f"month {text!r} lies outside {FIRST_YEAR}-01..{LAST_YEAR}-12")
+    return year * 12 + int(match.group(2)) - 1
 
 
 @functools.lru_cache(maxsize=4096)

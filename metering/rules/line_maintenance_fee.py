@@ -4,8 +4,10 @@ Per SIM. Charged when the SIM stays registered without communication for 12 mont
 from the month of its registration (M..M+11), or for 12 consecutive months counted from the month
 after its last communication (L+1..L+12), and again every further 12 idle months. The fee belongs
 to the month in which the period completes. A SIM already registered on 2022-08-01 counts its
-first period from 2022-08 (supplementary Art. 2). I-3 decides a deletion during the 12th month;
-a re-registration starts a new count.
+first period from 2022-08 (supplementary Art. 2). Communication is traffic of more than 0 bytes or
+a platform message while the SIM is registered (Art. 57(2)). I-3 decides a deletion during the 12th
+month; a re-registration starts a new count from its month, but a month in which the SIM
+communicated in any registration is not idle (rule 2 then counts from the month after).
 """
 
 from __future__ import annotations
@@ -34,15 +36,19 @@ class IdleCount:
     idle: int
 
 
-def idle_count(period: Period, usages: list[Usage], index: int, month: int, tariff: Tariff) -> IdleCount:
-    """Count the idle months of registration period ``index`` up to the end of ``month``."""
+def idle_count(period: Period, usages: list[Usage], month: int, tariff: Tariff) -> IdleCount:
+    """Count the idle months of a registration period up to the end of ``month``.
+
+    ``usages`` is the SIM's communication in every registration (I-3): a month in which the SIM
+    communicated, before or after a re-registration, is not idle.
+    """
     anchor = period.start_month
     transitional = tariff.transitional_start
     if period.start < month_start(transitional) and (period.end is None or period.end >= month_start(transitional)):
         anchor = max(anchor, transitional)
     last_use = None
     for usage in usages:
-        if usage.period == index and usage.amount > 0 and usage.month <= month and usage.month + 1 >= anchor:
+        if usage.amount > 0 and usage.month <= month and usage.month + 1 >= anchor:
             anchor = usage.month + 1
             last_use = usage.event_id
     return IdleCount(anchor, last_use, max(0, month - anchor + 1))
@@ -82,11 +88,11 @@ def line_maintenance_fee(history: AccountHistory, month: int, tariff: Tariff) ->
     outcomes: list[Outcome] = []
     length = tariff.idle_months
     for sim in sorted(history.sims):
-        usages = history.traffic.get(sim, [])
-        for index, period in enumerate(history.sims[sim]):
+        usages = history.communication.get(sim, [])
+        for period in history.sims[sim]:
             if not period.covers_month(month):
                 continue
-            count = idle_count(period, usages, index, month, tariff)
+            count = idle_count(period, usages, month, tariff)
             evidence = (period.start_id,) + ((count.last_use,) if count.last_use else ())
             completes = count.idle >= length and count.idle % length == 0
             if not completes:

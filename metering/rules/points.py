@@ -12,6 +12,8 @@ PT-8  Paid points lapse at the end of the month 24 months after the grant month;
 PT-12 All points lapse when the account is deleted.
 I-4   Consumption order (default: earliest expiry first, free before paid on ties).
 I-5   Points expiring at the end of month M cannot pay M's deduction (default).
+I-6   A shortfall purchase in the month the account is deleted is billed, and its points lapse
+      with the account (default ``lapse``; ``keep`` leaves them on the deleted account).
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class PointsClose:
     block: PointsBlock
     purchase_ids: tuple[str, ...] = ()
     consumption_ids: tuple[str, ...] = field(default=())
+    shortfall_lapsed: bool = False
+    """Whether the shortfall purchase's points lapsed with the account deleted in the month (I-6)."""
 
 
 def _consumption_key(order: str) -> Callable[[Lot], tuple[int | bool, ...]]:
@@ -97,6 +101,7 @@ def points_ledger(history: AccountHistory, last_month: int, tariff: Tariff) -> d
         return {}
     block, validity = tariff.points_block, tariff.points_paid_validity_months
     usable_at_deduction = tariff.interpretations.expiring_at_deduction == "available"
+    lapse_with_account = tariff.interpretations.shortfall_on_deleted_account == "lapse"
     order_key = _consumption_key(tariff.interpretations.consumption_order)
     lots: list[Lot] = []
     closes: dict[int, PointsClose] = {}
@@ -109,9 +114,11 @@ def points_ledger(history: AccountHistory, last_month: int, tariff: Tariff) -> d
         for index, grant in enumerate(history.grants):
             if start <= grant.ts < end:
                 happenings.append((grant.ts, 0, "grant", index))
+        deleted = False
         for ts, _ in history.deletions:
             if start <= ts < end:
                 happenings.append((ts, 1, "delete", 0))
+                deleted = True
         for ts, _, what, index in sorted(happenings):
             # lots that lapse before this moment
             for lot in lots:
@@ -145,9 +152,14 @@ def points_ledger(history: AccountHistory, last_month: int, tariff: Tariff) -> d
             if not due:
                 break
         shortfall = 0
+        lapsed = False
         if due:
             shortfall = max(block, -(-due // block) * block)
-            lots.append(Lot(end - 1, month_start(month + validity + 1), True, len(lots), shortfall - due))
+            if deleted and lapse_with_account:  # I-6: granted to an account that no longer exists
+                expired += shortfall - due
+                lapsed = True
+            else:
+                lots.append(Lot(end - 1, month_start(month + validity + 1), True, len(lots), shortfall - due))
         for lot in lots:
             if lot.remaining and lot.expires <= end:
                 expired += lot.remaining
@@ -161,7 +173,9 @@ def points_ledger(history: AccountHistory, last_month: int, tariff: Tariff) -> d
             expired=expired,
             closing=sum(lot.remaining for lot in lots),
         )
-        closes[month] = PointsClose(month_block, tuple(purchase_ids), tuple(usage.event_id for usage in used[:1]))
+        closes[month] = PointsClose(
+            month_block, tuple(purchase_ids), tuple(usage.event_id for usage in used[:1]), lapsed
+        )
     return closes
 
 
@@ -194,7 +208,12 @@ def points_charges(close: PointsClose, month: int, tariff: Tariff) -> list[Outco
                 close.consumption_ids,
                 f"{close.block.consumed} points consumed by messages in {name} exceeded the usable balance; "
                 f"{close.block.shortfall_purchased} points bought at the month-end close, granted on the last day "
-                f"of {name} (PT-5, PT-7)",
+                f"of {name} (PT-5, PT-7)"
+                + (
+                    f"; the account was deleted in {name}, so the points left over lapse with it (PT-12, I-6)"
+                    if close.shortfall_lapsed
+                    else ""
+                ),
             )
         )
     return outcomes

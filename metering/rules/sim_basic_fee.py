@@ -1,8 +1,10 @@
 """SMC-38, the SIM basic fee (Secure Mobile Connect terms Art. 38).
 
 Per registered SIM and month, from registration until the deletion request. Not charged for a
-month in which the SIM was not used for communication. Registration and deletion months are full
-months. A SIM registered several times in one month is charged once per registration.
+month in which the SIM was not used for communication: traffic of more than 0 bytes, or a
+platform message while it is registered (Art. 57(2) makes communication through the platform
+closed-network or internet communication). Registration and deletion months are full months. A SIM
+registered several times in one month is charged once per registration.
 """
 
 from __future__ import annotations
@@ -24,4 +26,6 @@ WORDING = FeeWording(
 
 def sim_basic_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[Outcome]:
     """Rate SMC-38 for every SIM of the account in ``month``."""
-    return registration_fee(WORDING, history.sims, history.traffic, month, tariff.sim_basic_fee, tariff.interpretations)
+    return registration_fee(
+        WORDING, history.sims, history.communication, month, tariff.sim_basic_fee, tariff.interpretations
+    )
