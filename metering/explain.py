@@ -62,24 +62,28 @@ def explain(rating: Rating, tariff: Tariff, events: Mapping[tuple[str, str], Eve
         f"I-6 shortfall_on_deleted_account={switches.shortfall_on_deleted_account}."
     )
     for month, document in sorted(rating.documents.items()):
-        for invoice in document.invoices:
+        invoices = {invoice.account: invoice for invoice in document.invoices}
+        for account in sorted(set(invoices) | {account for (at, account) in rating.outcomes if at == month}):
             outcomes = [
                 outcome
-                for outcome in rating.outcomes.get((month, invoice.account), ())
+                for outcome in rating.outcomes.get((month, account), ())
                 if subject is None or outcome.subject == subject
             ]
             if subject is not None and not outcomes:
                 continue
-            header = f"{invoice.account} {format_month(month)}"
-            if subject is None:
+            invoice = invoices.get(account)
+            header = f"{account} {format_month(month)}"
+            if invoice is None:
+                header += ": no invoice (nothing charged, no events in the month)"
+            elif subject is None:
                 header += (
                     f": subtotal {format_money(invoice.subtotal)}, tax {format_money(invoice.tax)}, "
                     f"total {format_money(invoice.total)} {invoice.currency}"
                 )
             parts = [header]
-            parts.extend(explain_outcome(outcome, tariff, events, invoice.account) for outcome in outcomes)
-            points = invoice.points
-            if subject in (None, "points") and any(points.to_json().values()):
+            parts.extend(explain_outcome(outcome, tariff, events, account) for outcome in outcomes)
+            points = invoice.points if invoice is not None else None
+            if points is not None and subject in (None, "points") and any(points.to_json().values()):
                 parts.append(
                     f"  POINTS {format_month(month)}: opening {points.opening}, granted {points.granted}, "
                     f"purchased {points.purchased}, consumed {points.consumed} (deducted on the 1st of the "

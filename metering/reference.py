@@ -81,6 +81,7 @@ def rate_reference(events: Iterable[Event], tariff: Tariff, months: Sequence[int
             points = points_block(close)
             if lines or (close is not None and close.block.active) or month in history.event_months:
                 invoices.append(build_invoice(account, lines, points, tariff))
+            if found:  # kept even without an invoice: explain says why nothing was charged
                 outcomes[(month, account)] = tuple(found)
         documents[month] = InvoiceDocument(month, tariff.label, sort_invoices(invoices))
     return Rating(documents, outcomes, ())

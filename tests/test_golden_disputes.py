@@ -3,10 +3,15 @@
 Each ``scenarios/disputes/*.expect.toml`` names its event log (default: same stem), tariff and
 months, and lists every invoice the months must have. Lines are compared on item, rule, subject,
 quantity and amount (and evidence where given); notes must say something, but their wording is free.
+A case may also list ``[[explain]]`` entries: what ``mgwsim explain`` must say of a subject in a
+month, the text a support engineer pastes to a customer.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 from decimal import Decimal
 from pathlib import Path
@@ -93,6 +98,26 @@ def check_case(case: dict[str, Any], found: dict[tuple[str, str], Invoice]) -> N
 def test_raters_match_hand_computed_invoices(path: Path, rater: str) -> None:
     case = load_case(path)
     check_case(case, rate_case(case, rater))
+
+
+EXPLAINED = [(path, entry) for path in CASES for entry in load_case(path).get("explain", [])]
+
+
+@pytest.mark.parametrize(
+    ("path", "entry"),
+    EXPLAINED,
+    ids=[f"{path.name.removesuffix('.expect.toml')}-{entry['month']}-{entry['subject']}" for path, entry in EXPLAINED],
+)
+def test_explain_says_what_the_case_expects(path: Path, entry: dict[str, Any]) -> None:
+    case = load_case(path)
+    command = [sys.executable, "-m", "simulator.cli", "explain", str(DISPUTES / case["events"])]
+    command += ["--month", entry["month"], "--subject", entry["subject"]]
+    if "tariff" in case:
+        command += ["--tariff", str(DISPUTES / case["tariff"])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    for fragment in entry["contains"]:
+        assert fragment in result.stdout, f"{fragment!r} not in:\n{result.stdout}"
 
 
 def test_every_rule_is_covered_by_a_golden_case() -> None:

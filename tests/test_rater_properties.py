@@ -18,7 +18,7 @@ from metering.invoice import Invoice, Line, pack_lines
 from metering.reference import rate_reference
 from metering.rules.points import PointsBlock
 from metering.tariff import Tariff, load_tariff
-from metering.timeutil import format_instant, month_start, parse_month
+from metering.timeutil import format_instant, month_start, parse_instant, parse_month
 
 FIRST = parse_month("2022-06")
 LAST = parse_month("2026-06")
@@ -56,7 +56,28 @@ def periods(clock: Clock, rng: random.Random, toggles: int) -> list[tuple[int, i
     return spans
 
 
+VOLUMES = [0, 1, 1000, 2**20, 5 * 2**20 + 3, 60 * 2**20, 2**62, 2**63 - 1]
+"""Bytes of one traffic event: nothing, a little, whole and broken MiB, and the 64-bit edge."""
+COUNTS = [1, 500, 7000, 30000, 2**63 - 1]
+"""Messages of one mono.message event, up to the 64-bit edge."""
+
+
+def month_of(ts: int) -> tuple[int, int]:
+    month = FIRST + (ts - START) // (31 * 86_400_000_000)
+    while month_start(month + 1) <= ts:
+        month += 1
+    while month_start(month) > ts:
+        month -= 1
+    return month_start(month), month_start(month + 1)
+
+
 def make_history(seed: int, accounts: int) -> list[dict[str, Any]]:
+    """A random history: SIMs, re-registrations, traffic, device IDs, messages with and without them, …
+
+    It draws what logs from outside bring: messages of SIMs without a device ID or outside any
+    registration, SIMs whose only communication is messages, a delete + re-register in the month
+    of a communication, and volumes and counts at the 64-bit edge.
+    """
     rng = random.Random(seed)
     records: list[dict[str, Any]] = []
 
@@ -71,10 +92,23 @@ def make_history(seed: int, accounts: int) -> list[dict[str, Any]]:
         for sim_number in range(rng.randint(1, 6)):
             prefix = rng.choice(["8981300", "8981200"])
             sim = f"{prefix}{number:04d}{sim_number:08d}"
-            for start, end in periods(clock, rng, rng.choice([1, 1, 1, 2, 3, 4, 5])):
+            spans = periods(clock, rng, rng.choice([1, 1, 1, 2, 3, 4, 5]))
+            messages_only = rng.random() < 0.2
+            if rng.random() < 0.25 and spans and spans[-1][1] is None:
+                # communication, deletion and re-registration in one month (I-3)
+                low, high = month_of(spans[-1][0])
+                moments = clock.between(max(low, spans[-1][0]), high, 3)
+                if len(moments) == 3:
+                    used, deleted, again = moments
+                    spans[-1] = (spans[-1][0], deleted)
+                    spans.append((again, None))
+                    kind = "mono.message" if messages_only else "sim.traffic"
+                    fields = {"count": 3} if messages_only else {"up_bytes": 5, "down_bytes": 0, "route": "closed"}
+                    add(used, kind, account, sim=sim, **fields)
+            for start, end in spans:
                 add(start, "sim.registered", account, sim=sim)
-                for instant in clock.between(start, end or END, rng.randint(0, 6)):
-                    volume = rng.choice([0, 1, 1000, 2**20, 5 * 2**20 + 3, 60 * 2**20])
+                for instant in clock.between(start, end or END, 0 if messages_only else rng.randint(0, 6)):
+                    volume = rng.choice(VOLUMES)
                     add(
                         instant,
                         "sim.traffic",
@@ -90,9 +124,12 @@ def make_history(seed: int, accounts: int) -> list[dict[str, Any]]:
                 for start, end in periods(clock, rng, rng.choice([1, 2, 3])):
                     add(start, "mono.device.registered", account, sim=sim)
                     for instant in clock.between(start, end or END, rng.randint(0, 4)):
-                        add(instant, "mono.message", account, sim=sim, count=rng.choice([1, 500, 7000, 30000]))
+                        add(instant, "mono.message", account, sim=sim, count=rng.choice(COUNTS))
                     if end is not None:
                         add(end, "mono.device.deleted", account, sim=sim)
+            if messages_only or rng.random() < 0.3:  # no device ID at that moment, or none at all
+                for instant in clock.between(START, END, rng.randint(1, 4)):
+                    add(instant, "mono.message", account, sim=sim, count=rng.choice(COUNTS))
         for gateway_number in range(rng.randint(0, 2)):
             for start, end in periods(clock, rng, rng.choice([1, 2, 3])):
                 add(start, "gateway.created", account, gateway=f"gw-{gateway_number}")
@@ -175,6 +212,11 @@ def test_points_and_month_invariants(case: tuple[int, int, str]) -> None:
     for month in MONTHS:
         alone = rate_reference(events, tariff, [month])
         assert alone.documents[month] == whole.documents[month], "billing month by month equals a range"
+    deleted = {
+        (record["account"], month_of(parse_instant(record["ts"]))[0])
+        for record in make_history(seed, accounts)
+        if record["type"] == "account.deleted"
+    }
     given_points: dict[str, int] = {}
     taken: dict[str, int] = {}
     for month in MONTHS:
@@ -189,7 +231,9 @@ def test_points_and_month_invariants(case: tuple[int, int, str]) -> None:
                 - block.consumed
                 - block.expired
             )
-            if block.shortfall_purchased:
+            if block.shortfall_purchased and (invoice.account, month_start(month)) in deleted:
+                assert block.closing == 0 or block.purchased or block.granted, "I-6: they lapse with the account"
+            elif block.shortfall_purchased:
                 deficit = block.shortfall_purchased - block.closing
                 assert deficit > 0
                 assert block.shortfall_purchased % tariff.points_block == 0
