@@ -274,15 +274,34 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_PLAIN: Final = json.JSONDecoder(parse_constant=_no_constant)
+_CHECKED: Final = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_pairs)
+_QUOTE_SPACES: Final = ('" ', '"\t', '"\n', '"\r')
+
+
 def decode_object(text: str | bytes) -> Any:
     """Decode JSON as the event format reads it: duplicate keys and NaN/Infinity are refused.
 
+    A flat object whose every key is followed directly by ``:`` (what every JSON writer emits
+    unless asked to pretty-print) is checked by counting: each key occurrence puts ``":`` in the
+    text, so when the text holds exactly as many ``":`` as the object has keys, no key repeats.
+    Anything else is decoded again with a hook that looks at every key.
+
     Raises:
         DuplicateKeyError: For an object with a key given twice.
-        ValueError: For invalid JSON (a :class:`json.JSONDecodeError`) or ``NaN``/``Infinity``.
+        ValueError: For invalid JSON (a :class:`json.JSONDecodeError`), ``NaN``/``Infinity``, or
+            bytes that are not UTF-8 (a :class:`UnicodeDecodeError`).
         RecursionError: For JSON nested too deeply.
     """
-    return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+    decoded = text.decode("utf-8-sig") if isinstance(text, bytes) else text
+    record = _PLAIN.decode(decoded)
+    if (
+        type(record) is dict
+        and decoded.count('":') == len(record)
+        and not any(spaced in decoded for spaced in _QUOTE_SPACES)
+    ):
+        return record
+    return _CHECKED.decode(decoded)
 
 
 def _check_value(name: str, kind: str, value: Any) -> tuple[Any, str | None]:

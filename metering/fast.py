@@ -384,7 +384,7 @@ class FastRater:
         self._sql(
             f"""
             CREATE OR REPLACE TEMP TABLE traffic_month AS
-            SELECT account, sim, {MONTH_SQL} AS month, sum(up_bytes::HUGEINT + down_bytes) AS volume,
+            SELECT account, sim, {MONTH_SQL} AS month, sum(up_bytes) + sum(down_bytes) AS volume,
                    count(*) AS events, min(ts) AS min_ts, max(ts) AS max_ts
             FROM events WHERE type = 'sim.traffic' GROUP BY ALL
             """
@@ -502,7 +502,6 @@ class FastRater:
             by_account[event.account].append(event)
         # device IDs: a device with one issue period strictly containing all its messages is simple
         lifecycle = {account: replay(account, by_account[account], tariff)[0] for account in accounts}
-        simple_keys = set(zip(simple.account.tolist(), simple.sim.tolist(), strict=True))
         spans: dict[tuple[str, str], tuple[int, int]] = {}
         for kind, account, subject, low, high in zip(
             usage["type"].tolist(),
@@ -515,6 +514,7 @@ class FastRater:
             if kind == "mono.message":
                 first, last = spans.get((account, subject), (low, high))
                 spans[(account, subject)] = (min(first, low), max(last, high))
+        simple_keys = set(zip(simple.account.tolist(), simple.sim.tolist(), strict=True)) if spans else set()
         replayed, deviceless = set(), set()
         for (account, sim), (low, high) in spans.items():
             periods = lifecycle[account].devices.get(sim)
@@ -616,14 +616,14 @@ class FastRater:
         sims = np.arange(count, dtype=np.int64)
         span = 1 << 24
         communicated = traffic.volume > 0
-        comm_keys = np.unique(
+        comm_keys = np.sort(
             np.concatenate(
                 [
                     traffic.sim[communicated] * span + traffic.month[communicated],
                     traffic.message_sim * span + traffic.message_month,
                 ]
             )
-        )
+        )  # sorted (SIM, month) keys with communication; a repeated key changes no search below
         transitional = tariff.transitional_start
         transitional_at = month_start(transitional)
         counted_from = simple.start_month.copy()

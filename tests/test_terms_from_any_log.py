@@ -15,7 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import DISPUTES, write_jsonl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cli import assert_one_line_error, mgwsim
+
+from metering.events import DuplicateKeyError, decode_object
 
 INT64_MAX = 2**63 - 1
 SIM = "8981300000000000091"
@@ -313,3 +317,40 @@ def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
 def test_months_outside_the_format_are_one_line_errors(month: str) -> None:
     for command in ("bill", "explain"):
         assert_one_line_error(mgwsim(command, DISPUTES / "points.jsonl", "-m", month), month)
+
+
+KEYS = st.sampled_from(["a", "b", "ts", 'x":', "é", "\\"])
+SCALARS = st.one_of(st.integers(), st.text(alphabet='ab": \\', max_size=6), st.booleans(), st.none())
+
+
+COLONS = st.sampled_from([":", ": ", " :", "\t:", "\n : "])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(KEYS, COLONS, st.one_of(SCALARS, st.dictionaries(KEYS, SCALARS, max_size=2))), max_size=5),
+    st.sampled_from([",", ", ", " , ", ",\n"]),
+)
+def test_decoding_refuses_exactly_the_objects_with_a_repeated_key(
+    entries: list[tuple[str, str, Any]], comma: str
+) -> None:
+    """The counting shortcut of decode_object against the obvious check of every key."""
+
+    def render(value: Any) -> str:
+        if isinstance(value, dict):
+            return "{" + comma.join(json.dumps(k) + ":" + render(v) for k, v in value.items()) + "}"
+        return json.dumps(value, ensure_ascii=False)
+
+    text = (
+        "{"
+        + comma.join(json.dumps(key, ensure_ascii=False) + colon + render(value) for key, colon, value in entries)
+        + "}"
+    )
+    repeated = len({key for key, _, _ in entries}) < len(entries)
+    try:
+        decoded = decode_object(text.encode())
+    except DuplicateKeyError:
+        assert repeated
+    else:
+        assert not repeated
+        assert decoded == {key: value for key, _, value in entries}
