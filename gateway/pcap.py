@@ -357,7 +357,7 @@ class _SessionFields:
 
 def write_capture(sessions: Iterable[CaptureSession], path: Path) -> int:
     """Write a capture of ``sessions`` to ``path`` atomically; return the number of packets."""
-    from metering.eventlog import AtomicWriter
+    from metering.atomic import AtomicWriter
 
     with AtomicWriter(path) as temporary, temporary.open("wb") as stream:
         writer = CaptureWriter(stream)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metering.atomic import AtomicWriter
 from metering.events import EVENT_COLUMNS, DuplicateKeyError, Event, EventError, decode_object, event_from_mapping
 from metering.timeutil import INSTANT_RANGE, MAX_INSTANT, MIN_INSTANT, format_instant
 
@@ -58,8 +57,10 @@ def log_format(path: Path) -> str:
     """Return the format of an event log path: ``jsonl``, ``jsonl.gz`` or ``parquet``.
 
     Raises:
-        EventLogError: For any other suffix.
+        EventLogError: For any other suffix, or a folder.
     """
+    if path.is_dir():
+        raise EventLogError(f"{path}: is a folder, not an event log file")
     name = path.name.lower()
     if name.endswith(".jsonl.gz"):
         return "jsonl.gz"
@@ -172,6 +173,8 @@ def read_event_log(path: Path) -> Iterator[Event]:
         EventLogError: At the first bad record, or when the file cannot be read.
     """
     fmt = log_format(path)
+    if path.is_dir():
+        raise EventLogError(f"{path}: is a folder, not an event log file")
     if not path.is_file():
         raise EventLogError(f"{path}: no such file")
     if fmt == "parquet":
@@ -232,33 +235,6 @@ def events_to_arrow(events: Iterable[Event]) -> pa.Table:
         else:
             arrays.append(pa.array(values, type=schema_field.type))
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
-
-
-class AtomicWriter:
-    """Write a file under a temporary name beside it; rename into place only on success."""
-
-    def __init__(self, target: Path) -> None:
-        """Prepare to write ``target``."""
-        self.target = target
-        self.temporary = Path()
-
-    def __enter__(self) -> Path:
-        """Return the temporary path to write to."""
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".partial", dir=self.target.parent)
-        os.close(handle)
-        self.temporary = Path(name)
-        return self.temporary
-
-    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        """Rename on success, remove the temporary file on failure."""
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.temporary, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
-            os.replace(self.temporary, self.target)
-        else:
-            self.temporary.unlink(missing_ok=True)
 
 
 def write_event_log(events: Iterable[Event], path: Path) -> int:

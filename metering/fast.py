@@ -51,7 +51,7 @@ from metering.rules.sim_basic_fee import WORDING as SIM_BASIC_WORDING
 from metering.rules.sim_basic_fee import sim_basic_fee
 from metering.rules.sms_fee import sms_fee
 from metering.rules.suboption_fee import suboption_fee
-from metering.store import EventStore, StoreError
+from metering.store import EventStore, StoreError, store_failure
 from metering.tariff import Tariff
 from metering.timeutil import month_start
 
@@ -834,7 +834,19 @@ def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Se
 
     A store alone is rated in place (read-only); files, with or without a store, are first
     ingested into an in-memory store, which also deduplicates them.
+
+    Raises:
+        StoreError: For a damaged, locked or unreadable store, or a working store that ran out of
+            memory or disk (DuckDB's own errors never escape).
     """
+    try:
+        return _rate_fast(paths, db, tariff, months)
+    except duckdb.Error as exc:
+        where = str(db) if db is not None and not paths else (f"{db} (read into a working store)" if db else "")
+        raise store_failure(where or "the working store of this bill", exc) from None
+
+
+def _rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Sequence[int]) -> Rating:
     if db is not None and not paths:
         with EventStore(db, read_only=True) as store:
             rating = rate_connection(store.connection, tariff, months)

@@ -38,7 +38,7 @@ class Inputs:
                 from metering.store import EventStore
 
                 with EventStore(self.db, read_only=True) as store:
-                    events.extend(store.events())
+                    events.extend(store.read_events())
             events.extend(read_event_logs(self.paths))
             self._events = events
         return self._events

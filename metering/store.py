@@ -8,6 +8,7 @@ whole batches, and rerunning the same command completes it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -75,7 +76,78 @@ def compact_problem(traffic: CompactTraffic) -> str | None:
 
 
 class StoreError(Exception):
-    """A store that cannot be opened or an ingest that cannot proceed (one-line message)."""
+    """A store that cannot be opened or an ingest that cannot proceed (one-line message).
+
+    Attributes:
+        status: The command line's exit status for it: 2, bad input (a damaged store, a clash).
+    """
+
+    status = 2
+
+
+class StoreDamaged(StoreError):
+    """The store file is damaged: DuckDB cannot read it back. Nothing was changed."""
+
+
+class StoreUnavailable(StoreError):
+    """Another process holds the store (DuckDB's lock)."""
+
+    status = 3
+
+
+class StoreIOError(StoreError):
+    """Reading or writing the store failed at the operating system (full disk, permissions, I/O)."""
+
+    status = 4
+
+
+_DAMAGE_SIGNS: Final = (
+    "corrupt",
+    "checksum",
+    "could not read enough bytes",
+    "not a valid duckdb database",
+    "serialization",
+    "failed to read",
+    "invalid block",
+)
+REINGEST_HINT: Final = (
+    "the event logs are the source of truth: ingest them again into a new store "
+    "(mgwsim ingest LOG… --db NEW.duckdb) and keep this file for inspection"
+)
+
+
+def _has_duckdb_header(path: str) -> bool:
+    """Whether a file starts like a DuckDB database (the magic ``DUCK`` at byte 8)."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False
+
+
+def store_failure(path: str, exc: duckdb.Error) -> StoreError:
+    """One line for a DuckDB failure on the store at ``path``: damaged, locked, or an I/O failure."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    lowered = text.lower()
+    if "could not set lock" in lowered or "conflicting lock" in lowered:
+        return StoreUnavailable(f"{path}: the store is in use by another process ({text})")
+    if "not a valid duckdb database" in lowered and not _has_duckdb_header(path):
+        return StoreDamaged(
+            f"{path}: not a DuckDB store (no DuckDB header: another kind of file, or its first block is damaged)"
+        )
+    if any(sign in lowered for sign in _DAMAGE_SIGNS) or isinstance(exc, duckdb.SerializationException):
+        return StoreDamaged(f"{path}: the store is damaged ({text}); nothing was changed; {REINGEST_HINT}")
+    if isinstance(exc, duckdb.IOException) or "no space left" in lowered or "permission denied" in lowered:
+        return StoreIOError(f"{path}: {text}")
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return StoreIOError(f"{path}: out of memory ({text}); raise ${MEMORY_VARIABLE} or free memory")
+    return StoreDamaged(f"{path}: the store cannot be read ({text}); nothing was changed; {REINGEST_HINT}")
+
+
+def _rollback(connection: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction, if DuckDB still has one: the failure that led here is the one to report."""
+    with contextlib.suppress(duckdb.Error):
+        connection.rollback()
 
 
 def staging_table(events: list[Event], first_seq: int) -> pa.Table:
@@ -111,25 +183,47 @@ class EventStore:
         """
         self.path = str(path)
         self.memory_limit = os.environ.get(MEMORY_VARIABLE) or memory_limit or MEMORY_LIMIT
+        if self.path != ":memory:" and Path(self.path).is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a DuckDB store file")
         if read_only and self.path != ":memory:" and not Path(self.path).is_file():
             raise StoreError(f"{self.path}: no such store (create it with `mgwsim ingest … --db {self.path}`)")
+        existed = self.path != ":memory:" and Path(self.path).exists()
+        if existed and not read_only:
+            self.check(self.path)  # a damaged store is refused before anything could write to it
         self.spill = tempfile.mkdtemp(prefix="mgwsim-duckdb-")
         try:
             self.connection = duckdb.connect(self.path, read_only=read_only, config=self._config())
         except duckdb.Error as exc:
             shutil.rmtree(self.spill, ignore_errors=True)
-            raise StoreError(f"{self.path}: cannot open the DuckDB store ({str(exc).splitlines()[0]})") from None
-        if not read_only:
-            self.connection.execute(f"CREATE TABLE IF NOT EXISTS events ({COLUMNS_SQL})")
-            self.connection.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-            self.connection.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", [STORE_SCHEMA])
+            raise store_failure(self.path, exc) from None
         try:
-            found = self.scalar("SELECT value FROM meta WHERE key = 'schema'")
-        except duckdb.Error:
-            found = None
+            if not read_only:
+                self.connection.execute(f"CREATE TABLE IF NOT EXISTS events ({COLUMNS_SQL})")
+                self.connection.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+                self.connection.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", [STORE_SCHEMA])
+            tables = {row[0] for row in self.connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+            found = self.scalar("SELECT value FROM meta WHERE key = 'schema'") if "meta" in tables else None
+        except duckdb.Error as exc:
+            self.close()
+            raise store_failure(self.path, exc) from None
         if found != STORE_SCHEMA:
             self.close()
-            raise StoreError(f"{self.path}: not an mgwsim event store ({STORE_SCHEMA})")
+            raise StoreError(f"{self.path}: a DuckDB file, but not an mgwsim event store ({STORE_SCHEMA})")
+
+    @staticmethod
+    def check(path: str) -> None:
+        """Read every block of a store once (DuckDB verifies each block's checksum), read-only.
+
+        Raises:
+            StoreError: A :class:`StoreDamaged` naming where, or the lock or I/O failure met.
+        """
+        try:
+            with duckdb.connect(path, read_only=True) as connection:
+                tables = [row[0] for row in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
+                for table in tables:
+                    connection.execute(f'SELECT count(*), sum(hash(COLUMNS(*))) FROM "{table}"').fetchall()
+        except duckdb.Error as exc:
+            raise store_failure(path, exc) from None
 
     def _config(self) -> dict[str, str | bool | int | float | list[str]]:
         config: dict[str, str | bool | int | float | list[str]] = {
@@ -202,7 +296,7 @@ class EventStore:
             added = int(self.scalar("SELECT count(*) FROM staged s SEMI JOIN events e ON s.seq = e.seq"))
             connection.commit()
         except BaseException:
-            connection.rollback()
+            _rollback(connection)
             raise
         finally:
             connection.unregister("staged")
@@ -251,7 +345,7 @@ class EventStore:
             added = self.count() - stored
             connection.commit()
         except BaseException:
-            connection.rollback()
+            _rollback(connection)
             raise
         finally:
             connection.unregister("compact_rows")
@@ -274,7 +368,7 @@ class EventStore:
             try:
                 result = ingest_parquet(self.connection, path, self._next_seq())
             except BaseException:
-                self.connection.rollback()
+                _rollback(self.connection)
                 raise
             if result is not None:
                 self.connection.commit()
@@ -336,6 +430,17 @@ class EventStore:
             "(PARTITION BY account, id ORDER BY seq) AS position FROM events) WHERE position > 1)"
         ).fetchall()
         return before - self.count()
+
+    def read_events(self) -> list[Event]:
+        """All stored events in ingest order, read at once.
+
+        Raises:
+            StoreError: When the store cannot be read back (damaged; see :func:`store_failure`).
+        """
+        try:
+            return list(self.events())
+        except duckdb.Error as exc:
+            raise store_failure(self.path, exc) from None
 
     def events(self) -> Iterator[Event]:
         """All stored events in ingest order."""

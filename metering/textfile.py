@@ -9,13 +9,14 @@ def read_text(path: Path) -> str:
     """The UTF-8 text of ``path``.
 
     Raises:
-        ValueError: With one line, ``path: reason`` (no such file, not UTF-8, cannot read).
+        ValueError: With one line, ``path: reason`` (no such file, a folder, not UTF-8).
+        OSError: When the file exists but cannot be read (permissions, I/O): an I/O failure.
     """
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a file") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror})") from None

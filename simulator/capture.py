@@ -77,7 +77,7 @@ def capture_sessions(events: Iterable[Event], sims: int | None = None) -> list[C
 
 def write_sim_map(events: Iterable[Event], path: Path) -> int:
     """Write the ``imsi,iccid`` map of the SIMs in a log (what ``meter-pcap --sims`` reads)."""
-    from metering.eventlog import AtomicWriter
+    from metering.atomic import AtomicWriter
 
     iccids = sorted({event.sim for event in events if event.sim is not None})
     with AtomicWriter(path) as temporary, temporary.open("w", encoding="utf-8", newline="") as stream:

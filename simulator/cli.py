@@ -2,16 +2,21 @@
 
 Every command validates its whole input before it prints anything: bad input gets one line on
 standard error naming the file and line (or key) and the reason, exit status 2, and nothing
-half-written.
+half-written. Every other failure is one line too, with its own status (:data:`EXIT_STATUSES`):
+an unavailable resource (a broker, Ray) 3, an I/O failure (a full disk, a file that cannot be
+written or read, a damaged store) 4, and a bug in mgwsim 70 — with the traceback under ``-v``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
+import traceback
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 
 import typer
 from rich.console import Console
@@ -28,9 +33,26 @@ if TYPE_CHECKING:
     from simulator.runner import RunResult
     from simulator.scenario import Scenario
 
+BAD_INPUT: Final = 2
+"""Exit status: bad input (a file, line or key named), a bad option, or a damaged store."""
+UNAVAILABLE: Final = 3
+"""Exit status: a resource that cannot be reached (an MQTT broker, a Ray cluster)."""
+IO_FAILURE: Final = 4
+"""Exit status: reading or writing failed (full disk, no permission, I/O error, a damaged store)."""
+BUG: Final = 70
+"""Exit status: a bug in mgwsim (EX_SOFTWARE); the traceback is printed with ``-v``."""
+EXIT_STATUSES: Final = (
+    "Exit status: 0 done; 1 an \\[expect] check or a golden comparison failed; 2 bad input (the file, "
+    "line or key is named, or a damaged store); 3 a resource is unavailable (MQTT broker, Ray, a store "
+    "another process holds); 4 an I/O failure (full disk, permissions, an I/O error); 70 a bug in mgwsim "
+    "(run with -v for the traceback)."
+)
+ISSUES_URL: Final = "https://github.com/mgwsim/mgwsim/issues"
+"""Where a bug is reported."""
+
 app = typer.Typer(
     name="mgwsim",
-    help="Mobile gateway and SIM network simulator with an embedded metering core.",
+    help="Mobile gateway and SIM network simulator with an embedded metering core.\n\n" + EXIT_STATUSES,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -53,6 +75,8 @@ def _options(
     ] = 0,
 ) -> None:
     """Mobile gateway and SIM network simulator with an embedded metering core."""
+    global _VERBOSE
+    _VERBOSE = verbose
     if verbose:
         import logging
 
@@ -61,6 +85,9 @@ def _options(
         for package in ("simulator", "devices", "gateway", "metering"):
             logging.getLogger(package).setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
 
+
+_VERBOSE = 0
+"""The ``-v`` count of this invocation (a bug's traceback is shown with ``-v``)."""
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 """Messages to people: never wrapped, so a path or a count stays on one line that tools can grep."""
@@ -88,6 +115,20 @@ class Rater(StrEnum):
     reference = "reference"
 
 
+def write_stdout(text: str) -> None:
+    """Write to standard output; a failure names it (``standard output: No space left on device``).
+
+    Raises:
+        OSError: Naming standard output.
+    """
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), "standard output") from exc
+
+
 def fail(message: str, status: int = 2) -> NoReturn:
     """Print one error line to standard error and exit."""
     stderr.print(f"mgwsim: error: {message}", markup=False)
@@ -96,14 +137,16 @@ def fail(message: str, status: int = 2) -> NoReturn:
 
 EventsArg = Annotated[
     list[Path] | None,
-    typer.Argument(help="Event logs (.jsonl, .jsonl.gz, .parquet), read in the order given.", show_default=False),
+    typer.Argument(
+        help="Event logs (.jsonl, .jsonl.gz, .parquet), read in the order given.", show_default=False, readable=False
+    ),
 ]
 MonthOpt = Annotated[
     str, typer.Option("--month", "-m", help="Billing month YYYY-MM (JST), or a range YYYY-MM..YYYY-MM.")
 ]
 TariffOpt = Annotated[
     Path | None,
-    typer.Option("--tariff", "-t", help="Tariff TOML file. Default: the shipped illustrative tariff."),
+    typer.Option("--tariff", "-t", help="Tariff TOML file. Default: the shipped illustrative tariff.", readable=False),
 ]
 DbOpt = Annotated[
     Path | None,
@@ -131,11 +174,13 @@ def _rate(inputs: Inputs, rater: str) -> Rating:
 
     try:
         return inputs.rate(rater)
-    except (EventLogError, StoreError) as exc:
+    except EventLogError as exc:
         fail(str(exc))
+    except StoreError as exc:
+        fail(str(exc), exc.status)
 
 
-@app.command()
+@app.command(epilog=EXIT_STATUSES)
 def bill(
     events: EventsArg = None,
     month: MonthOpt = ...,  # type: ignore[assignment]
@@ -166,7 +211,7 @@ def bill(
             text = documents[0].dumps()
         else:
             text = json.dumps([document.to_json() for document in documents], ensure_ascii=False, indent=1)
-        sys.stdout.write(text + "\n")
+        write_stdout(text + "\n")
         return
     from metering.render import invoice_tables
 
@@ -175,7 +220,7 @@ def bill(
         console.print(renderable)
 
 
-@app.command()
+@app.command(epilog=EXIT_STATUSES)
 def explain(
     events: EventsArg = None,
     month: MonthOpt = ...,  # type: ignore[assignment]
@@ -193,12 +238,12 @@ def explain(
     rating = _rate(inputs, "reference")
     if rating.errors:
         fail(f"{rating.errors[0]}" + (f" ({len(rating.errors) - 1} more)" if len(rating.errors) > 1 else ""))
-    sys.stdout.write(explain_rating(rating, inputs.tariff, inputs.events_by_id(), subject))
+    write_stdout(explain_rating(rating, inputs.tariff, inputs.events_by_id(), subject))
 
 
-@app.command()
+@app.command(epilog=EXIT_STATUSES)
 def ingest(
-    events: Annotated[list[Path], typer.Argument(help="Event logs to append to the store.")],
+    events: Annotated[list[Path], typer.Argument(help="Event logs to append to the store.", readable=False)],
     db: Annotated[Path, typer.Option("--db", help="DuckDB file; created when missing.")],
     batch: Annotated[
         int, typer.Option(min=1, help="Events per transaction: an interrupted ingest keeps whole batches.")
@@ -209,18 +254,27 @@ def ingest(
     Each batch is one transaction: if the ingest is killed, the store holds whole batches only,
     and running the same command again completes it.
     """
-    from metering.store import EventStore, StoreError
+    import duckdb
+
+    from metering.store import EventStore, StoreError, store_failure
 
     try:
         with EventStore(db) as store:
             for path in events:
                 added, skipped = store.ingest_file(path, batch)
                 stderr.print(f"{path}: {added} events added, {skipped} already stored", markup=False)
-    except (EventLogError, StoreError) as exc:
+    except EventLogError as exc:
         fail(str(exc))
+    except StoreError as exc:
+        fail(str(exc), exc.status)
+    except duckdb.Error as exc:
+        failure = store_failure(str(db), exc)
+        fail(str(failure), failure.status)
 
 
-ScenarioArg = Annotated[Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/quickstart.toml.")]
+ScenarioArg = Annotated[
+    Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/quickstart.toml.", readable=False)
+]
 MqttUsernameOpt = Annotated[str | None, typer.Option(help="MQTT user name.")]
 MqttCaOpt = Annotated[Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.")]
 MqttRetriesOpt = Annotated[
@@ -265,7 +319,7 @@ def _simulate(scenario: Scenario, rater: str, engine: str = "fast", ray_address:
             fail(str(exc))
 
 
-@app.command()
+@app.command(epilog=EXIT_STATUSES)
 def run(
     scenario_path: ScenarioArg,
     out: Annotated[
@@ -300,7 +354,7 @@ def run(
         str | None,
         typer.Option(
             help="Publish every platform message (QoS 1, Mono Platform object JSON) to this broker: "
-            "mqtt://HOST[:PORT][/PREFIX] or mqtts://… (TLS); the password comes from $MGWSIM_MQTT_PASSWORD."
+            "mqtt://HOST[:PORT]\\[/PREFIX] or mqtts://… (TLS); the password comes from $MGWSIM_MQTT_PASSWORD."
         ),
     ] = None,
     mqtt_username: MqttUsernameOpt = None,
@@ -329,19 +383,9 @@ def run(
     scenario = _scenario(scenario_path)
     if pcap is not None and scenario.traffic_records != "session":
         fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
+    sim_map = pcap.with_name(pcap.name + ".sims.csv") if pcap is not None else None
+    _prepare_outputs(out, [path for path in (events, pcap, sim_map) if path is not None])
     result = _simulate(scenario, rater.value, engine.value, ray_address)
-    if out is not None:
-        from simulator.runner import interrupted_leftovers
-
-        leftovers = interrupted_leftovers(out)
-        for leftover in leftovers:
-            leftover.unlink(missing_ok=True)
-        if leftovers:
-            stderr.print(
-                f"mgwsim: note: an earlier run into {out} was interrupted; "
-                f"{len(leftovers)} unfinished file(s) removed, its complete files are replaced now",
-                markup=False,
-            )
     written = write_outputs(result, out, events)
     if pcap is not None:
         written += _write_capture(result, pcap, pcap_sims)
@@ -357,6 +401,32 @@ def run(
         stderr.print(f"mgwsim: expectation failed: {failure}", markup=False)
     if failures:
         raise typer.Exit(1)
+
+
+def note(message: str) -> None:
+    """One line to people on standard error (not an error)."""
+    stderr.print(f"mgwsim: note: {message}", markup=False)
+
+
+def _prepare_outputs(folder: Path | None, files: list[Path]) -> None:
+    """Before a long run: refuse an output folder mgwsim did not write, and clear what killed runs left."""
+    from metering.atomic import partial_files
+    from simulator.run_folder import OutputFolderError, prepare
+
+    if folder is not None:
+        try:
+            for message in prepare(folder):
+                note(message)
+        except OutputFolderError as exc:
+            fail(str(exc))
+    for path in files:
+        if path.is_dir():
+            fail(f"{path}: is a folder; give a file name")
+        stale = partial_files(path)
+        for leftover in stale:
+            leftover.unlink(missing_ok=True)
+        if stale:
+            note(f"an earlier write of {path} was interrupted; {len(stale)} unfinished file(s) beside it removed")
 
 
 def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path]:
@@ -408,7 +478,7 @@ def _publish(result: RunResult, broker: Any) -> None:
     stderr.print(f"{broker.describe()}: {len(messages):,} platform messages published (QoS 1)", markup=False)
 
 
-@app.command("meter-mqtt")
+@app.command("meter-mqtt", epilog=EXIT_STATUSES)
 def meter_mqtt(
     broker_url: Annotated[
         str, typer.Option("--broker", help="mqtt://HOST[:PORT] or mqtts://… (password: $MGWSIM_MQTT_PASSWORD).")
@@ -440,6 +510,7 @@ def meter_mqtt(
         log_format(out)
     except EventLogError as exc:
         fail(f"--out: {exc}")
+    _prepare_outputs(None, [out])
     broker = _broker(broker_url, mqtt_username, mqtt_ca, mqtt_retries, mqtt_backoff)
 
     def ready() -> None:
@@ -457,7 +528,7 @@ def meter_mqtt(
     )
 
 
-@app.command("meter-pcap")
+@app.command("meter-pcap", epilog=EXIT_STATUSES)
 def meter_pcap(
     capture: Annotated[Path, typer.Argument(help="A classic pcap file (raw IPv4 or Ethernet) with GTPv2-C and GTP-U.")],
     account: Annotated[str, typer.Option(help="The account the SIMs belong to (the events' account).")],
@@ -485,6 +556,7 @@ def meter_pcap(
             log_format(out)
         except EventLogError as exc:
             fail(f"--out: {exc}")
+        _prepare_outputs(None, [out])
     try:
         sim_map = read_sim_map(sims)
         metered = events_from_capture(read_capture(capture), account, sim_map)
@@ -492,7 +564,7 @@ def meter_pcap(
         fail(str(exc))
     if out is None:
         for event in metered.events:
-            sys.stdout.write(event_line(event) + "\n")
+            write_stdout(event_line(event) + "\n")
     else:
         write_event_log(metered.events, out)
     stderr.print(
@@ -504,7 +576,7 @@ def meter_pcap(
         stderr.print(f"{capture}: skipped {count:,} packet(s): {reason}", markup=False)
 
 
-@app.command()
+@app.command(epilog=EXIT_STATUSES)
 def check(
     scenario_path: ScenarioArg,
     golden: Annotated[Path, typer.Option(help="Directory of golden invoices (one YYYY-MM.json per month).")],
@@ -521,14 +593,14 @@ def check(
         stderr.print(f"{golden}: {len(result.documents)} golden invoice file(s) written", markup=False)
         return
     for difference in differences:
-        sys.stdout.write(f"drift: {difference}\n")
+        write_stdout(f"drift: {difference}\n")
     if differences:
         stderr.print(f"mgwsim: {len(differences)} difference(s) from {golden}", markup=False)
         raise typer.Exit(1)
     stderr.print(f"{golden}: {len(result.documents)} month(s) match", markup=False)
 
 
-@bench_app.command("metering")
+@bench_app.command("metering", epilog=EXIT_STATUSES)
 def bench_metering(
     events: Annotated[int, typer.Option("--events", "-n", help="sim.traffic events to generate.")] = 10_000_000,
     sims: Annotated[int, typer.Option(help="SIMs the traffic is spread over.")] = 100_000,
@@ -542,7 +614,7 @@ def bench_metering(
     Console().print(report.table())
 
 
-@bench_app.command("jsonl")
+@bench_app.command("jsonl", epilog=EXIT_STATUSES)
 def bench_jsonl(
     lines: Annotated[int, typer.Option(min=1, help="Lines of the JSONL log.")] = 10_000_000,
     workdir: Annotated[Path, typer.Option(help="Where the log is written (and removed after).")] = Path("."),
@@ -560,7 +632,7 @@ def bench_jsonl(
     Console().print(figures_table(f"mgwsim bench jsonl: {found['lines']:,} lines ({found['megabytes']:,.0f} MB)", rows))
 
 
-@bench_app.command("sim")
+@bench_app.command("sim", epilog=EXIT_STATUSES)
 def bench_sim(
     scenario_path: Annotated[Path, typer.Argument(help="Load scenario.")] = Path("scenarios/load-100k.toml"),
     sims: Annotated[int, typer.Option(help="Scale the fleets to about this many SIMs.")] = 100_000,
@@ -573,7 +645,7 @@ def bench_sim(
     Console().print(report.table())
 
 
-@bench_app.command("pcap")
+@bench_app.command("pcap", epilog=EXIT_STATUSES)
 def bench_pcap(
     sessions: Annotated[int, typer.Option(min=1, help="Sessions in the capture (a fleet device's day each).")] = 20_000,
     sample: Annotated[int, typer.Option(min=10, help="G-PDUs scapy builds one by one for the comparison.")] = 3_000,
@@ -589,7 +661,7 @@ def bench_pcap(
     Console().print(run_pcap_bench(sessions, sample, directory).table())
 
 
-@bench_app.command("mqtt")
+@bench_app.command("mqtt", epilog=EXIT_STATUSES)
 def bench_mqtt(
     messages: Annotated[int, typer.Option(min=1, help="Platform messages to publish.")] = 100_000,
     broker: Annotated[
@@ -608,13 +680,77 @@ def bench_mqtt(
     Console().print(report.table())
 
 
-def main() -> None:
-    """Console-script entry point."""
+def _error_line(message: str) -> None:
+    stderr.print(f"mgwsim: error: {message}", markup=False)
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for an operating-system error: the file, what failed and why (``errno`` named)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno or 0)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{reason}" + (f" ({code})" if code else "")
+
+
+def _flush_stdout() -> int | None:
+    """Flush standard output; the exit status of a failure (``None`` when it went out)."""
     try:
-        app()
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (``mgwsim bill … | head``): not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's own flush quiet
+        return 141
+    except OSError as exc:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        _error_line(f"standard output: {os_error_text(exc)}")
+        return IO_FAILURE
+    return None
+
+
+def main() -> None:
+    """Console-script entry point: every failure ends as one line and a documented exit status."""
+    from typer.exceptions import Abort, TyperException
+
+    status: int | str | None = 0
+    try:
+        status = app(standalone_mode=False)
+    except SystemExit as exit_:
+        status = exit_.code
+    except Abort:
+        stderr.print("mgwsim: interrupted", markup=False)
+        status = 130
+    except TyperException as exc:  # a bad option or argument: one line, as every other failure
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        context = getattr(exc, "ctx", None)
+        command = "mgwsim" + (context.command_path[len(context.find_root().command_path) :] if context else "")
+        if message:  # (no message: mgwsim without a command, its help already shown)
+            _error_line(f"{message} (see {command} --help)")
+        status = getattr(exc, "exit_code", BAD_INPUT)
     except KeyboardInterrupt:
         stderr.print("mgwsim: interrupted", markup=False)
-        sys.exit(130)
+        status = 130
+    except BrokenPipeError:
+        status = 141
+    except MemoryError:
+        _error_line("out of memory (the input or the scenario is larger than this machine can hold)")
+        status = IO_FAILURE
+    except OSError as exc:
+        _error_line(os_error_text(exc))
+        status = IO_FAILURE
+    except Exception as exc:  # a bug: say so in one line, the traceback only when asked for
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        said = str(exc).splitlines()[0][:200] if str(exc) else ""
+        _error_line(
+            f"internal error, a bug in mgwsim: {type(exc).__name__}: {said}"
+            f" (at {Path(frame.filename).name}:{frame.lineno}); please report it at {ISSUES_URL}"
+            + ("" if _VERBOSE else "; run with -v for the traceback")
+        )
+        if _VERBOSE:
+            traceback.print_exception(exc, file=sys.stderr)
+        status = BUG
+    flushed = _flush_stdout()
+    if flushed is not None and status in (0, None):
+        status = flushed
+    sys.exit(status)
 
 
 if __name__ == "__main__":

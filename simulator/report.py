@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from metering.eventlog import AtomicWriter
+from metering.atomic import AtomicWriter
 from metering.rules import ITEMS
 from metering.timeutil import format_month
 

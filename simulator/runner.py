@@ -18,7 +18,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from metering.eventlog import AtomicWriter, write_event_log
+from metering.atomic import AtomicWriter
+from metering.eventlog import write_event_log
 from metering.events import Event
 from metering.fast import rate_events
 from metering.invoice import InvoiceDocument
@@ -26,6 +27,7 @@ from metering.rating import Rating
 from metering.reference import rate_reference
 from metering.timeutil import format_month
 from simulator.engine import Engine, RunStats
+from simulator.run_folder import write_folder
 from simulator.scenario import Scenario
 
 LOG = logging.getLogger(__name__)
@@ -175,41 +177,41 @@ def check_expectations(result: RunResult) -> list[str]:
     return failures
 
 
-def interrupted_leftovers(out: Path) -> list[Path]:
-    """Temporary files an interrupted earlier run left in ``out`` (its outputs were never renamed in)."""
-    if not out.is_dir():
-        return []
-    return sorted(path for pattern in (".*.partial", "invoices/.*.partial") for path in out.glob(pattern))
-
-
 def write_outputs(result: RunResult, out: Path | None, events_path: Path | None) -> list[Path]:
-    """Write the event log, the invoices (JSON per month) and the PNG report; return the paths."""
+    """Write the event log, and the run folder (log, invoices per month, report, summary); return the paths.
+
+    The folder is written as one set (:mod:`simulator.run_folder`): ``out`` holds this whole run
+    or, if writing fails, the previous one as it was.
+    """
     written: list[Path] = []
     if events_path is not None:
         write_event_log(result.events, events_path)
         written.append(events_path)
     if out is None:
         return written
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "events.jsonl"
+    written += write_folder(out, lambda folder: _run_files(result, folder))
+    LOG.info("wrote %d files to %s", len(written), out)
+    return written
+
+
+def _run_files(result: RunResult, folder: Path) -> list[Path]:
+    """Write a run's files into ``folder``; return them."""
+    from simulator.report import write_report
+
+    log = folder / "events.jsonl"
     write_event_log(result.events, log)
-    written.append(log)
+    written = [log]
     for document in result.documents:
-        path = out / "invoices" / f"{format_month(document.month)}.json"
+        path = folder / "invoices" / f"{format_month(document.month)}.json"
         with AtomicWriter(path) as temporary:
             temporary.write_text(document.dumps() + "\n", encoding="utf-8")
         written.append(path)
-    from simulator.report import write_report
-
-    report = out / "report.png"
+    report = folder / "report.png"
     write_report(result, report)
-    written.append(report)
-    summary = out / "summary.json"
+    summary = folder / "summary.json"
     with AtomicWriter(summary) as temporary:
         temporary.write_text(json.dumps(summary_of(result), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    written.append(summary)
-    LOG.info("wrote %d files to %s", len(written), out)
-    return written
+    return [*written, report, summary]
 
 
 def summary_of(result: RunResult) -> dict[str, Any]:

@@ -167,7 +167,7 @@ def test_verbose_logs_the_steps_and_the_pin_flows_on_stderr_only(tmp_path: Path)
     assert quiet.returncode == info.returncode == debug.returncode == 0
     assert quiet.stderr == "" and quiet.stdout == debug.stdout, "logs go to stderr, the summary is unchanged"
     assert "simulating pin-lockout" in info.stderr and "metered 2 months" in info.stderr
-    assert "wrote 5 files" in info.stderr and "PIN entered" not in info.stderr and "matplotlib" not in info.stderr
+    assert "wrote 6 files" in info.stderr and "PIN entered" not in info.stderr and "matplotlib" not in info.stderr
     assert "wrong PIN entered, 0 tries left" in debug.stderr and "wrong PUK entered" in debug.stderr
 
 
@@ -178,17 +178,6 @@ def test_verbose_bill_logs_its_reading_and_prints_the_same_invoice() -> None:
     assert quiet.returncode == verbose.returncode == 0 and quiet.stdout == verbose.stdout
     assert f"reading {log}" in verbose.stderr and "events read into the store" in verbose.stderr
     assert "rating 1 month" in verbose.stderr
-
-
-def test_an_interrupted_run_is_reported_by_the_next(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    (out / "invoices").mkdir(parents=True)
-    (out / ".events.jsonl.abc123.partial").write_text('{"ts": "2026-01', encoding="utf-8")
-    (out / "invoices" / ".2026-01.json.x.partial").write_text("{", encoding="utf-8")
-    done = mgwsim("run", ROOT / "scenarios/idle-fleet.toml", "--out", out, columns=200)
-    assert done.returncode == 0, done.stderr
-    assert "earlier run" in done.stderr and "interrupted" in done.stderr and "2 unfinished" in done.stderr
-    assert not list(out.rglob("*.partial")) and (out / "events.jsonl").is_file()
 
 
 def test_bill_counts_a_redelivered_event_once_and_refuses_a_reused_id(tmp_path: Path) -> None:

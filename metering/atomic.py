@@ -1,0 +1,97 @@
+"""Atomic, durable output files: written under a temporary name beside the target, renamed when whole.
+
+Every file mgwsim writes (event logs, invoices, reports, summaries, captures, SIM maps, journals)
+goes through :class:`AtomicWriter`: a reader sees the old file or the whole new one, never a part;
+the data is on disk (``fsync``) before the rename, and the rename is on disk before the writer
+returns. A failure — a full disk, no permission, an I/O error — leaves no temporary file behind and
+is raised as an :class:`OSError` that names the *target* (not the temporary name), so the command
+line can say in one line which output could not be written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Final
+
+PARTIAL_SUFFIX: Final = ".partial"
+"""Suffix of the temporary file of an output being written (``.NAME.XXXX.partial`` beside it)."""
+
+
+def partial_files(target: Path) -> list[Path]:
+    """Temporary files of ``target`` that an interrupted writer left beside it."""
+    if not target.parent.is_dir():
+        return []
+    return sorted(target.parent.glob(f".{target.name}.*{PARTIAL_SUFFIX}"))
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename (or creation) of an entry of ``directory`` durable."""
+    handle = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def fsync_file(path: Path) -> None:
+    """Make a file's data durable."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def naming(exc: OSError, target: Path) -> OSError:
+    """The same failure, naming ``target`` as the file that could not be written."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(target))
+
+
+class AtomicWriter:
+    """Write a file under a temporary name beside it; rename into place only on success."""
+
+    def __init__(self, target: Path) -> None:
+        """Prepare to write ``target``."""
+        self.target = target
+        self.temporary = Path()
+
+    def __enter__(self) -> Path:
+        """Return the temporary path to write to.
+
+        Raises:
+            OSError: Naming the target, when its folder cannot be made or written to.
+        """
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(
+                prefix=f".{self.target.name}.", suffix=PARTIAL_SUFFIX, dir=self.target.parent
+            )
+        except OSError as exc:
+            raise naming(exc, self.target) from exc
+        os.close(handle)
+        self.temporary = Path(name)
+        return self.temporary
+
+    def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
+        """Sync and rename on success; on failure remove the temporary file.
+
+        Raises:
+            OSError: Naming the target, for a failure while writing, syncing or renaming.
+        """
+        if exc_type is None:
+            try:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.temporary, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
+                fsync_file(self.temporary)
+                os.replace(self.temporary, self.target)
+                fsync_directory(self.target.parent)
+            except OSError as failure:
+                self.temporary.unlink(missing_ok=True)
+                raise naming(failure, self.target) from failure
+            return
+        self.temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename in (None, str(self.temporary)):  # a failure to write it
+            raise naming(exc, self.target) from exc

@@ -1,0 +1,326 @@
+"""Every failure a user can meet is one line and a documented exit status; outputs are whole sets.
+
+Disk-full cases run on a small tmpfs the test mounts (root only: CI runs as root and must not
+skip them). Damaged stores are real DuckDB files with a block overwritten or cut off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import DISPUTES, ROOT, write_jsonl
+from test_cli import mgwsim
+
+from metering.store import EventStore, StoreError
+
+COMMANDS = [
+    [],
+    ["run"],
+    ["check"],
+    ["bill"],
+    ["explain"],
+    ["ingest"],
+    ["meter-pcap"],
+    ["meter-mqtt"],
+    ["bench"],
+    ["bench", "metering"],
+    ["bench", "jsonl"],
+    ["bench", "sim"],
+    ["bench", "pcap"],
+    ["bench", "mqtt"],
+]
+
+
+def one_line(result: subprocess.CompletedProcess[str], status: int, *fragments: str) -> str:
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(command) or "mgwsim" for command in COMMANDS])
+def test_every_help_renders(command: list[str]) -> None:
+    result = mgwsim(*command, "--help", columns=100)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "Usage:" in result.stdout
+    if command and command != ["bench"]:
+        assert "Exit status" in result.stdout and "4 an I/O failure" in result.stdout
+
+
+# --- a small disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs: room for a small log, not for a run's outputs."""
+    if os.geteuid() != 0:
+        if os.environ.get("MGWSIM_REQUIRE_TOOLS"):
+            pytest.fail("the disk-full tests mount a tmpfs and need root")
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
+def test_run_into_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path) -> None:
+    out = small_disk / "out"
+    line = one_line(mgwsim("run", ROOT / "scenarios/quickstart.toml", "--out", out, columns=60), 4, "No space left")
+    assert str(small_disk) in line
+    assert not out.exists() and list(small_disk.iterdir()) == [], "no half-written folder or file"
+
+
+def test_a_failed_run_leaves_the_previous_run_whole(small_disk: Path) -> None:
+    out = small_disk / "out"
+    first = mgwsim("run", ROOT / "scenarios/pin-lockout.toml", "--out", out)
+    assert first.returncode == 0, first.stderr
+    before = tree(out)
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (3 * 2**20 - 4 * sum((out / name).stat().st_size for name in before) // 3))
+    failed = mgwsim("run", ROOT / "scenarios/pin-lockout.toml", "--out", out, columns=60)
+    one_line(failed, 4, "No space left")
+    assert tree(out) == before, "the folder holds the previous run, whole"
+    assert sorted(path.name for path in small_disk.iterdir()) == ["filler", "out"]
+
+
+def test_meter_pcap_and_ingest_into_a_full_disk(small_disk: Path, tmp_path: Path) -> None:
+    capture = tmp_path / "core.pcap"
+    made = mgwsim("run", ROOT / "scenarios/tunnel-coverage.toml", "--pcap", capture)
+    assert made.returncode == 0, made.stderr
+    (small_disk / "filler").write_bytes(b"\0" * (3 * 2**20 - 64 * 1024))
+    metered = mgwsim(
+        "meter-pcap", capture, "--account", "acct-1", "--sims", f"{capture}.sims.csv", "--out", small_disk / "m.jsonl"
+    )
+    assert metered.returncode == 4, metered.stderr
+    assert "m.jsonl: No space left on device" in metered.stderr and "Traceback" not in metered.stderr
+    (small_disk / "filler").unlink()
+    log = write_jsonl(
+        tmp_path / "big.jsonl",
+        [
+            {
+                "ts": "2026-01-10T09:00:00+09:00",
+                "type": "sim.registered",
+                "account": "a",
+                "id": f"e{number}",
+                "sim": f"8981300{number:012d}",
+            }
+            for number in range(60_000)
+        ],
+    )
+    ingested = mgwsim("ingest", log, "--db", small_disk / "store.duckdb", "--batch", "10000", columns=60)
+    line = one_line(ingested, 4, "No space left on device")
+    assert "rollback" not in line, "the cause is shown, not the failed rollback"
+
+
+def test_standard_output_on_a_full_device() -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "simulator.cli", "bill", str(DISPUTES / "points.jsonl"), "-m", "2026-01..2026-03"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    one_line(result, 4, "standard output", "No space left on device")
+
+
+# --- damaged stores ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from metering.bench import generate_traffic
+
+    folder = tmp_path_factory.mktemp("store")
+    log = folder / "log.parquet"
+    generate_traffic(log, 300_000, 5_000, 1)
+    result = mgwsim("ingest", log, "--db", folder / "good.duckdb")
+    assert result.returncode == 0, result.stderr
+    return folder / "good.duckdb"
+
+
+@pytest.mark.parametrize("where", [0.1, 0.3, 0.5, 0.7, 0.95, "half", "header"])
+def test_a_damaged_store_is_named_and_left_untouched(good_store: Path, tmp_path: Path, where: float | str) -> None:
+    store = tmp_path / "damaged.duckdb"
+    shutil.copy(good_store, store)
+    size = store.stat().st_size
+    if where == "half":
+        os.truncate(store, size // 2)
+    else:
+        offset = 0 if where == "header" else int(size * float(where)) // 4096 * 4096
+        with store.open("r+b") as stream:
+            stream.seek(offset)
+            stream.write(bytes(range(256)) * 16)
+    damaged = store.read_bytes()
+    log = good_store.parent / "log.parquet"
+    try:
+        EventStore.check(str(store))
+    except StoreError:
+        pass
+    else:  # the bytes hit space no table uses: the store still bills exactly as before
+        expected = mgwsim("bill", "--db", good_store, "-m", "2026-01").stdout
+        assert mgwsim("bill", "--db", store, "-m", "2026-01").stdout == expected
+        assert where not in ("half", "header", 0.3, 0.5), "the middle of the store holds its tables"
+        return
+    for command in (
+        ["bill", "--db", store, "-m", "2026-01"],
+        ["bill", "--db", store, "-m", "2026-01", "--rater", "reference"],
+        ["explain", "--db", store, "-m", "2026-01", "--subject", "points"],
+        ["ingest", log, "--db", store],
+    ):
+        result = mgwsim(*command, columns=60)
+        line = one_line(result, 2, str(store))
+        assert "damaged" in line or "not a DuckDB store" in line, line
+        assert result.stdout == ""
+    assert store.read_bytes() == damaged, "the store file is untouched"
+    assert not Path(f"{store}.wal").exists()
+
+
+def test_a_store_in_use_and_a_folder_as_store(good_store: Path, tmp_path: Path) -> None:
+    import duckdb
+
+    store = tmp_path / "busy.duckdb"
+    shutil.copy(good_store, store)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(store)!r}); print('ok', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        one_line(mgwsim("bill", "--db", store, "-m", "2026-01"), 3, "in use by another process")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert duckdb.connect(str(store), read_only=True).execute("SELECT count(*) FROM events").fetchone()
+    one_line(mgwsim("bill", "--db", tmp_path, "-m", "2026-01"), 2, "is a directory")
+
+
+# --- output folders as a set ------------------------------------------------------------------
+
+
+def test_a_run_folder_holds_one_run_and_its_manifest(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert mgwsim("run", ROOT / "scenarios/idle-fleet.toml", "--out", out).returncode == 0
+    assert len(list((out / "invoices").glob("*.json"))) > 2
+    again = mgwsim("run", ROOT / "scenarios/pin-lockout.toml", "--out", out)
+    assert again.returncode == 0, again.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    listed = {entry["path"]: entry["bytes"] for entry in manifest["files"]}
+    present = {name: (out / name).stat().st_size for name in tree(out) if name != "manifest.json"}
+    assert listed == present, "exactly this run's files, nothing of the one before"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenario"] == "pin-lockout"
+    assert [path.name for path in tmp_path.iterdir()] == ["out"], "no staging folder left beside it"
+
+
+def test_a_folder_with_files_mgwsim_did_not_write_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("mine", encoding="utf-8")
+    result = mgwsim("run", ROOT / "scenarios/quickstart.toml", "--out", out)
+    one_line(result, 2, "chapter1.tex", "did not write")
+    assert [path.name for path in out.iterdir()] == ["chapter1.tex"]
+
+
+def test_leftovers_of_killed_runs_are_removed_with_a_note(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    staging = tmp_path / ".out.mgwsim-k1ll3d"
+    staging.mkdir()
+    (staging / "events.jsonl").write_text('{"ts": "2026-01', encoding="utf-8")
+    events = tmp_path / "copy.jsonl"
+    (tmp_path / ".copy.jsonl.abc123.partial").write_text("{", encoding="utf-8")
+    legacy = out / "invoices"
+    legacy.mkdir(parents=True)
+    (legacy / ".2026-01.json.x.partial").write_text("{", encoding="utf-8")  # an older mgwsim's leftover
+    result = mgwsim("run", ROOT / "scenarios/idle-fleet.toml", "--out", out, "--events", events, columns=200)
+    assert result.returncode == 0, result.stderr
+    assert "unfinished folder .out.mgwsim-k1ll3d was removed" in result.stderr
+    assert "an earlier write of" in result.stderr and "1 unfinished file(s) beside it removed" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["copy.jsonl", "out"]
+    assert not list(out.rglob("*.partial")) and events.is_file()
+
+
+# --- smaller things -------------------------------------------------------------------------
+
+
+def test_a_folder_given_as_a_log(tmp_path: Path) -> None:
+    for rater in ("fast", "reference"):
+        one_line(mgwsim("bill", tmp_path, "-m", "2026-01", "--rater", rater), 2, str(tmp_path), "is a folder")
+
+
+def test_unreadable_inputs_are_io_failures() -> None:
+    """Permissions refuse a log or a scenario: exit 4 (root reads everything, so run as nobody then)."""
+    import tempfile
+
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv is needed to drop root")
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    folder = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        folder.chmod(0o777)  # the store may be created; the log may not be read
+        log = Path(shutil.copy(DISPUTES / "points.jsonl", folder / "secret.jsonl"))
+        scenario = Path(shutil.copy(ROOT / "scenarios/pin-lockout.toml", folder / "secret.toml"))
+        for path in (log, scenario):
+            path.chmod(0)
+        for command in (["bill", log, "-m", "2026-01"], ["run", scenario], ["ingest", log, "--db", folder / "s.db"]):
+            result = subprocess.run(
+                [*as_user, sys.executable, "-m", "simulator.cli", *map(str, command)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=ROOT,
+            )
+            one_line(result, 4, str(command[1]), "Permission denied")
+    finally:
+        shutil.rmtree(folder)
+
+
+BUG_SCRIPT = """
+import sys
+import metering.explain
+def broken(*args, **kwargs):
+    return 1 / 0
+metering.explain.explain = broken
+sys.argv = ["mgwsim", *sys.argv[1:]]
+from simulator.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_bug_says_so_in_one_line_and_shows_its_traceback_only_under_v(verbose: bool) -> None:
+    args = [*(["-v"] if verbose else []), "explain", str(DISPUTES / "points.jsonl"), "-m", "2026-01"]
+    result = subprocess.run([sys.executable, "-c", BUG_SCRIPT, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 70
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mgwsim: error:")]
+    assert len(errors) == 1 and "a bug in mgwsim" in errors[0] and "ZeroDivisionError" in errors[0]
+    assert "please report it" in errors[0]
+    assert ("Traceback" in result.stderr) is verbose
+    if not verbose:
+        assert result.stderr.strip() == errors[0]
