@@ -21,6 +21,8 @@ line, and never appear in a message or log line.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -28,10 +30,13 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
+
+from gateway.journal import Journal
+from metering.events import DuplicateKeyError, EventError, decode_object, event_from_mapping
 
 _QUIET = logging.getLogger("mgwsim.mqtt")
 _QUIET.addHandler(logging.NullHandler())
@@ -298,54 +303,108 @@ async def _publish_batch(
         raise
 
 
+MAX_PAYLOAD: Final = 1 << 20
+"""A payload larger than this (1 MiB) is not a platform message: it becomes a dead letter."""
+ACK_EVERY: Final = 16
+"""Messages taken between two journal syncs at most (a broker sends only so many unacknowledged
+ones at a time: mosquitto 20 by default); the journal is also synced whenever no message waits."""
+
+
 @dataclass
 class Subscription:
-    """What a subscriber received."""
+    """What a subscriber received: journaled events, redeliveries dropped, dead letters.
 
-    events: list[Any] = field(default_factory=list)
+    Attributes:
+        journal: Where accepted messages and dead letters are written before they are acknowledged.
+        seen: Event ids of every message journaled (resumed ones too): one per (account, device, id).
+        duplicates: Redeliveries dropped.
+        rejected: Messages refused (dead letters) this run.
+        reconnections: Connections lost and made again.
+    """
+
+    journal: Journal
     seen: set[str] = field(default_factory=set)
     duplicates: int = 0
     rejected: int = 0
     reconnections: int = 0
 
-    def take(self, payload: Any) -> None:
-        """Take one received message: a new event, a redelivery, or not a platform object."""
-        event = _event_of(payload)
-        if event is None:
+    def __post_init__(self) -> None:
+        """Know the messages of a resumed journal."""
+        self.seen.update(event.id for event in self.journal.events)
+
+    @property
+    def events(self) -> list[Any]:
+        """Every journaled event."""
+        return self.journal.events
+
+    def take(self, payload: Any, topic: str = "") -> None:
+        """Take one received message: a new event, a redelivery, or a dead letter (with the reason)."""
+        data = bytes(payload)
+        found = _event_of(data)
+        if isinstance(found, str):
             self.rejected += 1
-        elif event.id in self.seen:
+            self.journal.refuse(topic, data, found, _id_of(data))
+            return
+        if found.id in self.seen:
             self.duplicates += 1
-        else:
-            self.seen.add(event.id)
-            self.events.append(event)
+            return
+        self.seen.add(found.id)
+        self.journal.append(found)
+
+
+def message_event_id(account: str, device: str, message_id: str) -> str:
+    """The event id of a platform message: one per (account, device, message id), never cut.
+
+    ``mqtt|ACCOUNT|DEVICE|ID``: neither an account name nor an ICCID can hold ``|``, so two
+    messages share an id only when all three are equal. Beyond the 200 characters an event id
+    may have, the three are hashed (SHA-256) instead of cut.
+    """
+    plain = f"mqtt|{account}|{device}|{message_id}"
+    if len(plain) <= 200:
+        return plain
+    digest = hashlib.sha256("\0".join((account, device, message_id)).encode()).hexdigest()
+    return f"mqtt|sha256|{digest}"
 
 
 async def subscribe_messages(
     broker: Broker,
     topic: str,
     identifier: str,
+    journal: Journal,
     expect: int | None = None,
     idle_s: float = 10.0,
     ready: Callable[[], None] | None = None,
     on_retry: RetryReport | None = None,
+    stop: asyncio.Event | None = None,
 ) -> Subscription:
-    """Receive platform messages as ``mono.message`` events, until enough or none for a while.
+    """Receive platform messages into the journal, until enough, none for a while, or ``stop``.
 
-    It stops when ``expect`` distinct messages arrived, or nothing arrived for ``idle_s`` seconds.
-    A lost connection is retried with back-off (``broker.retry_delay``); after ``broker.attempts``
-    failed attempts in a row it raises :class:`MqttAdapterError`.
+    It stops when ``expect`` distinct messages are journaled (resumed ones count), nothing arrived
+    for ``idle_s`` seconds, or ``stop`` is set (SIGTERM): the messages taken so far are synced
+    and acknowledged first. A message is acknowledged to the broker only after it is in the
+    journal on disk (manual acknowledgement). A lost connection is retried with back-off
+    (``broker.retry_delay``); after ``broker.attempts`` failed attempts in a row it raises
+    :class:`MqttAdapterError`.
 
     The session is persistent (``identifier``, clean session off), so messages published while
-    the subscriber or the broker was away are delivered when it is back.
+    the subscriber or the broker was away, or taken but not acknowledged, are delivered again.
     """
     import aiomqtt
 
     _quiet_lost_connections()
-    got = Subscription()
+    got = Subscription(journal)
     failures = 0
     last = time.monotonic()
-    while expect is None or len(got.seen) < expect:
+
+    def enough() -> bool:
+        return (expect is not None and len(got.seen) >= expect) or (stop is not None and stop.is_set())
+
+    while not enough():
         client = broker.client(identifier, clean_session=False)
+        client._client.manual_ack_set(True)  # acknowledged by us, once journaled (aiomqtt has no public way)
+        taken: list[Any] = []
+        acknowledge = functools.partial(_acknowledge, journal, client, taken)
+
         try:
             async with client:
                 await client.subscribe(topic, qos=1)
@@ -354,49 +413,87 @@ async def subscribe_messages(
                     ready()
                     ready = None
                 messages = client.messages.__aiter__()
-                while expect is None or len(got.seen) < expect:
+                while not enough():
                     try:
-                        message = await asyncio.wait_for(messages.__anext__(), timeout=1.0)
+                        message = await asyncio.wait_for(messages.__anext__(), timeout=0.2)
                     except TimeoutError:
+                        acknowledge()
                         if time.monotonic() - last > idle_s:
                             return got
                         continue
                     last = time.monotonic()
-                    got.take(message.payload)
+                    got.take(message.payload, str(message.topic))
+                    taken.append(message)
+                    if len(taken) >= ACK_EVERY or client._queue.empty():
+                        acknowledge()
+                acknowledge()
                 return got
         except aiomqtt.MqttError as exc:
-            # paho acknowledged what it received before the connection broke; what is still in the
-            # client's queue would be lost with the client (aiomqtt gives no public way to drain it)
-            queue = client._queue
-            while not queue.empty():
-                got.take(queue.get_nowait().payload)
+            # what was taken is journaled (the broker sends the unacknowledged again; they are dropped
+            # as redeliveries); what still waits in the client's queue is left to the redelivery
+            journal.sync()
             failures += 1
             got.reconnections += 1
             await _back_off(broker, exc, failures, on_retry)
     return got
 
 
-def _event_of(payload: Any) -> Any:
-    """The ``mono.message`` event of a received object JSON (``None`` if it is not one)."""
-    import re
+def _acknowledge(journal: Journal, client: Any, taken: list[Any]) -> None:
+    """Sync the journal, then acknowledge the messages taken since the last time."""
+    journal.sync()
+    for message in taken:
+        client._client.ack(message.mid, message.qos)
+    taken.clear()
 
-    from metering.events import ICCID_PATTERN, NAME_PATTERN, Event
 
+def _id_of(payload: bytes) -> str | None:
+    """The ``id`` of a refused payload, when it can be read cheaply (for the dead letter)."""
     try:
-        body = json.loads(bytes(payload))
+        body = decode_object(payload) if len(payload) <= MAX_PAYLOAD else None
+    except (ValueError, RecursionError):
+        return None
+    return str(body["id"]) if isinstance(body, dict) and "id" in body else None
+
+
+def _event_of(payload: bytes) -> Any:
+    """The ``mono.message`` event of a received object JSON, or why it is not one (a string)."""
+    if len(payload) > MAX_PAYLOAD:
+        return f"payload of {len(payload):,} bytes is larger than a platform message ({MAX_PAYLOAD:,})"
+    try:
+        body = decode_object(payload)
+    except RecursionError:
+        return "JSON nested too deeply"
+    except DuplicateKeyError as exc:
+        return f"key {exc.key[:60]!r} appears twice"
+    except ValueError as exc:
+        return f"not JSON ({str(exc).splitlines()[0][:120]})"
+    if not isinstance(body, dict):
+        return "not a JSON object"
+    if body.get("type", "object") != "object":
+        return f"type {str(body.get('type'))[:40]!r} is not an object message"
+    try:
         message_id, device, account = str(body["id"]), str(body["device_id"]), str(body["account"])
-        instant = datetime.fromisoformat(str(body["timestamp_platform"]).replace("Z", "+00:00"))
-        size = sum(len(str(entry.get("value", ""))) // 2 for entry in body["payload"] if entry.get("type") == "bytes")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if not re.fullmatch(ICCID_PATTERN, device) or not re.fullmatch(NAME_PATTERN, account) or instant.tzinfo is None:
-        return None
-    return Event(
-        ts=(instant - EPOCH) // timedelta(microseconds=1),
-        type="mono.message",
-        account=account,
-        id=f"mqtt/{message_id}"[:200],
-        sim=device,
-        count=1,
-        bytes=size,
-    )
+        stamp = body["timestamp_platform"]
+        entries = body.get("payload", [])
+        size = sum(
+            len(str(entry.get("value", ""))) // 2
+            for entry in entries
+            if isinstance(entry, dict) and entry.get("type") == "bytes"
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        return f"not a platform object message (missing or odd {str(exc)[:60]})"
+    if not message_id:
+        return "empty message id"
+    record = {
+        "ts": stamp,
+        "type": "mono.message",
+        "account": account,
+        "id": message_event_id(account, device, message_id),
+        "sim": device,
+        "count": 1,
+        "bytes": size,
+    }
+    event = event_from_mapping(record)
+    if isinstance(event, EventError):
+        return event.reason.replace("field 'ts'", "timestamp_platform").replace("field 'sim'", "device_id")
+    return event

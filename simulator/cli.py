@@ -497,12 +497,18 @@ def meter_mqtt(
 ) -> None:
     """Subscribe to platform messages (QoS 1, persistent session) and write them as mono.message events.
 
-    Each distinct message id becomes one event (redeliveries are dropped); broker restarts are
-    ridden out. The log is written when the subscription ends.
+    Each distinct (account, device, message id) becomes one event; redeliveries are dropped;
+    broker restarts are ridden out. A message is acknowledged to the broker only once it is in the
+    journal on disk (OUT.journal.jsonl), so a meter killed at any moment loses nothing: run it
+    again with the same --client-id and it resumes. Payloads that are not platform messages go
+    to OUT.dead-letters.jsonl with the reason. SIGTERM or Ctrl-C ends it cleanly: the messages
+    taken so far are journaled and acknowledged, then the journal is written to OUT.
     Example: mgwsim meter-mqtt --broker mqtt://localhost:1883 --topic 'mono/#' --out mono.jsonl --expect 1000
     """
     import asyncio
+    import signal
 
+    from gateway.journal import Journal, JournalError, dead_letter_path
     from gateway.mqtt import MqttAdapterError, subscribe_messages
     from metering.eventlog import log_format, write_event_log
 
@@ -512,18 +518,40 @@ def meter_mqtt(
         fail(f"--out: {exc}")
     _prepare_outputs(None, [out])
     broker = _broker(broker_url, mqtt_username, mqtt_ca, mqtt_retries, mqtt_backoff)
+    try:
+        journal = Journal.open(out)
+    except JournalError as exc:
+        fail(str(exc))
+    if journal.resumed:
+        note(f"resuming the journal of an earlier run: {journal.resumed:,} messages already metered")
 
     def ready() -> None:
         stderr.print(f"{broker.describe()}: subscribed to {topic}", markup=False)
 
+    async def meter() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, stop.set)
+        got = await subscribe_messages(
+            broker, topic, client_id, journal, expect, idle, ready, _report_retry(broker), stop
+        )
+        return got, stop.is_set()
+
     try:
-        got = asyncio.run(subscribe_messages(broker, topic, client_id, expect, idle, ready, _report_retry(broker)))
+        got, stopped = asyncio.run(meter())
     except MqttAdapterError as exc:
-        fail(str(exc), status=3)
-    write_event_log(sorted(got.events, key=lambda event: event.ts), out)
+        journal.close()
+        fail(f"{exc} (the {len(journal.events):,} messages journaled are kept: rerun to resume)", status=3)
+    journal.close()
+    write_event_log(sorted(got.events, key=lambda event: (event.ts, event.id)), out)
+    journal.finish()
+    if stopped:
+        note("stopped by a signal: the messages taken so far are written; rerun to go on")
+    dead = f", {got.rejected:,} refused (see {dead_letter_path(out)})" if got.rejected else ""
     stderr.print(
-        f"{out}: {len(got.events):,} mono.message events ({got.duplicates:,} redeliveries dropped, "
-        f"{got.rejected:,} messages not platform objects, {got.reconnections:,} reconnections)",
+        f"{out}: {len(got.events):,} mono.message events ({got.duplicates:,} redeliveries dropped{dead}, "
+        f"{got.reconnections:,} reconnections)",
         markup=False,
     )
 

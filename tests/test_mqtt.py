@@ -263,3 +263,138 @@ def test_tls_with_a_test_ca(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def meter_command(broker: Mosquitto, out: Path, expect: int, client: str, idle: float = 60) -> list[str]:
+    command = [sys.executable, "-m", "simulator.cli", "meter-mqtt", "--broker", broker.url, "--topic", "mono/#"]
+    return [*command, "--out", str(out), "--expect", str(expect), "--client-id", client, "--idle", str(idle)]
+
+
+def test_a_meter_killed_at_random_points_loses_and_doubles_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """SIGKILL three times while 20,000 messages stream in; each rerun with the client id resumes."""
+    import random
+    import signal
+
+    count = 20_000
+    messages = [
+        PlatformMessage(f"k/{number}#1", "acct-1", f"89813000000000{number % 50:05d}", 1_767_193_200_000_000 + number)
+        for number in range(count)
+    ]
+    out = tmp_path / "mono.jsonl"
+    env = {**os.environ, "COLUMNS": "200"}
+    meter = start_meter(mosquitto, out, count, "killed")
+    publisher = threading.Thread(
+        target=lambda: asyncio.run(publish_messages(Broker.from_url(f"{mosquitto.url}/mono", attempts=20), messages))
+    )
+    publisher.start()
+    rng = random.Random(11)
+    journal = tmp_path / "mono.jsonl.journal.jsonl"
+    kills = 0
+    for _ in range(3):
+        time.sleep(rng.uniform(0.3, 1.2))
+        if meter.poll() is not None:
+            break
+        meter.send_signal(signal.SIGKILL)
+        meter.wait(timeout=30)
+        kills += 1
+        assert not out.exists(), "a killed meter wrote no final log"
+        meter = subprocess.Popen(
+            meter_command(mosquitto, out, count, "killed"), stderr=subprocess.PIPE, text=True, env=env
+        )
+    publisher.join(timeout=300)
+    _, errors = meter.communicate(timeout=300)
+    assert meter.returncode == 0, errors
+    assert kills >= 2, "the meter was killed while messages were streaming"
+    assert "resuming the journal" in errors
+    received = [event.id for event in read_event_log(out)]
+    assert len(received) == len(set(received)) == count, "every message exactly once"
+    assert sorted(received) == sorted(f"mqtt|acct-1|{m.device_id}|{m.id}" for m in messages)
+    assert not journal.exists(), "the journal is compacted into the log and removed"
+
+
+def publish_raw(broker: Mosquitto, items: list[tuple[str, bytes]]) -> None:
+    async def go() -> None:
+        async with Broker.from_url(f"{broker.url}/mono").client() as client:
+            for topic, payload in items:
+                await client.publish(topic, payload, qos=1)
+
+    asyncio.run(go())
+
+
+def test_bad_payloads_become_dead_letters_and_change_nothing_around_them(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    good = [
+        PlatformMessage(f"g/{number}#1", "acct-1", "8981300000000000001", 1_767_193_200_000_000 + number)
+        for number in range(200)
+    ]
+    deep = b'{"id": "deep", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    ancient = good[0].payload().replace(b"2025-12-31T15:00:00Z", b"0001-01-01T00:00:00Z").replace(b"g/0#1", b"old")
+    huge = b'{"id": "huge", "pin": "8675309", "x": "' + b"0" * (10 * 2**20) + b'"}'
+    dup = b'{"id": "d", "id": "e"}'
+    items = [(m.topic("mono"), m.payload()) for m in good[:100]]
+    items += [("mono/acct-1/x/object", deep), ("mono/acct-1/x/object", ancient), ("mono/acct-1/x/object", huge)]
+    items += [("mono/acct-1/x/object", dup), ("mono/acct-1/x/object", b"\xff\xfe not json")]
+    items += [(m.topic("mono"), m.payload()) for m in good[100:]]
+    out = tmp_path / "mono.jsonl"
+    meter = start_meter(mosquitto, out, 200, "dead")
+    publish_raw(mosquitto, items)
+    _, errors = meter.communicate(timeout=120)
+    assert meter.returncode == 0, errors
+    assert "Traceback" not in errors and "5 refused" in errors
+    assert sorted(event.id for event in read_event_log(out)) == sorted(
+        f"mqtt|acct-1|{m.device_id}|{m.id}" for m in good
+    )
+    letters = [json.loads(line) for line in (tmp_path / "mono.jsonl.dead-letters.jsonl").read_text().splitlines()]
+    reasons = [letter["reason"] for letter in letters]
+    assert len(letters) == 5
+    assert "JSON nested too deeply" in reasons[0]
+    assert "timestamp_platform" in reasons[1] and "outside" in reasons[1]
+    assert "larger than a platform message" in reasons[2] and letters[2]["bytes"] > 10 * 2**20
+    assert "appears twice" in reasons[3] and "not JSON" in reasons[4]
+    assert "8675309" not in (tmp_path / "mono.jsonl.dead-letters.jsonl").read_text(), "no payload is kept"
+
+
+def test_the_same_id_from_another_account_or_device_and_long_ids(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    stamp = 1_767_193_200_000_000
+    long_a, long_b = "x" * 196 + "aaaa", "x" * 196 + "bbbb"
+    messages = [
+        PlatformMessage("same#1", "acct-1", "8981300000000000001", stamp),
+        PlatformMessage("same#1", "acct-2", "8981300000000000001", stamp),
+        PlatformMessage("same#1", "acct-1", "8981300000000000002", stamp),
+        PlatformMessage(f"{long_a}#1", "acct-1", "8981300000000000001", stamp),
+        PlatformMessage(f"{long_b}#1", "acct-1", "8981300000000000001", stamp),
+    ]
+    out = tmp_path / "mono.jsonl"
+    meter = start_meter(mosquitto, out, len(messages), "ids")
+    asyncio.run(publish_messages(Broker.from_url(f"{mosquitto.url}/mono"), messages + messages[:2]))
+    _, errors = meter.communicate(timeout=120)
+    assert meter.returncode == 0, errors
+    events = list(read_event_log(out))
+    assert len(events) == 5 == len({event.id for event in events}), "distinct by account, device and id"
+    assert {(event.account, event.sim) for event in events} == {
+        ("acct-1", "8981300000000000001"),
+        ("acct-2", "8981300000000000001"),
+        ("acct-1", "8981300000000000002"),
+    }
+
+
+def test_sigterm_ends_the_meter_cleanly_and_a_rerun_goes_on(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    import signal
+
+    messages = [
+        PlatformMessage(f"t/{n}#1", "acct-1", "8981300000000000001", 1_767_193_200_000_000 + n) for n in range(300)
+    ]
+    out = tmp_path / "mono.jsonl"
+    meter = start_meter(mosquitto, out, 600, "term")
+    asyncio.run(publish_messages(Broker.from_url(f"{mosquitto.url}/mono"), messages[:150]))
+    time.sleep(1.0)
+    meter.send_signal(signal.SIGTERM)
+    _, errors = meter.communicate(timeout=60)
+    assert meter.returncode == 0, errors
+    assert "stopped by a signal" in errors and "Traceback" not in errors
+    assert len(list(read_event_log(out))) == 150
+    asyncio.run(publish_messages(Broker.from_url(f"{mosquitto.url}/mono"), messages[150:]))
+    again = subprocess.run(
+        meter_command(mosquitto, out, 300, "term", idle=3), capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert len({event.id for event in read_event_log(out)}) == 150, "a finished log is a new subscription's"
