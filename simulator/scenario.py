@@ -41,6 +41,8 @@ OPERATIONS: Final = (
     "option.disable",
     "points.buy",
 )
+MAX_SIMS: Final = 10_000_000
+"""The most SIMs a scenario may have in all its fleets."""
 EXPECT_KEYS: Final = ("locked", "dead", "interruptions_min", "sessions_min", "refused_min", "totals")
 
 
@@ -188,14 +190,12 @@ class _Reader:
 
     def line_of(self, key: str | None) -> int:
         """The line of the key in the file (found by scanning headers and assignments)."""
-        header = None
         parts = [part for part in self.path if isinstance(part, str)]
         index = next((part for part in self.path if isinstance(part, int)), 0)
-        if parts:
-            header = parts[0]
         number = 0
-        if header:
-            pattern = re.compile(rf"^\s*\[\[?\s*{re.escape(header)}\s*\]\]?")
+        for length in range(len(parts), 0, -1):  # the innermost table that has a header of its own
+            dotted = r"\s*\.\s*".join(rf"\"?{re.escape(part)}\"?" for part in parts[:length])
+            pattern = re.compile(rf"^\s*\[\[?\s*{dotted}\s*\]\]?")
             seen = -1
             for position, line in enumerate(self.lines):
                 if pattern.match(line):
@@ -203,6 +203,11 @@ class _Reader:
                     if seen == index or not line.strip().startswith("[["):
                         number = position + 1
                         break
+            if number:
+                break
+        if not number and parts and key is None:  # an inline table or array: the line that assigns it
+            assignment = re.compile(rf"^\s*\"?{re.escape(parts[-1])}\"?\s*=")
+            number = next((position + 1 for position, line in enumerate(self.lines) if assignment.match(line)), 0)
         if key:
             assignment = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
             for position in range(number, len(self.lines)):
@@ -274,6 +279,26 @@ def _instant(reader: _Reader, key: str, start_us: int | None = None) -> int:
     return instant
 
 
+PROFILE_BOUNDS: Final[dict[str, tuple[int, int]]] = {
+    "telemetry_interval_s": (0, 31 * 86_400),
+    "telemetry_up": (0, 10**9),
+    "telemetry_down": (0, 10**9),
+    "daily_upload_bytes": (0, 10**12),
+    "firmware_bytes": (0, 10**12),
+    "firmware_every_months": (1, 120),
+    "platform_messages_per_day": (0, 1_440),
+    "platform_message_bytes": (0, 1 << 20),
+    "sms_per_day": (0, 1_440),
+    "runaway_bytes_per_minute": (0, 10**12),
+}
+"""Bounds of a profile's numbers: a valid-looking scenario cannot ask for more than a machine holds
+(at most a platform message or an SMS a minute, a telemetry message a month at the longest)."""
+
+
+def _within(low: int, high: int) -> Any:
+    return lambda value: None if low <= value <= high else f"must be between {low:,} and {high:,}"
+
+
 def _profiles(top: _Reader) -> dict[str, TrafficProfile]:
     profiles = dict(PROFILES)
     table = top.table("profiles")
@@ -291,7 +316,7 @@ def _profiles(top: _Reader) -> dict[str, TrafficProfile]:
                 choices = ("closed", "internet") if key == "destination" else ("2fa", "a2p")
                 changes[key] = spec.get(key, str, check=_one_of(choices))
             else:
-                changes[key] = spec.get(key, int, check=_non_negative)
+                changes[key] = spec.get(key, int, check=_within(*PROFILE_BOUNDS[key]))
         profiles[name] = replace(base, **changes)
         spec.finish()
     table.finish()
@@ -402,7 +427,7 @@ def scenario_from_text(text: str, source: str) -> Scenario:
                 route=tuple(route),
                 pin=pin,
                 puk=reader.get("puk", str, "none", check=_one_of(PUK_ENTRIES)),
-                puk_after_s=reader.get("puk_after_hours", int, 24, check=_non_negative) * 3600,
+                puk_after_s=reader.get("puk_after_hours", int, 24, check=_within(0, 24 * 3650)) * 3600,
                 mono=reader.get("mono", bool, False),
                 register=reader.get("register", bool, True),
                 number=index,
@@ -411,6 +436,8 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         reader.finish()
     if len(fleets) > 999 or len(accounts) > 99:
         raise top.error("fleets", "at most 999 fleets and 99 accounts")
+    if sum(fleet.count for fleet in fleets) > MAX_SIMS:
+        raise top.error("fleets", f"at most {MAX_SIMS:,} SIMs in all")
 
     operations: list[Operation] = []
     fleet_names = {fleet.name for fleet in fleets}
@@ -455,9 +482,12 @@ def scenario_from_text(text: str, source: str) -> Scenario:
             if not re.fullmatch(r"\d{4}-\d{2}/.+", key):
                 raise table.error(key, "must be 'YYYY-MM/account'")
             try:
-                totals[key] = Decimal(table.get(key, str))
+                total = Decimal(table.get(key, str))
             except InvalidOperation:
                 raise table.error(key, "must be a decimal string") from None
+            if not total.is_finite():
+                raise table.error(key, "must be a finite decimal amount")
+            totals[key] = total
         table.finish()
     expectations = Expectations(
         locked=expect.get("locked", int, None, check=_non_negative),

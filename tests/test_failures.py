@@ -324,3 +324,54 @@ def test_a_bug_says_so_in_one_line_and_shows_its_traceback_only_under_v(verbose:
     assert ("Traceback" in result.stderr) is verbose
     if not verbose:
         assert result.stderr.strip() == errors[0]
+
+
+SCENARIO = """[[accounts]]
+id = "acct-1"
+
+[scenario]
+name = "bounds"
+start = "2026-01-01T00:00:00+09:00"
+months = 1
+
+[[gateways]]
+id = "gw-1"
+account = "acct-1"
+
+[profiles.sensor]
+base = "telemetry"
+platform_messages_per_day = 24
+
+[[fleets]]
+name = "f"
+account = "acct-1"
+gateway = "gw-1"
+count = 2
+profile = "sensor"
+
+[expect.totals]
+"2026-01/acct-1" = "0"
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        ("platform_messages_per_day = 24", "platform_messages_per_day = 100000000", "between 0 and 1,440"),
+        ("platform_messages_per_day = 24", "colour = 3", "unknown key"),
+        ('"2026-01/acct-1" = "0"', '"2026-01/acct-1" = "NaN"', "finite"),
+        ("count = 2", "count = 9999999", "at most 10,000,000 SIMs"),
+    ],
+)
+def test_scenario_errors_name_the_line_of_the_key_and_the_bound(
+    tmp_path: Path, old: str, new: str, reason: str
+) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(SCENARIO.replace(old, new), encoding="utf-8")
+    line = SCENARIO.splitlines().index(old) + 1
+    if new.startswith("count"):
+        fleet = SCENARIO[SCENARIO.index("[[fleets]]") : SCENARIO.index("[expect")].replace('"f"', '"g"')
+        path.write_text(SCENARIO.replace(old, new) + fleet.replace(old, new), encoding="utf-8")
+        one_line(mgwsim("run", path), 2, reason)
+        return
+    one_line(mgwsim("run", path), 2, f"{path}:{line}:", reason)
