@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from gateway.pcap import MAX_PAYLOAD, SERVERS, CaptureSession, Transfer, write_capture
+from gateway.pcap import MAX_TPDU, MIN_TPDU, SERVERS, CaptureSession, Transfer, tpdu_sizes, write_capture
 from metering.bench import figures_table
 
 DAY_US = 86_400_000_000
@@ -50,13 +50,13 @@ def workload(sessions: int, seed: int = 1) -> list[CaptureSession]:
 
 
 def packet_sizes(sessions: list[CaptureSession]) -> list[int]:
-    """The T-PDU payload size of every G-PDU of the sessions (what scapy is asked to build)."""
+    """The UDP payload size of every G-PDU's T-PDU of the sessions (what scapy is asked to build)."""
     sizes = []
     for session in sessions:
         for transfer in session.transfers:
             for volume in (transfer.up, transfer.down):
-                full, rest = divmod(volume, MAX_PAYLOAD)
-                sizes += [MAX_PAYLOAD] * full + ([rest] if rest else [])
+                full, tails = tpdu_sizes(volume)
+                sizes += [size - MIN_TPDU for size in [MAX_TPDU] * full + tails]
     return sizes
 
 

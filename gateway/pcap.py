@@ -11,9 +11,11 @@ PGW role, as raw IPv4 packets (pcap link type 101):
 * GTP-U (3GPP TS 29.281 §5.1, UDP port 2152): G-PDUs (message type 255) whose T-PDU is the
   device's IPv4/UDP packet. Uplink goes to the PGW's user TEID, downlink to the SGW's.
 
-The metered volume of a G-PDU is the UDP payload of its T-PDU: a session's traffic records of
-``u`` bytes up and ``d`` down become T-PDUs of at most :data:`MAX_PAYLOAD` payload bytes each,
-summing to exactly ``u`` and ``d`` (``mgwsim meter-pcap`` reads them back the same way).
+The metered volume of a G-PDU is its T-PDU, the device's whole IPv4 packet (TS 32.251/32.298
+data volume; EVENTS.md): a session's traffic records of ``u`` bytes up and ``d`` down become T-PDUs
+of at most :data:`MAX_TPDU` bytes each (and at least :data:`MIN_TPDU`, an IPv4 and a UDP header)
+whose IPv4 total lengths sum to exactly ``u`` and ``d``; ``mgwsim meter-pcap`` reads them back the
+same way, and so does tshark's ``ip.len`` of the inner header.
 
 Each message type is built once with scapy (:func:`templates`), with sentinel values where the
 per-session fields go; the writer copies the template bytes and patches TEIDs, sequence numbers,
@@ -45,8 +47,10 @@ GTPU_PORT: Final = 2152
 DEVICE_PORT: Final = 40000
 SERVER_PORT: Final = 9
 """The discard port (RFC 863): the payload is opaque bytes to any dissector."""
-MAX_PAYLOAD: Final = 1472
-"""UDP payload bytes of a full-size T-PDU (a 1,500-byte IPv4 packet)."""
+MAX_TPDU: Final = 1500
+"""Bytes of a full-size T-PDU: a 1,500-byte IPv4 packet (the Ethernet MTU)."""
+MIN_TPDU: Final = 28
+"""Bytes of the smallest T-PDU: an IPv4 header and a UDP header, no payload."""
 APN: Final = "sakura"
 RAT_EUTRAN: Final = 6
 EPS_BEARER_ID: Final = 5
@@ -267,10 +271,10 @@ class CaptureWriter:
                 packet[where : where + len(value)] = value
         return packet
 
-    def _gpdu(self, fields: _SessionFields, uplink: bool, payload: int) -> bytearray:
-        """One G-PDU carrying a T-PDU with ``payload`` UDP payload bytes."""
+    def _gpdu(self, fields: _SessionFields, uplink: bool, tpdu: int) -> bytearray:
+        """One G-PDU carrying a T-PDU (an IPv4/UDP packet) of ``tpdu`` bytes."""
         packet = bytearray(fields.gpdu_up if uplink else fields.gpdu_down)
-        packet.extend(bytes(payload))
+        packet.extend(bytes(tpdu - MIN_TPDU))
         total = len(packet)
         # outer IPv4 (20) + UDP (8) + GTP-U (8) + inner IPv4 (20) + UDP (8): lengths, then checksums
         struct.pack_into("!H", packet, 2, total)
@@ -279,14 +283,14 @@ class CaptureWriter:
         struct.pack_into("!H", packet, 30, total - 36)
         struct.pack_into("!H", packet, 38, total - 36)
         struct.pack_into("!H", packet, 46, _checksum(packet[36:56]))
-        struct.pack_into("!H", packet, 60, payload + 8)
+        struct.pack_into("!H", packet, 60, tpdu - 20)
         return packet
 
     def _transfer(self, fields: _SessionFields, ts_us: int, uplink: bool, volume: int) -> int:
-        """G-PDUs carrying ``volume`` bytes from ``ts_us`` on, one microsecond apart; the next free instant."""
-        full, rest = divmod(volume, MAX_PAYLOAD)
+        """G-PDUs whose T-PDUs sum to ``volume`` bytes, from ``ts_us`` on, 1 µs apart; the next free instant."""
+        full, tails = tpdu_sizes(volume)
         if full:  # identical packets but for their timestamps: one block of records, written at once
-            packet = np.frombuffer(bytes(self._gpdu(fields, uplink, MAX_PAYLOAD)), dtype=np.uint8)
+            packet = np.frombuffer(bytes(self._gpdu(fields, uplink, MAX_TPDU)), dtype=np.uint8)
             instants = ts_us + np.arange(full, dtype=np.int64)
             header = np.empty((full, 4), dtype="<u4")
             header[:, 0] = instants // 1_000_000
@@ -297,9 +301,9 @@ class CaptureWriter:
             block[:, 16:] = packet
             self.stream.write(block.reshape(-1).data)
             self.packets += full
-        if rest:
-            self._record(ts_us + full, self._gpdu(fields, uplink, rest))
-        return ts_us + full + (1 if rest else 0)
+        for offset, size in enumerate(tails):
+            self._record(ts_us + full + offset, self._gpdu(fields, uplink, size))
+        return ts_us + full + len(tails)
 
     def write(self, session: CaptureSession) -> None:
         """All packets of one session, in time order."""
@@ -313,6 +317,25 @@ class CaptureWriter:
             self._transfer(fields, at, False, transfer.down)
         self._record(session.end_us, self._control("delete_request", fields, teids["pgw_c"], sequence + 1))
         self._record(session.end_us + 1_000, self._control("delete_response", fields, teids["sgw_c"], sequence + 1))
+
+
+def tpdu_sizes(volume: int) -> tuple[int, list[int]]:
+    """How ``volume`` bytes are cut into T-PDUs: so many of :data:`MAX_TPDU`, then the rest.
+
+    Every T-PDU holds :data:`MIN_TPDU` to :data:`MAX_TPDU` bytes; a rest too small for a packet of
+    its own shares the last full one's bytes (1,500 + rest = (1,472 + rest) + 28).
+
+    Raises:
+        CaptureError: For 1 to 27 bytes, which no IPv4/UDP packet can carry.
+    """
+    full, rest = divmod(volume, MAX_TPDU)
+    if rest == 0:
+        return full, []
+    if rest >= MIN_TPDU:
+        return full, [rest]
+    if full:
+        return full - 1, [MAX_TPDU - MIN_TPDU + rest, MIN_TPDU]
+    raise CaptureError(f"a transfer of {volume} bytes is smaller than one IPv4/UDP packet ({MIN_TPDU} bytes)")
 
 
 _SGW_PACKED: Final = ipaddress.IPv4Address(SGW_ADDRESS).packed

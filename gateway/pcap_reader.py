@@ -1,72 +1,164 @@
-"""Reading GTP captures back: sessions, their subscribers and the bytes they carried.
+"""Reading GTP captures: sessions, their subscribers and the bytes they carried, from any core's view.
 
-The counterpart of :mod:`gateway.pcap`, for our captures and for real ones: classic pcap files
-(microsecond or nanosecond timestamps, either byte order) with raw IPv4 (link types 101 and 228)
-or Ethernet (link type 1, with 802.1Q tags). GTPv2-C (TS 29.274) on UDP port 2123 gives the
-sessions: a Create Session Request names the IMSI and the SGW's control and user TEIDs, its
-Response (addressed to the SGW's control TEID) the PGW's; a Delete Session Request (addressed to
-the PGW's control TEID) ends it. GTP-U G-PDUs (TS 29.281, UDP 2152, message type 255) are counted
-against the session whose user TEID they carry: uplink to the PGW's, downlink to the SGW's.
+The counterpart of :mod:`gateway.pcap`, for our captures and for real ones (containers and link
+layers: :mod:`gateway.capture_file`). Outer IPv4 and IPv6; outer IPv4 fragments are reassembled
+(bounded: :data:`MAX_REASSEMBLIES` datagrams at once, :data:`REASSEMBLY_TIMEOUT_US` each).
 
-The volume of a G-PDU is the payload of its T-PDU's transport: UDP payload, TCP segment data,
-or the IP payload of other protocols. Packets that are truncated or malformed, G-PDUs for an
-unknown TEID and GTP messages this reader does not use are counted by reason; nothing raises.
+Sessions come from every GTP control view of an EPC or a 2G/3G core:
+
+* **GTPv2-C** (TS 29.274) on S11 (MME-SGW) and S5/S8 (SGW-PGW): Create Session, Modify Bearer
+  (the eNodeB's S1-U F-TEID, and its change at a handover), Create/Update/Delete Bearer (dedicated
+  bearers), Delete Session, Release Access Bearers (S1-U released while idle);
+* **GTPv1-C** (TS 29.060) on Gn/Gp (SGSN-GGSN): Create/Update/Delete PDP Context.
+
+Every F-TEID is keyed by **(node address, TEID)**: nodes allocate TEIDs independently, so TEID 1 of
+the SGW and TEID 1 of the PGW are different tunnels. A G-PDU belongs to the tunnel of its outer
+destination address and TEID; the F-TEID's interface type says its leg (S1-U, S5/S8, Gn) and
+direction. A subscriber's PDN connection seen on S11 and on S5 (same IMSI, same default bearer) is
+one session, and a bearer seen on several legs is metered **once**: on the leg nearest the PGW
+(S5/S8 or Gn) where it has traffic, else S1-U.
+
+Volume is the T-PDU — the user's whole IP packet, inner header included (GTP-U header, outer UDP
+and IP excluded), as a gateway's counters count it (TS 32.251/32.298): the IPv4 total length, or
+40 + the IPv6 payload length. Each inner fragment is a T-PDU of its own size. G-PDUs with extension
+headers (the 5G N3 PDU Session Container, PDCP numbers, UDP port, any type, skipped by its length)
+are read. Packets that are truncated or malformed, G-PDUs of unknown tunnels and GTP messages
+this reader does not use are counted by reason (distinct labels); nothing raises.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import mmap
-import os
-import stat
 import struct
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from gateway.capture_file import CaptureReadError, frames, network_packet, open_capture
+
+__all__ = ["CaptureContents", "CaptureReadError", "CapturedSession", "read_capture"]
+
 GTPC_PORT: Final = 2123
 GTPU_PORT: Final = 2152
+GTPV1C_PORT: Final = 2123
+MAX_REASSEMBLIES: Final = 4_096
+"""Outer IPv4 datagrams being reassembled at once; beyond, the oldest is given up."""
+REASSEMBLY_TIMEOUT_US: Final = 30_000_000
+"""A fragmented outer datagram not complete within 30 s of capture time is given up (RFC 791's 15 s, doubled)."""
+LEG_ORDER: Final = ("S5/S8", "Gn", "S1-U")
+"""Legs a bearer is metered on, nearest the PGW first."""
+USER_FTEIDS: Final = {0: ("S1-U", False), 1: ("S1-U", True), 4: ("S5/S8", False), 5: ("S5/S8", True)}
+"""GTPv2 F-TEID interface types of the user plane (TS 29.274 §8.22): leg, and whether G-PDUs sent to
+it go uplink: 0 eNodeB S1-U, 1 SGW S1-U, 4 SGW S5/S8, 5 PGW S5/S8."""
+CLOSED_V4: Final = tuple(ipaddress.ip_network(block) for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))
+CLOSED_V6: Final = (ipaddress.ip_network("fc00::/7"),)
+"""Private space (RFC 1918, RFC 4193 unique local): traffic to it stays in the closed network."""
 IE_IMSI: Final = 1
+IE_CAUSE: Final = 2
+IE_EBI: Final = 73
 IE_FTEID: Final = 87
 IE_BEARER_CONTEXT: Final = 93
-CLOSED_NETWORKS: Final = tuple(
-    ipaddress.IPv4Network(block) for block in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
-)
-"""RFC 1918 space: traffic to it stays in the closed network; anything else went to the internet."""
+_V1_TV_LENGTHS: Final = {
+    1: 1, 2: 8, 3: 6, 4: 4, 5: 4, 8: 1, 9: 28, 11: 1, 12: 3, 13: 1, 14: 1, 15: 1, 16: 4, 17: 4, 18: 5,
+    19: 1, 20: 1, 21: 1, 22: 9, 23: 1, 24: 1, 25: 2, 26: 2, 27: 2, 28: 2, 29: 1, 127: 4,
+}  # fmt: skip
+"""GTPv1 TV information elements and their value lengths (TS 29.060 §7.7); types >= 128 are TLV."""
 
 
-class CaptureReadError(Exception):
-    """The file is not a readable pcap capture at all (one-line message)."""
+@dataclass
+class LegCounts:
+    """What one bearer carried on one leg: bytes per JST day, last G-PDU per day, packets."""
+
+    up: Counter[int] = field(default_factory=Counter)
+    down: Counter[int] = field(default_factory=Counter)
+    last_us: dict[int, int] = field(default_factory=dict)
+    packets: int = 0
+
+
+@dataclass
+class Bearer:
+    """An EPS bearer (or PDP context) of a session, with its counts per leg."""
+
+    session: CapturedSession
+    ebi: int
+    legs: dict[str, LegCounts] = field(default_factory=dict)
+    endpoints: list[tuple[bytes, int]] = field(default_factory=list)
+
+    def metered_leg(self) -> str | None:
+        """The leg its volume is taken from: the one nearest the PGW that carried anything."""
+        return next((leg for leg in LEG_ORDER if leg in self.legs and self.legs[leg].packets), None)
 
 
 @dataclass
 class CapturedSession:
-    """One session found in a capture.
+    """One session (PDN connection or PDP context) found in a capture.
 
     Attributes:
         imsi: The subscriber.
-        start_us: When the Create Session Request was seen (epoch microseconds).
-        end_us: When the Delete Session Request was seen (``None``: still open at the end).
-        teids: The session's TEIDs by role (``sgw_c``, ``sgw_u``, ``pgw_c``, ``pgw_u``).
-        up: Uplink bytes per JST day number.
-        down: Downlink bytes per JST day number.
-        last_us: Per JST day, the time of the last G-PDU of that day.
-        packets: G-PDUs counted.
-        route: ``closed`` or ``internet``: where its first uplink T-PDU went (RFC 1918 space or
-            not); ``closed`` when it sent nothing.
+        start_us: When its first Create Session (or PDP Context) Request was seen.
+        end_us: When its first Delete Session (PDP Context) Request was seen (``None``: open).
+        default_ebi: The default bearer's EBI (the NSAPI for GTPv1).
+        bearers: Its bearers by EBI.
+        route: ``closed`` or ``internet``: where its first uplink T-PDU went (private space or not).
+        rejected: Whether every Create response refused it.
+        accepted: Whether a Create response accepted it.
+        key: A stable name (the first control F-TEID seen, as ``address-teid``).
     """
 
     imsi: str
     start_us: int
     end_us: int | None = None
-    teids: dict[str, int] = field(default_factory=dict)
-    up: Counter[int] = field(default_factory=Counter)
-    down: Counter[int] = field(default_factory=Counter)
-    last_us: dict[int, int] = field(default_factory=dict)
-    packets: int = 0
+    default_ebi: int = 0
+    bearers: dict[int, Bearer] = field(default_factory=dict)
     route: str | None = None
+    rejected: bool = False
+    accepted: bool = False
+    key: str = ""
+    control: list[tuple[bytes, int]] = field(default_factory=list)
+
+    def bearer(self, ebi: int) -> Bearer:
+        """The bearer ``ebi`` (made on first use)."""
+        if ebi not in self.bearers:
+            self.bearers[ebi] = Bearer(self, ebi)
+        return self.bearers[ebi]
+
+    def _metered(self) -> list[LegCounts]:
+        chosen = []
+        for bearer in self.bearers.values():
+            leg = bearer.metered_leg()
+            if leg is not None:
+                chosen.append(bearer.legs[leg])
+        return chosen
+
+    @property
+    def up(self) -> Counter[int]:
+        """Uplink T-PDU bytes per JST day, each bearer on its metered leg."""
+        return sum((counts.up for counts in self._metered()), Counter())
+
+    @property
+    def down(self) -> Counter[int]:
+        """Downlink T-PDU bytes per JST day, each bearer on its metered leg."""
+        return sum((counts.down for counts in self._metered()), Counter())
+
+    @property
+    def last_us(self) -> dict[int, int]:
+        """Per JST day, the instant of the last metered G-PDU."""
+        found: dict[int, int] = {}
+        for counts in self._metered():
+            for day, instant in counts.last_us.items():
+                found[day] = max(found.get(day, instant), instant)
+        return found
+
+    @property
+    def packets(self) -> int:
+        """Metered G-PDUs."""
+        return sum(counts.packets for counts in self._metered())
+
+    @property
+    def legs(self) -> list[str]:
+        """The legs its bearers were metered on (for the session diagnostics)."""
+        return sorted({leg for bearer in self.bearers.values() if (leg := bearer.metered_leg())})
 
 
 @dataclass
@@ -76,116 +168,151 @@ class CaptureContents:
     sessions: list[CapturedSession] = field(default_factory=list)
     packets: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    unattributed: Counter[tuple[str, int]] = field(default_factory=Counter)
+    """T-PDU bytes of G-PDUs no control message in the capture gave a session, per (address, TEID)."""
+    unattributed_packets: int = 0
 
 
-def packets(path: Path) -> Iterator[tuple[int, bytes | None, str]]:
-    """``(epoch µs, IPv4 packet or None, reason)`` per record of a classic pcap file.
+# --- outer IP and UDP -------------------------------------------------------------------------
 
-    A regular file is mapped rather than read, so a capture of gigabytes is not held in memory.
 
-    Raises:
-        CaptureReadError: If the file cannot be read or is not a classic pcap file.
+@dataclass
+class _Reassembly:
+    first_us: int
+    header: bytes
+    pieces: dict[int, bytes] = field(default_factory=dict)
+    total: int | None = None
+
+
+class _Fragments:
+    """Outer IPv4 reassembly, bounded in datagrams and in time."""
+
+    def __init__(self, skipped: Counter[str]) -> None:
+        self.pending: dict[tuple[bytes, bytes, int, int], _Reassembly] = {}
+        self.skipped = skipped
+
+    def add(self, instant: int, packet: bytes, header: int, total: int) -> bytes | None:
+        """Take one fragment; the whole datagram once its last piece is in, else ``None``."""
+        self._expire(instant)
+        flags = struct.unpack_from("!H", packet, 6)[0]
+        offset, more = (flags & 0x1FFF) * 8, bool(flags & 0x2000)
+        key = (packet[12:16], packet[16:20], struct.unpack_from("!H", packet, 4)[0], packet[9])
+        entry = self.pending.get(key)
+        if entry is None:
+            if len(self.pending) >= MAX_REASSEMBLIES:
+                del self.pending[next(iter(self.pending))]
+                self.skipped["outer IPv4 fragments given up (too many at once)"] += 1
+            entry = self.pending[key] = _Reassembly(instant, packet[:header])
+        if offset == 0:
+            entry.header = packet[:header]
+        entry.pieces[offset] = packet[header:total]
+        if not more:
+            entry.total = offset + total - header
+        if entry.total is None:
+            return None
+        data = bytearray()
+        for start in sorted(entry.pieces):
+            if start > len(data):
+                return None  # a hole: wait for the rest
+            data[start:] = entry.pieces[start]
+        if len(data) < entry.total:
+            return None
+        del self.pending[key]
+        head = bytearray(entry.header)
+        struct.pack_into("!HH", head, 2, len(head) + entry.total, 0)
+        return bytes(head) + bytes(data[: entry.total])
+
+    def _expire(self, instant: int) -> None:
+        while self.pending:
+            key, entry = next(iter(self.pending.items()))
+            if instant - entry.first_us <= REASSEMBLY_TIMEOUT_US:
+                return
+            del self.pending[key]
+            self.skipped["outer IPv4 fragments never completed"] += 1
+
+    def finish(self) -> None:
+        """Count what was still waiting at the end of the capture."""
+        if self.pending:
+            self.skipped["outer IPv4 fragments never completed"] += len(self.pending)
+            self.pending.clear()
+
+
+def _outer_udp(
+    instant: int, version: int, packet: bytes, fragments: _Fragments
+) -> tuple[bytes, bytes, int, int, bytes] | str | None:
+    """``(source, destination, source port, destination port, payload)`` of an outer UDP datagram.
+
+    ``None`` for a fragment still waiting for the rest of its datagram; a reason otherwise.
     """
-    try:
-        with path.open("rb") as stream:
-            status = os.fstat(stream.fileno())
-            if stat.S_ISREG(status.st_mode) and status.st_size:
-                data: bytes | mmap.mmap = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ)
-            else:  # a pipe, or empty: read as it comes
-                data = stream.read()
-    except OSError as exc:
-        raise CaptureReadError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        yield from _records(path, data)
-    finally:
-        if isinstance(data, mmap.mmap):
-            data.close()
-
-
-def _records(path: Path, data: bytes | mmap.mmap) -> Iterator[tuple[int, bytes | None, str]]:
-    """The records of the capture's bytes (see :func:`packets`)."""
-    if len(data) < 24:
-        raise CaptureReadError(f"{path}: not a pcap file (shorter than its 24-byte header)")
-    magic = data[:4]
-    formats = {
-        b"\xd4\xc3\xb2\xa1": ("<", 1), b"\xa1\xb2\xc3\xd4": (">", 1),
-        b"\x4d\x3c\xb2\xa1": ("<", 1000), b"\xa1\xb2\x3c\x4d": (">", 1000),
-    }  # fmt: skip
-    if magic not in formats:
-        raise CaptureReadError(f"{path}: not a classic pcap file (magic {magic.hex()}; pcapng is not read)")
-    order, divisor = formats[magic]
-    link = struct.unpack(f"{order}I", data[20:24])[0] & 0x0FFFFFFF
-    if link not in (1, 101, 228):
-        raise CaptureReadError(f"{path}: link type {link} is not read (raw IPv4 101/228 or Ethernet 1)")
-    position = 24
-    record = struct.Struct(f"{order}IIII")
-    while position < len(data):
-        if position + 16 > len(data):
-            yield 0, None, "truncated record header"
-            return
-        seconds, fraction, captured, original = record.unpack_from(data, position)
-        position += 16
-        frame = data[position : position + captured]
-        position += captured
-        instant = seconds * 1_000_000 + fraction // divisor
-        if len(frame) < captured:
-            yield instant, None, "truncated packet"
-            return
-        if captured < original:
-            yield instant, None, "packet cut by the capture's snap length"
-            continue
-        if link == 1:
-            offset, kind = 14, frame[12:14]
-            while kind in (b"\x81\x00", b"\x88\xa8") and len(frame) >= offset + 4:
-                kind, offset = frame[offset + 2 : offset + 4], offset + 4
-            if kind != b"\x08\x00":
-                yield instant, None, "not IPv4"
-                continue
-            frame = frame[offset:]
-        yield instant, frame, ""
-
-
-def _ip_payload(packet: bytes) -> tuple[int, bytes] | str:
-    """``(protocol, payload)`` of an IPv4 packet, or the reason it is not one we can read."""
-    if len(packet) < 20 or packet[0] >> 4 != 4:
-        return "not IPv4"
-    header = (packet[0] & 0x0F) * 4
-    total = struct.unpack_from("!H", packet, 2)[0]
-    if header < 20 or total < header or len(packet) < total:
-        return "malformed IPv4 header"
-    if struct.unpack_from("!H", packet, 6)[0] & 0x3FFF:
-        return "IPv4 fragment"
-    return packet[9], packet[header:total]
-
-
-def _udp(packet: bytes) -> tuple[int, int, bytes] | str:
-    found = _ip_payload(packet)
-    if isinstance(found, str):
-        return found
-    protocol, payload = found
+    if version == 4:
+        if len(packet) < 20 or packet[0] >> 4 != 4:
+            return "outer packet not IP"
+        header = (packet[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", packet, 2)[0]
+        if header < 20 or total < header or len(packet) < total:
+            return "malformed outer IPv4 header"
+        if struct.unpack_from("!H", packet, 6)[0] & 0x3FFF:
+            whole = fragments.add(instant, packet, header, total)
+            if whole is None:
+                return None
+            packet, total = whole, len(whole)
+        protocol, payload = packet[9], packet[header:total]
+        source, destination = packet[12:16], packet[16:20]
+    else:
+        if len(packet) < 40 or packet[0] >> 4 != 6:
+            return "malformed outer IPv6 header"
+        length = struct.unpack_from("!H", packet, 4)[0]
+        protocol, payload = packet[6], packet[40 : 40 + length]
+        if len(payload) < length:
+            return "malformed outer IPv6 header"
+        source, destination = packet[8:24], packet[24:40]
+        while protocol in (0, 43, 60):  # hop-by-hop, routing, destination options
+            if len(payload) < 8:
+                return "malformed outer IPv6 extension header"
+            protocol, skip = payload[0], (payload[1] + 1) * 8
+            payload = payload[skip:]
+        if protocol == 44:
+            return "outer IPv6 fragment (not reassembled)"
     if protocol != 17:
-        return "not UDP"
+        return "outer packet not UDP"
     if len(payload) < 8:
-        return "truncated UDP header"
-    source, destination, length = struct.unpack_from("!HHH", payload)
+        return "truncated outer UDP header"
+    sport, dport, length = struct.unpack_from("!HHH", payload)
     if length < 8 or length > len(payload):
-        return "malformed UDP length"
-    return source, destination, payload[8:length]
+        return "malformed outer UDP length"
+    return source, destination, sport, dport, payload[8:length]
 
 
-def _tpdu_volume(packet: bytes) -> int | str:
-    """The transport payload bytes of a T-PDU (the metered volume)."""
-    found = _ip_payload(packet)
-    if isinstance(found, str):
-        return found
-    protocol, payload = found
-    if protocol == 17:
-        return max(0, len(payload) - 8) if len(payload) >= 8 else "truncated inner UDP header"
-    if protocol == 6:
-        if len(payload) < 20:
-            return "truncated inner TCP header"
-        return max(0, len(payload) - (payload[12] >> 4) * 4)
-    return len(payload)
+def _tpdu(tpdu: bytes) -> tuple[int, bytes] | str:
+    """``(volume, inner destination address)`` of a T-PDU: the inner packet's IP length."""
+    if not tpdu:
+        return "empty T-PDU"
+    version = tpdu[0] >> 4
+    if version == 4:
+        if len(tpdu) < 20:
+            return "truncated inner IPv4 header"
+        total = struct.unpack_from("!H", tpdu, 2)[0]
+        if total < (tpdu[0] & 0x0F) * 4 or total < 20:
+            return "malformed inner IPv4 header"
+        if total > len(tpdu):
+            return "truncated T-PDU"
+        return total, tpdu[16:20]
+    if version == 6:
+        if len(tpdu) < 40:
+            return "truncated inner IPv6 header"
+        total = 40 + struct.unpack_from("!H", tpdu, 4)[0]
+        if total > len(tpdu):
+            return "truncated T-PDU"
+        return total, tpdu[24:40]
+    return "inner packet not IP"
+
+
+def _closed(address: bytes) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in network for network in (CLOSED_V4 if ip.version == 4 else CLOSED_V6))
+
+
+# --- GTP information elements -------------------------------------------------------------------
 
 
 def _tbcd(value: bytes) -> str:
@@ -198,8 +325,8 @@ def _tbcd(value: bytes) -> str:
     return "".join(digits)
 
 
-def _ies(body: bytes) -> Iterator[tuple[int, int, bytes]] | None:
-    """``(type, instance, value)`` of the IEs of a GTPv2 body (``None`` if an IE overruns it)."""
+def _v2_ies(body: bytes) -> list[tuple[int, int, bytes]] | None:
+    """``(type, instance, value)`` of GTPv2 IEs (``None`` if one overruns the body)."""
     found = []
     position = 0
     while position < len(body):
@@ -211,119 +338,449 @@ def _ies(body: bytes) -> Iterator[tuple[int, int, bytes]] | None:
             return None
         found.append((kind, flags & 0x0F, value))
         position += 4 + length
-    return iter(found)
+    return found
 
 
-def _fteid(value: bytes) -> int | None:
-    return struct.unpack_from("!I", value, 1)[0] if len(value) >= 5 else None
+@dataclass(frozen=True)
+class _Fteid:
+    interface: int
+    teid: int
+    addresses: tuple[bytes, ...]
+
+
+def _fteid(value: bytes) -> _Fteid | None:
+    """An F-TEID (TS 29.274 §8.22): interface type, TEID, IPv4 and/or IPv6 address."""
+    if len(value) < 5:
+        return None
+    flags, teid = value[0], struct.unpack_from("!I", value, 1)[0]
+    addresses, position = [], 5
+    if flags & 0x80:
+        addresses.append(value[position : position + 4])
+        position += 4
+    if flags & 0x40:
+        addresses.append(value[position : position + 16])
+    return _Fteid(flags & 0x3F, teid, tuple(address for address in addresses if len(address) in (4, 16)))
+
+
+def _v1_ies(body: bytes) -> list[tuple[int, bytes]] | None:
+    """``(type, value)`` of GTPv1 IEs: TV types below 128 by their fixed length, TLV above."""
+    found = []
+    position = 0
+    while position < len(body):
+        kind = body[position]
+        if kind < 128:
+            length = _V1_TV_LENGTHS.get(kind)
+            if length is None:
+                return None
+            start = position + 1
+        else:
+            if position + 3 > len(body):
+                return None
+            length = struct.unpack_from("!H", body, position + 1)[0]
+            start = position + 3
+        value = body[start : start + length]
+        if len(value) < length:
+            return None
+        found.append((kind, value))
+        position = start + length
+    return found
+
+
+# --- the sessions -------------------------------------------------------------------------------
+
+
+class _Core:
+    """Sessions and tunnels as a capture's control planes establish them."""
+
+    def __init__(self, contents: CaptureContents, utc_offset_s: int) -> None:
+        self.contents = contents
+        self.utc_offset_s = utc_offset_s
+        self.control: dict[tuple[bytes, int], CapturedSession] = {}
+        self.user: dict[tuple[bytes, int], tuple[Bearer, str, bool]] = {}
+        self.open: dict[tuple[str, int], CapturedSession] = {}
+        self.requests: dict[tuple[bytes, bytes, int], tuple[CapturedSession, list[Bearer]]] = {}
+        self.creating: dict[tuple[bytes, bytes], list[CapturedSession]] = {}
+        """Sessions whose Create Session Request from a peer to a peer awaits its response."""
+
+    @property
+    def skipped(self) -> Counter[str]:
+        return self.contents.skipped
+
+    # G-PDUs
+
+    def gpdu(self, instant: int, destination: bytes, teid: int, tpdu: bytes) -> None:
+        tunnel = self.user.get((destination, teid))
+        found = _tpdu(tpdu)
+        if isinstance(found, str):
+            self.skipped[found] += 1
+            return
+        if tunnel is None:
+            self.skipped["G-PDU for an unknown tunnel (address, TEID)"] += 1
+            self.contents.unattributed[(str(ipaddress.ip_address(destination)), teid)] += found[0]
+            self.contents.unattributed_packets += 1
+            return
+        volume, inner_destination = found
+        bearer, leg, uplink = tunnel
+        session = bearer.session
+        if uplink and session.route is None:
+            session.route = "closed" if _closed(inner_destination) else "internet"
+        counts = bearer.legs.setdefault(leg, LegCounts())
+        day = (instant // 1_000_000 + self.utc_offset_s) // 86_400
+        (counts.up if uplink else counts.down)[day] += volume
+        counts.last_us[day] = max(counts.last_us.get(day, instant), instant)
+        counts.packets += 1
+
+    # tunnels
+
+    def _user_endpoint(self, bearer: Bearer, fteid: _Fteid, leg: str, uplink: bool) -> None:
+        for address in fteid.addresses:
+            self.user[(address, fteid.teid)] = (bearer, leg, uplink)
+            bearer.endpoints.append((address, fteid.teid))
+
+    def _control_endpoint(self, session: CapturedSession, fteid: _Fteid) -> None:
+        for address in fteid.addresses:
+            self.control[(address, fteid.teid)] = session
+            session.control.append((address, fteid.teid))
+            if not session.key:
+                session.key = f"{ipaddress.ip_address(address)}-{fteid.teid:08x}"
+
+    def _drop_bearer(self, bearer: Bearer) -> None:
+        for endpoint in bearer.endpoints:
+            if self.user.get(endpoint, (None,))[0] is bearer:
+                del self.user[endpoint]
+        bearer.endpoints.clear()
+
+    def _end(self, session: CapturedSession, instant: int) -> None:
+        if session.end_us is None:
+            session.end_us = instant
+        self.open.pop((session.imsi, session.default_ebi), None)
+
+    def _close(self, session: CapturedSession) -> None:
+        for bearer in session.bearers.values():
+            self._drop_bearer(bearer)
+        for endpoint in session.control:
+            if self.control.get(endpoint) is session:
+                del self.control[endpoint]
+
+    # GTPv2-C
+
+    @staticmethod
+    def _v2_bearers(ies: list[tuple[int, int, bytes]]) -> list[tuple[int, list[_Fteid]]]:
+        """``(EBI, F-TEIDs)`` of each Bearer Context IE of a message (EBI 0: not yet assigned)."""
+        contexts = []
+        for kind, _, value in ies:
+            if kind != IE_BEARER_CONTEXT:
+                continue
+            nested = _v2_ies(value) or []
+            ebi = next((inner[0] & 0x0F for k, _, inner in nested if k == IE_EBI and inner), 0)
+            fteids = [found for k, _, inner in nested if k == IE_FTEID and (found := _fteid(inner)) is not None]
+            contexts.append((ebi, fteids))
+        return contexts
+
+    def _register(
+        self, session: CapturedSession, ies: list[tuple[int, int, bytes]], bearers: list[Bearer] | None = None
+    ) -> list[Bearer]:
+        """Take a message's F-TEIDs: control ones for the session, user ones for its bearers.
+
+        ``bearers``: those of the request a response answers, in order (a Create Bearer Request's
+        bearers have no EBI yet; its response numbers them).
+        """
+        for kind, _, value in ies:
+            if kind == IE_FTEID and (fteid := _fteid(value)) is not None and fteid.interface not in USER_FTEIDS:
+                self._control_endpoint(session, fteid)
+        touched = []
+        for position, (ebi, fteids) in enumerate(self._v2_bearers(ies)):
+            if ebi == 0 and bearers is not None and position < len(bearers):
+                bearer = bearers[position]
+            elif ebi == 0:
+                bearer = Bearer(session, 0)  # not yet numbered (Create Bearer Request): the response numbers it
+            else:
+                bearer = session.bearer(ebi)
+                if bearers is not None and position < len(bearers) and bearers[position].ebi == 0:
+                    pending = bearers[position]  # the response numbers the bearer of the request
+                    bearer.legs.update(pending.legs)
+                    for endpoint in pending.endpoints:
+                        self.user[endpoint] = (bearer, *self.user[endpoint][1:])
+                        bearer.endpoints.append(endpoint)
+            for fteid in fteids:
+                if fteid.interface in USER_FTEIDS:
+                    leg, uplink = USER_FTEIDS[fteid.interface]
+                    self._user_endpoint(bearer, fteid, leg, uplink)
+            touched.append(bearer)
+        return touched
+
+    def v2(self, instant: int, source: bytes, destination: bytes, payload: bytes) -> None:
+        while payload:
+            if len(payload) < 8 or payload[0] >> 5 != 2:
+                self.skipped["malformed GTPv2-C header"] += 1
+                return
+            flags, kind, length = struct.unpack_from("!BBH", payload)
+            has_teid = bool(flags & 0x08)
+            if len(payload) < 4 + length or length < (8 if has_teid else 4):
+                self.skipped["truncated GTPv2-C message"] += 1
+                return
+            teid = struct.unpack_from("!I", payload, 4)[0] if has_teid else 0
+            sequence = struct.unpack_from("!I", payload, 8 if has_teid else 4)[0] >> 8
+            ies = _v2_ies(payload[(12 if has_teid else 8) : 4 + length])
+            if ies is None:
+                self.skipped["truncated GTPv2-C message"] += 1
+            else:
+                self._v2_message(instant, source, destination, kind, teid, sequence, ies)
+            payload = payload[4 + length :] if flags & 0x10 else b""  # a piggybacked message follows
+
+    def _v2_message(
+        self,
+        instant: int,
+        source: bytes,
+        destination: bytes,
+        kind: int,
+        teid: int,
+        sequence: int,
+        ies: list[tuple[int, int, bytes]],
+    ) -> None:
+        session = self.control.get((destination, teid)) if teid else None
+        if kind == 32:  # Create Session Request
+            imsi = next((_tbcd(value) for k, _, value in ies if k == IE_IMSI), None)
+            contexts = self._v2_bearers(ies)
+            if imsi is None or not contexts:
+                self.skipped["Create Session Request without IMSI or bearer context"] += 1
+                return
+            ebi = contexts[0][0]
+            session = self.open.get((imsi, ebi))
+            if session is None:  # a new PDN connection (the same one seen on another leg is not)
+                session = CapturedSession(imsi, instant, default_ebi=ebi)
+                self.open[(imsi, ebi)] = session
+                self.contents.sessions.append(session)
+            self._register(session, ies)
+            self.requests[(source, destination, sequence)] = (session, [])
+            self.creating.setdefault((source, destination), []).append(session)
+            return
+        if kind == 33:
+            waiting = self.creating.get((destination, source), [])
+            for position, candidate in enumerate(waiting):
+                if candidate is session or self.requests.get((destination, source, sequence), (None,))[0] is candidate:
+                    del waiting[position]
+                    break
+        if session is None and teid and kind in (34, 36, 95, 97, 99, 170):
+            # the Create Session Response is not in the capture: the peer's next request names the
+            # control TEID it was given; with one session waiting between the two, it is that one's
+            waiting = self.creating.get((source, destination), [])
+            if len(waiting) == 1:
+                session = waiting.pop()
+                self.control[(destination, teid)] = session
+                session.control.append((destination, teid))
+        if kind in (33, 35, 96, 98, 100, 171, 37):  # responses: to the request of the same peer and sequence
+            request = self.requests.pop((destination, source, sequence), None)
+            if session is None and request is not None:
+                session = request[0]
+            if session is None:
+                self.skipped[f"GTPv2-C response (type {kind}) without its request"] += 1
+                return
+            cause = next((value[0] for k, _, value in ies if k == IE_CAUSE and value), 16)
+            accepted = 16 <= cause <= 63
+            if kind == 33:
+                if accepted:
+                    session.accepted = True
+                elif not session.accepted:
+                    session.rejected = True
+                    self._end(session, instant)
+                    return
+            if accepted:
+                self._register(session, ies, request[1] if request is not None else None)
+            if kind == 37:
+                self._close(session)
+            return
+        if session is None:
+            if kind in (34, 36, 95, 97, 99, 170):
+                self.skipped[f"GTPv2-C request (type {kind}) for an unknown session"] += 1
+            else:
+                self.skipped[f"GTPv2-C message type {kind} (not used)"] += 1
+            return
+        if kind in (34, 95, 97):  # Modify Bearer, Create Bearer, Update Bearer Request
+            touched = self._register(session, ies)
+            self.requests[(source, destination, sequence)] = (session, touched)
+        elif kind == 36:  # Delete Session Request
+            self._end(session, instant)
+            self.requests[(source, destination, sequence)] = (session, [])
+        elif kind == 99:  # Delete Bearer Request: the EBIs named (the default one ends the session)
+            for k, _, value in ies:
+                if k == IE_EBI and value:
+                    ebi = value[0] & 0x0F
+                    if ebi == session.default_ebi:
+                        self._end(session, instant)
+                    elif ebi in session.bearers:
+                        self._drop_bearer(session.bearers[ebi])
+            self.requests[(source, destination, sequence)] = (session, [])
+        elif kind == 170:  # Release Access Bearers Request: the S1-U tunnels go (the eNodeB's)
+            for bearer in session.bearers.values():
+                for endpoint in list(bearer.endpoints):
+                    found = self.user.get(endpoint)
+                    if found is not None and found[0] is bearer and found[1] == "S1-U" and not found[2]:
+                        del self.user[endpoint]
+            self.requests[(source, destination, sequence)] = (session, [])
+        else:
+            self.skipped[f"GTPv2-C message type {kind} (not used)"] += 1
+
+    # GTPv1-C
+
+    def v1(self, instant: int, source: bytes, destination: bytes, payload: bytes) -> None:
+        if len(payload) < 8:
+            self.skipped["malformed GTPv1-C header"] += 1
+            return
+        flags, kind, length, teid = struct.unpack_from("!BBHI", payload)
+        start = 8 + (4 if flags & 0x07 else 0)
+        if len(payload) < 8 + length or length < start - 8:
+            self.skipped["truncated GTPv1-C message"] += 1
+            return
+        sequence = struct.unpack_from("!H", payload, 8)[0] if flags & 0x02 else 0
+        if flags & 0x04:  # extension headers
+            position = start - 1
+            while position < len(payload) and payload[position]:
+                if position + 1 >= len(payload) or payload[position + 1] == 0:
+                    self.skipped["malformed GTPv1-C extension header"] += 1
+                    return
+                position += payload[position + 1] * 4
+            start = position + 1
+        ies = _v1_ies(payload[start : 8 + length])
+        if ies is None:
+            self.skipped["truncated GTPv1-C message"] += 1
+            return
+        session = self.control.get((destination, teid)) if teid else None
+        values = dict(ies)
+        addresses = [value for k, value in ies if k == 133 and len(value) in (4, 16)]
+        control_address = addresses[0] if addresses else source
+        user_address = addresses[1] if len(addresses) > 1 else control_address
+        if kind == 16:  # Create PDP Context Request (SGSN → GGSN)
+            if 2 not in values:
+                self.skipped["Create PDP Context Request without IMSI"] += 1
+                return
+            imsi, nsapi = _tbcd(values[2]), values.get(20, b"\x05")[0] & 0x0F
+            session = self.open.get((imsi, nsapi))
+            if session is None:
+                session = CapturedSession(imsi, instant, default_ebi=nsapi)
+                self.open[(imsi, nsapi)] = session
+                self.contents.sessions.append(session)
+            self._v1_tunnels(session, values, control_address, user_address, uplink=False)
+            self.requests[(source, destination, sequence)] = (session, [])
+        elif kind in (17, 19, 21):  # responses
+            request = self.requests.pop((destination, source, sequence), None)
+            if session is None and request is not None:
+                session = request[0]
+            if session is None:
+                self.skipped[f"GTPv1-C response (type {kind}) without its request"] += 1
+                return
+            cause = values.get(1, b"\x80")[0]
+            accepted = 128 <= cause <= 191
+            if kind == 17 and not accepted and not session.accepted:
+                session.rejected = True
+                self._end(session, instant)
+                return
+            if kind == 17:
+                session.accepted = True
+            if kind == 21:
+                self._close(session)
+            elif accepted:
+                self._v1_tunnels(session, values, control_address, user_address, uplink=True)
+        elif kind in (18, 20):  # Update / Delete PDP Context Request
+            if session is None:
+                self.skipped[f"GTPv1-C request (type {kind}) for an unknown session"] += 1
+                return
+            if kind == 18:  # from the SGSN (a new one, after a routing area update): its own tunnels
+                self._v1_tunnels(session, values, control_address, user_address, uplink=False)
+            else:
+                self._end(session, instant)
+            self.requests[(source, destination, sequence)] = (session, [])
+        else:
+            self.skipped[f"GTPv1-C message type {kind} (not used)"] += 1
+
+    def _v1_tunnels(
+        self, session: CapturedSession, values: dict[int, bytes], control: bytes, user: bytes, uplink: bool
+    ) -> None:
+        """A PDP context's tunnels: TEID Data I at the user address, TEID Control Plane at the control one."""
+        if 17 in values:
+            self._control_endpoint(session, _Fteid(-1, struct.unpack("!I", values[17])[0], (control,)))
+        if 16 in values:
+            bearer = session.bearer(session.default_ebi)
+            self._user_endpoint(bearer, _Fteid(-1, struct.unpack("!I", values[16])[0], (user,)), "Gn", uplink)
 
 
 def read_capture(path: Path, utc_offset_s: int = 9 * 3600) -> CaptureContents:
     """Sessions and their bytes per JST day (``utc_offset_s``) from a capture.
 
     Raises:
-        CaptureReadError: If the file is not a classic pcap capture.
+        CaptureReadError: If the file is neither a pcap nor a pcapng capture, or a link type is not read.
     """
     contents = CaptureContents()
-    pending: dict[int, CapturedSession] = {}  # by the SGW's control TEID, until the response
-    by_control: dict[int, CapturedSession] = {}  # by the PGW's control TEID
-    by_user: dict[int, tuple[CapturedSession, bool]] = {}  # user TEID -> (session, uplink)
-    for instant, packet, reason in packets(path):
-        contents.packets += 1
-        if packet is None:
-            contents.skipped[reason] += 1
-            continue
-        udp = _udp(packet)
-        if isinstance(udp, str):
-            contents.skipped[udp] += 1
-            continue
-        _, port, payload = udp
-        if port == GTPU_PORT:
-            if len(payload) < 8 or payload[0] >> 5 != 1:
-                contents.skipped["malformed GTP-U header"] += 1
+    core = _Core(contents, utc_offset_s)
+    fragments = _Fragments(contents.skipped)
+    data = open_capture(path)
+    try:
+        for record in frames(path, data):
+            contents.packets += 1
+            if isinstance(record, str):
+                contents.skipped[record] += 1
                 continue
-            flags, kind, length, teid = struct.unpack_from("!BBHI", payload)
-            if kind != 255:
-                contents.skipped["GTP-U message other than G-PDU"] += 1
+            instant, link, frame = record
+            network = network_packet(link, frame)
+            if isinstance(network, str):
+                contents.skipped[network] += 1
                 continue
-            start = 8 + (4 if flags & 0x07 else 0)
-            if len(payload) < 8 + length or length < start - 8:
-                contents.skipped["truncated G-PDU"] += 1
+            datagram = _outer_udp(instant, *network, fragments)
+            if datagram is None:
                 continue
-            if flags & 0x04:  # extension headers
-                contents.skipped["G-PDU with extension headers"] += 1
+            if isinstance(datagram, str):
+                contents.skipped[datagram] += 1
                 continue
-            owner = by_user.get(teid)
-            if owner is None:
-                contents.skipped["G-PDU for an unknown TEID"] += 1
-                continue
-            volume = _tpdu_volume(payload[start : 8 + length])
-            if isinstance(volume, str):
-                contents.skipped[volume] += 1
-                continue
-            session, uplink = owner
-            if uplink and session.route is None:
-                destination = ipaddress.IPv4Address(payload[start + 16 : start + 20])
-                session.route = "closed" if any(destination in network for network in CLOSED_NETWORKS) else "internet"
-            day = (instant // 1_000_000 + utc_offset_s) // 86_400
-            (session.up if uplink else session.down)[day] += volume
-            session.last_us[day] = max(session.last_us.get(day, instant), instant)
-            session.packets += 1
-        elif port == GTPC_PORT or udp[0] == GTPC_PORT:
-            if len(payload) < 12 or payload[0] >> 5 != 2 or not payload[0] & 0x08:
-                contents.skipped["malformed GTPv2-C header"] += 1
-                continue
-            kind, length, teid = struct.unpack_from("!xBHI", payload)
-            ies = _ies(payload[12 : 4 + length]) if len(payload) >= 4 + length else None
-            if ies is None:
-                contents.skipped["truncated GTPv2-C message"] += 1
-                continue
-            if kind == 32:  # Create Session Request
-                values = list(ies)
-                imsi = next((_tbcd(value) for ie, _, value in values if ie == IE_IMSI), None)
-                control = next((_fteid(v) for ie, instance, v in values if ie == IE_FTEID and instance == 0), None)
-                user = _bearer_fteid(values)
-                if imsi is None or control is None or user is None:
-                    contents.skipped["Create Session Request without IMSI or F-TEIDs"] += 1
-                    continue
-                session = CapturedSession(imsi, instant, teids={"sgw_c": control, "sgw_u": user})
-                pending[control] = session
-            elif kind == 33:  # Create Session Response
-                values = list(ies)
-                waiting = pending.pop(teid, None)
-                control = next((_fteid(v) for ie, instance, v in values if ie == IE_FTEID and instance == 1), None)
-                user = _bearer_fteid(values)
-                if waiting is None or control is None or user is None:
-                    contents.skipped["Create Session Response without a request or F-TEIDs"] += 1
-                    continue
-                waiting.teids.update(pgw_c=control, pgw_u=user)
-                by_control[control] = waiting
-                by_user[user] = (waiting, True)
-                by_user[waiting.teids["sgw_u"]] = (waiting, False)
-                contents.sessions.append(waiting)
-            elif kind == 36:  # Delete Session Request
-                ending = by_control.pop(teid, None)
-                if ending is None:
-                    contents.skipped["Delete Session Request for an unknown TEID"] += 1
-                    continue
-                ending.end_us = instant
-                by_user.pop(ending.teids["pgw_u"], None)
-                by_user.pop(ending.teids["sgw_u"], None)
-            elif kind != 37:
-                contents.skipped[f"GTPv2-C message type {kind}"] += 1
-        else:
-            contents.skipped["UDP port other than GTP"] += 1
+            source, destination, sport, dport, payload = datagram
+            if dport == GTPU_PORT or sport == GTPU_PORT:
+                _gtpu(core, instant, destination, payload)
+            elif dport == GTPC_PORT or sport == GTPC_PORT:
+                version = payload[0] >> 5 if payload else 0
+                if version == 2:
+                    core.v2(instant, source, destination, payload)
+                elif version == 1 and payload[0] & 0x10:
+                    core.v1(instant, source, destination, payload)
+                else:
+                    contents.skipped["malformed GTP-C header"] += 1
+            else:
+                contents.skipped["UDP port other than GTP"] += 1
+        fragments.finish()
+    finally:
+        if not isinstance(data, bytes):
+            data.close()
+    contents.sessions = [session for session in contents.sessions if not session.rejected]
     return contents
 
 
-def _bearer_fteid(values: list[tuple[int, int, bytes]]) -> int | None:
-    """The user-plane F-TEID inside a message's bearer context."""
-    for kind, _, value in values:
-        if kind == IE_BEARER_CONTEXT:
-            nested = _ies(value)
-            if nested is None:
-                return None
-            for inner, _, inner_value in nested:
-                if inner == IE_FTEID:
-                    return _fteid(inner_value)
-    return None
+def _gtpu(core: _Core, instant: int, destination: bytes, payload: bytes) -> None:
+    """One GTP-U message (TS 29.281 §5.1): a G-PDU is counted, anything else is skipped by its type."""
+    skipped = core.skipped
+    if len(payload) < 8 or payload[0] >> 5 != 1 or not payload[0] & 0x10:
+        skipped["malformed GTP-U header"] += 1
+        return
+    flags, kind, length, teid = struct.unpack_from("!BBHI", payload)
+    end = 8 + length
+    if len(payload) < end:
+        skipped["truncated G-PDU"] += 1
+        return
+    if kind != 255:
+        skipped["GTP-U message other than G-PDU"] += 1
+        return
+    start = 8
+    if flags & 0x07:
+        start = 12
+        if end < start:
+            skipped["truncated G-PDU"] += 1
+            return
+        if flags & 0x04:  # extension headers: each a length in 4-octet units, its content, the next type
+            following = payload[11]
+            while following:
+                if start >= end or payload[start] == 0:
+                    skipped["malformed GTP-U extension header"] += 1
+                    return
+                start += payload[start] * 4
+                if start > end:
+                    skipped["malformed GTP-U extension header"] += 1
+                    return
+                following = payload[start - 1]
+    core.gpdu(instant, destination, teid, payload[start:end])

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from devices.carrier import imsi_of, msisdn_of
 from gateway.pcap import CaptureSession, Transfer
@@ -75,26 +76,63 @@ def capture_sessions(events: Iterable[Event], sims: int | None = None) -> list[C
     return sessions
 
 
-def write_sim_map(events: Iterable[Event], path: Path) -> int:
-    """Write the ``imsi,iccid`` map of the SIMs in a log (what ``meter-pcap --sims`` reads)."""
-    from metering.atomic import AtomicWriter
+SIM_MAP_COLUMNS: Final = (
+    "imsi: the subscriber (6-15 digits); iccid: the SIM (18-20 digits); registered_at (optional): "
+    "when the SIM was registered, RFC 3339 with offset - with it, meter-pcap writes sim.registered "
+    "events and its output bills as it is"
+)
+"""The SIM map's columns, in words (``meter-pcap --help``)."""
 
-    iccids = sorted({event.sim for event in events if event.sim is not None})
+
+@dataclass(frozen=True)
+class SimMap:
+    """IMSI → ICCID, and when each SIM was registered (when the map says).
+
+    Attributes:
+        iccids: ICCID by IMSI.
+        registered: Registration instant (epoch µs) by ICCID, for the rows that have one.
+        has_registrations: Whether the map has the ``registered_at`` column.
+    """
+
+    iccids: dict[str, str]
+    registered: dict[str, int]
+    has_registrations: bool
+
+    def get(self, imsi: str) -> str | None:
+        """The ICCID of ``imsi``."""
+        return self.iccids.get(imsi)
+
+
+def write_sim_map(events: Iterable[Event], path: Path) -> int:
+    """Write the ``imsi,iccid,registered_at`` map of the SIMs in a log (what ``meter-pcap --sims`` reads)."""
+    from metering.atomic import AtomicWriter
+    from metering.timeutil import format_instant
+
+    registered: dict[str, int] = {}
+    seen: set[str] = set()
+    for event in events:
+        if event.sim is not None:
+            seen.add(event.sim)
+            if event.type == "sim.registered":
+                registered.setdefault(event.sim, event.ts)
     with AtomicWriter(path) as temporary, temporary.open("w", encoding="utf-8", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["imsi", "iccid"])
-        for iccid in iccids:
-            writer.writerow([imsi_of(iccid), iccid])
-    return len(iccids)
+        writer.writerow(["imsi", "iccid", "registered_at"])
+        for iccid in sorted(seen):
+            at = registered.get(iccid)
+            writer.writerow([imsi_of(iccid), iccid, format_instant(at) if at is not None else ""])
+    return len(seen)
 
 
-def read_sim_map(path: Path) -> dict[str, str]:
-    """IMSI → ICCID from a CSV with the columns ``imsi`` and ``iccid``.
+def read_sim_map(path: Path) -> SimMap:
+    """The SIM map: a CSV with the columns ``imsi`` and ``iccid``, and optionally ``registered_at``.
 
     Raises:
         CaptureInputError: For a missing file or column, or a bad row (file and line named).
     """
     import re
+
+    from metering.timeutil import TimeFormatError, parse_instant
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -104,8 +142,15 @@ def read_sim_map(path: Path) -> dict[str, str]:
     if rows.fieldnames is None or not {"imsi", "iccid"} <= set(rows.fieldnames):
         raise CaptureInputError(f"{path}:1: the SIM map needs the columns imsi and iccid")
     mapping: dict[str, str] = {}
+    registered: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         imsi, iccid = (row.get("imsi") or "").strip(), (row.get("iccid") or "").strip()
+        at = (row.get("registered_at") or "").strip()
+        if at:
+            try:
+                registered[iccid] = parse_instant(at)
+            except TimeFormatError as exc:
+                raise CaptureInputError(f"{path}:{line}: registered_at: {exc}") from None
         if not re.fullmatch(r"[0-9]{6,15}", imsi):
             raise CaptureInputError(f"{path}:{line}: imsi {imsi!r} is not 6 to 15 digits")
         if not re.fullmatch(ICCID_PATTERN, iccid):
@@ -113,7 +158,7 @@ def read_sim_map(path: Path) -> dict[str, str]:
         if mapping.get(imsi, iccid) != iccid:
             raise CaptureInputError(f"{path}:{line}: imsi {imsi} is mapped twice")
         mapping[imsi] = iccid
-    return mapping
+    return SimMap(mapping, registered, "registered_at" in rows.fieldnames)
 
 
 @dataclass(frozen=True)
@@ -124,32 +169,56 @@ class MeteredCapture:
     sessions: int
     packets: int
     skipped: dict[str, int]
+    unattributed_bytes: int = 0
+    unattributed_packets: int = 0
+    unattributed_tunnels: int = 0
+    registrations: int = 0
 
 
-def _session_marker(what: str, instant_us: int, account: str, session: str, sim: str) -> Event:
-    """The ``session.created`` or ``session.deleted`` diagnostic of a session seen in a capture."""
+def _session_marker(
+    what: str, instant_us: int, account: str, session: str, sim: str, legs: list[str] | None = None
+) -> Event:
+    """The ``session.created`` or ``session.deleted`` diagnostic of a session seen in a capture.
+
+    ``legs``: where its bearers were metered (S5/S8, Gn, S1-U), said on ``session.created``.
+    """
+    fields: dict[str, str] = {"session": session, "sim": sim}
+    if legs:
+        fields["metered_on"] = ",".join(legs)
     return Event(
         ts=instant_us,
         type=f"session.{what}",
         account=account,
         id=f"{session}/{what}",
-        extra=encode_extra({"session": session, "sim": sim}),
+        extra=encode_extra(fields),
     )
 
 
-def events_from_capture(contents: CaptureContents, account: str, sim_map: dict[str, str]) -> MeteredCapture:
+def events_from_capture(contents: CaptureContents, account: str, sim_map: SimMap) -> MeteredCapture:
     """``sim.traffic`` per session and JST day (stamped at its last G-PDU), and session diagnostics.
 
+    With registration times in the SIM map, each SIM seen gets its ``sim.registered`` event
+    (before its first session), so the output bills as it is.
+
     Raises:
-        CaptureInputError: If a session's IMSI is not in the SIM map.
+        CaptureInputError: If a session's IMSI is not in the SIM map, or its registration is after its traffic.
     """
     events: list[Event] = []
+    registered: set[str] = set()
     for session in contents.sessions:
         iccid = sim_map.get(session.imsi)
         if iccid is None:
             raise CaptureInputError(f"IMSI {session.imsi} of a session in the capture is not in the SIM map")
-        name = f"pcap-{session.teids['pgw_c']:08x}-{session.start_us}"
-        events.append(_session_marker("created", session.start_us, account, name, iccid))
+        at = sim_map.registered.get(iccid)
+        if at is not None and iccid not in registered:
+            if at > session.start_us:
+                raise CaptureInputError(f"SIM {iccid}: registered_at is after its first session in the capture")
+            registered.add(iccid)
+            events.append(
+                Event(ts=at, type="sim.registered", account=account, id=f"pcap-registered/{iccid}", sim=iccid)
+            )
+        name = f"pcap-{session.key}-{session.start_us}"
+        events.append(_session_marker("created", session.start_us, account, name, iccid, session.legs))
         for day in sorted(set(session.up) | set(session.down)):
             events.append(
                 Event(
@@ -167,4 +236,13 @@ def events_from_capture(contents: CaptureContents, account: str, sim_map: dict[s
         if session.end_us is not None:
             events.append(_session_marker("deleted", session.end_us, account, name, iccid))
     events.sort(key=lambda event: event.ts)
-    return MeteredCapture(events, len(contents.sessions), contents.packets, dict(contents.skipped))
+    return MeteredCapture(
+        events,
+        len(contents.sessions),
+        contents.packets,
+        dict(contents.skipped),
+        sum(contents.unattributed.values()),
+        contents.unattributed_packets,
+        len(contents.unattributed),
+        len(registered),
+    )

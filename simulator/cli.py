@@ -26,6 +26,7 @@ from metering.pipeline import Inputs, load_inputs
 from metering.rating import Rating
 from metering.tariff import TariffError, load_tariff
 from metering.timeutil import TimeFormatError, parse_month_range
+from simulator.capture import SIM_MAP_COLUMNS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -558,16 +559,29 @@ def meter_mqtt(
 
 @app.command("meter-pcap", epilog=EXIT_STATUSES)
 def meter_pcap(
-    capture: Annotated[Path, typer.Argument(help="A classic pcap file (raw IPv4 or Ethernet) with GTPv2-C and GTP-U.")],
+    capture: Annotated[
+        Path,
+        typer.Argument(
+            help="A pcap or pcapng capture (Ethernet with VLAN/QinQ tags, raw IPv4/IPv6, Linux cooked SLL/SLL2, "
+            "loopback) of GTPv2-C (S11, S5/S8), GTPv1-C (Gn/Gp) and GTP-U.",
+            readable=False,
+        ),
+    ],
     account: Annotated[str, typer.Option(help="The account the SIMs belong to (the events' account).")],
-    sims: Annotated[Path, typer.Option(help="CSV with the columns imsi and iccid (mgwsim run --pcap writes one).")],
+    sims: Annotated[
+        Path,
+        typer.Option(help=f"The SIM map, a CSV (mgwsim run --pcap writes one). Columns: {SIM_MAP_COLUMNS}."),
+    ],
     out: Annotated[
         Path | None, typer.Option(help="Write the events here (.jsonl, .jsonl.gz, .parquet); default: stdout.")
     ] = None,
 ) -> None:
-    """Meter a GTP capture: sessions from GTPv2-C, bytes per session and JST day from the G-PDUs.
+    """Meter a GTP capture: sessions from GTP-C, T-PDU bytes per session and JST day from the G-PDUs.
 
-    Malformed or truncated packets are counted and reported (standard error), never fatal.
+    Tunnels are keyed by (node address, TEID); a bearer seen on several legs is metered once, on
+    S5/S8 or Gn where it has traffic, else on S1-U. Volume is the T-PDU: the user's whole IP packet.
+    Malformed or truncated packets, and G-PDUs of tunnels no control message names, are counted by
+    reason and reported (standard error), never fatal.
     Example: mgwsim meter-pcap core.pcap --account acct-1 --sims core.pcap.sims.csv --out events.jsonl
     """
     import re
@@ -602,6 +616,17 @@ def meter_pcap(
     )
     for reason, count in sorted(metered.skipped.items()):
         stderr.print(f"{capture}: skipped {count:,} packet(s): {reason}", markup=False)
+    if metered.unattributed_packets:
+        stderr.print(
+            f"{capture}: unattributed: {metered.unattributed_bytes:,} T-PDU bytes in {metered.unattributed_packets:,} "
+            f"G-PDU(s) on {metered.unattributed_tunnels:,} tunnel(s) that no control message in the capture names",
+            markup=False,
+        )
+    if not sim_map.has_registrations and metered.sessions:
+        note(
+            f"{sims} has no registered_at column: the output has no sim.registered events, so bill it with a log "
+            "that registers the SIMs, or add registered_at (RFC 3339) to the SIM map"
+        )
 
 
 @app.command(epilog=EXIT_STATUSES)

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 from devices.carrier import imsi_of
-from gateway.pcap import MAX_PAYLOAD, CaptureSession, Transfer, templates, write_capture
+from gateway.pcap import MAX_TPDU, CaptureSession, Transfer, templates, tpdu_sizes, write_capture
 from gateway.pcap_reader import read_capture
 from metering.eventlog import read_event_log
 from simulator.capture import capture_sessions
@@ -70,12 +70,13 @@ def test_tshark_counts_packets_and_bytes_per_teid_as_the_event_log_has_them(capt
         for transfer in session.transfers:
             for teid, volume in ((teids["pgw_u"], transfer.up), (teids["sgw_u"], transfer.down)):
                 expected_bytes[teid] += volume
-                expected_packets[teid] += -(-volume // MAX_PAYLOAD)
+                full, tails = tpdu_sizes(volume)
+                expected_packets[teid] += full + len(tails)
     got_bytes: Counter[int] = Counter()
     got_packets: Counter[int] = Counter()
-    for teid, lengths in tshark_fields(capture, "gtp.message == 0xff", "gtp.teid", "udp.length"):
-        inner_udp_length = int(lengths.split(",")[-1])
-        got_bytes[int(teid, 16)] += inner_udp_length - 8
+    for teid, lengths in tshark_fields(capture, "gtp.message == 0xff", "gtp.teid", "ip.len"):
+        inner_ip_length = int(lengths.split(",")[-1])  # the T-PDU: the inner IPv4 packet, header included
+        got_bytes[int(teid, 16)] += inner_ip_length
         got_packets[int(teid, 16)] += 1
     assert got_bytes == +expected_bytes
     assert got_packets == +expected_packets
@@ -128,7 +129,7 @@ def test_the_same_run_writes_the_same_capture(captured: tuple[Path, Path], tmp_p
 
 
 def test_broken_packets_are_counted_not_fatal(tmp_path: Path) -> None:
-    transfers = (Transfer(1_767_193_230_000_000, 3000, 10),)
+    transfers = (Transfer(1_767_193_230_000_000, 3000, 100),)
     session = CaptureSession(
         1, "440511234567890", "817012345678901", "350000000000001", "10.128.0.9", "internet",
         1_767_193_200_000_000, 1_767_193_260_000_000, transfers,
@@ -139,14 +140,14 @@ def test_broken_packets_are_counted_not_fatal(tmp_path: Path) -> None:
     # corrupt the first G-PDU's inner IPv4 version, then cut the file in the middle of the last packet
     sizes = {name: len(template.data) for name, template in templates().items()}
     first_gpdu = 24 + 16 + sizes["create_request"] + 16 + sizes["create_response"] + 16
-    data[first_gpdu + 36] = 0x65
+    data[first_gpdu + 36] = 0x75  # version 7: no IP
     broken = tmp_path / "broken.pcap"
     broken.write_bytes(bytes(data[:-10]))
     contents = read_capture(broken)
-    assert contents.skipped == {"not IPv4": 1, "truncated packet": 1}
+    assert contents.skipped == {"inner packet not IP": 1, "truncated packet": 1}
     (found,) = contents.sessions
     assert found.imsi == "440511234567890" and found.route == "internet"
-    assert sum(found.up.values()) == 3000 - MAX_PAYLOAD and sum(found.down.values()) == 10
+    assert sum(found.up.values()) == 3000 - MAX_TPDU and sum(found.down.values()) == 100
     assert found.end_us == 1_767_193_260_000_000  # the delete request survived; its response was cut
     sim_map = tmp_path / "sims.csv"
     sim_map.write_text("imsi,iccid\n440511234567890,8981300000000000001\n", encoding="utf-8")
@@ -156,4 +157,7 @@ def test_broken_packets_are_counted_not_fatal(tmp_path: Path) -> None:
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1 and "SIM map" in done.stderr
     done = mgwsim("meter-pcap", broken, "--account", "acct-1", "--sims", sim_map)
     assert done.returncode == 0, done.stderr
-    assert "skipped 1 packet(s): not IPv4" in done.stderr and "skipped 1 packet(s): truncated packet" in done.stderr
+    assert (
+        "skipped 1 packet(s): inner packet not IP" in done.stderr
+        and "skipped 1 packet(s): truncated packet" in done.stderr
+    )
