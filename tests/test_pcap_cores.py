@@ -1,0 +1,359 @@
+"""meter-pcap on whole cores and on other projects' captures, with tshark's own counts as the truth.
+
+The tests build a capture of an EPC on one host — MME, SGW, PGW and two eNodeBs; S11 and S5/S8
+control; S1-U and S5-U user plane with TEIDs 1 and 2 on every node; a handover (Modify Bearer to
+the second eNodeB), a dedicated bearer, inner IPv6, inner and outer fragments — and write it as
+pcapng (scapy's writer) and as Linux cooked captures. tshark dissects it; the sums of the inner
+``ip.len`` (or ``ipv6.plen`` + 40) per tunnel are the expected volumes, and every case meters one
+leg's T-PDU bytes per direction exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.pcap_reader import read_capture
+from metering.eventlog import read_event_log
+
+CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
+TSHARK = shutil.which("tshark")
+MME, SGW_C, PGW_C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+SGW_U, PGW_U = "10.0.0.12", "10.0.0.13"
+ENB1, ENB2 = "10.0.1.1", "10.0.1.2"
+UE, SERVER, SERVER6 = "10.45.0.2", "10.200.0.9", "fd00::9"
+IMSI = "440100000000001"
+ICCID = "8981300000000000077"
+START = 1_767_193_200  # 2025-12-31T15:00:00Z = 2026-01-01 00:00 JST
+
+
+def require_tshark() -> str:
+    if TSHARK is None:
+        if os.environ.get("MGWSIM_REQUIRE_TOOLS"):
+            pytest.fail("tshark is required (apt-get install tshark)")
+        pytest.skip("tshark is not installed")
+    return TSHARK
+
+
+# --- a small GTPv2-C encoder (TS 29.274), independent of the reader ----------------------------
+
+
+def ie(kind: int, value: bytes, instance: int = 0) -> bytes:
+    return struct.pack("!BHB", kind, len(value), instance) + value
+
+
+def imsi_ie(digits: str) -> bytes:
+    nibbles = [int(d) for d in digits] + [0xF] * (len(digits) % 2)
+    return ie(1, bytes(nibbles[i] | nibbles[i + 1] << 4 for i in range(0, len(nibbles), 2)))
+
+
+def fteid(interface: int, teid: int, address: str, instance: int = 0) -> bytes:
+    octets = bytes(int(part) for part in address.split("."))
+    return ie(87, bytes([0x80 | interface]) + struct.pack("!I", teid) + octets, instance)
+
+
+def ebi(number: int, instance: int = 0) -> bytes:
+    return ie(73, bytes([number]), instance)
+
+
+def cause(value: int = 16) -> bytes:
+    return ie(2, bytes([value, 0]))
+
+
+def bearer(*parts: bytes) -> bytes:
+    return ie(93, b"".join(parts))
+
+
+def gtpv2(kind: int, teid: int, sequence: int, *ies: bytes) -> bytes:
+    body = b"".join(ies)
+    return struct.pack("!BBHI", 0x48, kind, len(body) + 8, teid) + struct.pack("!I", sequence << 8) + body
+
+
+def gtpv1(kind: int, teid: int, sequence: int, body: bytes) -> bytes:
+    return struct.pack("!BBHIHBB", 0x32, kind, len(body) + 4, teid, sequence, 0, 0) + body
+
+
+def gpdu(teid: int, tpdu: bytes, extension: bytes = b"") -> bytes:
+    if extension:  # one extension header (its type, then content), then "no more"
+        header = struct.pack("!BBHIHBB", 0x34, 255, len(tpdu) + 4 + len(extension) - 1, teid, 0, 0, extension[0])
+        return header + extension[1:] + tpdu
+    return struct.pack("!BBHI", 0x30, 255, len(tpdu), teid) + tpdu
+
+
+# --- the capture ----------------------------------------------------------------------------------
+
+
+def scapy_layers() -> Any:
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+
+    return IP, UDP, IPv6, Ether, Raw
+
+
+def inner(up: bool, size: int, six: bool = False) -> bytes:
+    IP, UDP, IPv6, _, Raw = scapy_layers()
+    if six:
+        return bytes(
+            IPv6(src="fd00::2" if up else SERVER6, dst=SERVER6 if up else "fd00::2") / UDP() / Raw(b"6" * (size - 48))
+        )
+    return bytes(IP(src=UE if up else SERVER, dst=SERVER if up else UE) / UDP() / Raw(b"4" * (size - 28)))
+
+
+def epc_packets(s1u_only: bool = False) -> list[tuple[float, bytes]]:
+    """(time, IPv4 packet) of a whole EPC's day: both control planes, both user-plane legs."""
+    IP, UDP, _, _, Raw = scapy_layers()
+    packets: list[tuple[float, bytes]] = []
+    clock = [float(START)]
+
+    def send(source: str, destination: str, port: int, payload: bytes) -> None:
+        clock[0] += 0.01
+        packets.append((clock[0], bytes(IP(src=source, dst=destination) / UDP(sport=port, dport=port) / Raw(payload))))
+
+    def control(source: str, destination: str, message: bytes) -> None:
+        send(source, destination, 2123, message)
+
+    def user(leg_s5: bool, up: bool, teid: int, tpdu: bytes) -> None:
+        if leg_s5:
+            source, destination = (SGW_U, PGW_U) if up else (PGW_U, SGW_U)
+        else:
+            enb = user.enb  # type: ignore[attr-defined]
+            source, destination = (enb, SGW_U) if up else (SGW_U, enb)
+        send(source, destination, 2152, gpdu(teid, tpdu))
+
+    user.enb = ENB1  # type: ignore[attr-defined]
+
+    def traffic(up_size: int, down_size: int, s1u_up: int, s1u_down: int, s5_up: int, s5_down: int, **kw: Any) -> None:
+        """One uplink and one downlink T-PDU, each seen on S1-U and again on S5-U (unless S1-U only)."""
+        for up, size, s1u, s5 in ((True, up_size, s1u_up, s5_up), (False, down_size, s1u_down, s5_down)):
+            tpdu = inner(up, size, **kw)
+            user(False, up, s1u, tpdu)
+            if not s1u_only:
+                user(True, up, s5, tpdu)
+
+    # attach: S11 and S5 Create Session, then the eNodeB's S1-U F-TEID in Modify Bearer
+    control(MME, SGW_C, gtpv2(32, 0, 1, imsi_ie(IMSI), fteid(10, 1, MME), fteid(7, 0, PGW_C, 1), bearer(ebi(5))))
+    control(SGW_C, PGW_C, gtpv2(32, 0, 2, imsi_ie(IMSI), fteid(6, 1, SGW_C), bearer(ebi(5), fteid(4, 1, SGW_U, 2))))
+    control(
+        PGW_C, SGW_C, gtpv2(33, 1, 2, cause(), fteid(7, 1, PGW_C, 1), bearer(ebi(5), cause(), fteid(5, 1, PGW_U, 2)))
+    )
+    control(
+        SGW_C,
+        MME,
+        gtpv2(
+            33, 1, 1, cause(), fteid(11, 2, SGW_C), bearer(ebi(5), cause(), fteid(1, 2, SGW_U), fteid(5, 1, PGW_U, 2))
+        ),
+    )
+    control(MME, SGW_C, gtpv2(34, 2, 3, bearer(ebi(5), fteid(0, 1, ENB1))))
+    control(SGW_C, MME, gtpv2(35, 1, 3, cause()))
+    # TEIDs collide on purpose: S1-U up to SGW-U 2, S5 up to PGW-U 1, down to SGW-U 1 and eNB1 1
+    for size in (100, 1400, 60):
+        traffic(size, size + 200, 2, 1, 1, 1)
+    traffic(300, 500, 2, 1, 1, 1, six=True)  # inner IPv6
+    # inner fragments: each fragment is a T-PDU of its own size
+    from scapy.layers.inet import fragment
+
+    for piece in fragment(IP(src=UE, dst=SERVER) / UDP() / Raw(b"f" * 3000), fragsize=1200):
+        tpdu = bytes(piece)
+        user(False, True, 2, tpdu)
+        if not s1u_only:
+            user(True, True, 1, tpdu)
+    # an outer-fragmented G-PDU on S5-U (GTP over fragmented UDP)
+    if not s1u_only:
+        big = IP(src=SGW_U, dst=PGW_U, id=777) / UDP(sport=2152, dport=2152) / Raw(gpdu(1, inner(True, 1490)))
+        for piece in fragment(big, fragsize=800):
+            clock[0] += 0.01
+            packets.append((clock[0], bytes(piece)))
+        user(False, True, 2, inner(True, 1490))  # the same T-PDU on S1-U, whole
+    # handover: Modify Bearer names the second eNodeB's TEID 2
+    control(MME, SGW_C, gtpv2(34, 2, 4, bearer(ebi(5), fteid(0, 2, ENB2))))
+    control(SGW_C, MME, gtpv2(35, 1, 4, cause()))
+    user.enb = ENB2  # type: ignore[attr-defined]
+    traffic(700, 900, 2, 2, 1, 1)
+    # a dedicated bearer: Create Bearer on S5 then S11, numbered EBI 6 by the responses
+    control(PGW_C, SGW_C, gtpv2(95, 1, 10, ebi(5), bearer(ebi(0), fteid(5, 2, PGW_U, 1))))
+    control(SGW_C, MME, gtpv2(95, 1, 11, ebi(5), bearer(ebi(0), fteid(1, 3, SGW_U))))
+    control(MME, SGW_C, gtpv2(96, 2, 11, cause(), bearer(ebi(6), cause(), fteid(0, 3, ENB2), fteid(1, 3, SGW_U, 1))))
+    control(
+        SGW_C, PGW_C, gtpv2(96, 1, 10, cause(), bearer(ebi(6), cause(), fteid(4, 4, SGW_U, 2), fteid(5, 2, PGW_U, 3)))
+    )
+    traffic(400, 1200, 3, 3, 2, 4)
+    # detach
+    control(MME, SGW_C, gtpv2(36, 2, 5, ebi(5, 0)))
+    control(SGW_C, PGW_C, gtpv2(36, 1, 6, ebi(5, 0)))
+    control(PGW_C, SGW_C, gtpv2(37, 1, 6, cause()))
+    control(SGW_C, MME, gtpv2(37, 1, 5, cause()))
+    user(False, False, 3, inner(False, 80))  # after the deletion: a tunnel that no longer exists
+    return packets
+
+
+def write_pcapng(path: Path, packets: list[tuple[float, bytes]]) -> None:
+    """Written by scapy's own pcapng writer, as Ethernet frames with a QinQ pair of tags."""
+    from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+    from scapy.utils import PcapNgWriter
+
+    IP = scapy_layers()[0]
+    writer = PcapNgWriter(str(path))
+    for instant, packet in packets:
+        frame = Ether() / Dot1AD(vlan=10) / Dot1Q(vlan=20) / IP(packet)
+        frame.time = instant
+        writer.write(frame)
+    writer.close()
+
+
+def write_cooked(path: Path, packets: list[tuple[float, bytes]], version: int) -> None:
+    from scapy.layers.l2 import CookedLinux, CookedLinuxV2
+    from scapy.utils import PcapWriter
+
+    IP = scapy_layers()[0]
+    layer = CookedLinux(proto=0x0800) if version == 1 else CookedLinuxV2(proto=0x0800)
+    writer = PcapWriter(str(path), linktype=113 if version == 1 else 276)
+    for instant, packet in packets:
+        frame = layer.copy() / IP(packet)
+        frame.time = instant
+        writer.write(frame)
+    writer.close()
+
+
+def tshark_tunnels(capture: Path) -> Counter[tuple[str, int]]:
+    """tshark's T-PDU bytes per (outer destination, TEID): inner ip.len, or ipv6.plen + 40."""
+    command = [require_tshark(), "-r", str(capture), "-Y", "gtp.message == 0xff", "-T", "fields", "-E", "occurrence=a"]
+    for name in ("ip.dst", "gtp.teid", "ip.len", "ipv6.plen"):
+        command += ["-e", name]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+    found: Counter[tuple[str, int]] = Counter()
+    for line in done.stdout.splitlines():
+        destinations, teid, lengths, six = [*line.split("\t"), "", "", "", ""][:4]
+        outer = destinations.split(",")[0]
+        ipv4 = [int(value) for value in lengths.split(",") if value]
+        volume = int(six.split(",")[-1]) + 40 if six else ipv4[-1]
+        found[(outer, int(teid, 16))] += volume
+    return found
+
+
+S5_UP = [(PGW_U, 1), (PGW_U, 2)]
+S5_DOWN = [(SGW_U, 1), (SGW_U, 4)]
+S1U_UP = [(SGW_U, 2), (SGW_U, 3)]
+S1U_DOWN = [(ENB1, 1), (ENB2, 2), (ENB2, 3)]
+
+
+@pytest.mark.parametrize("form", ["pcapng", "sll", "sll2"])
+def test_a_whole_epc_is_metered_once_on_the_leg_nearest_the_pgw(tmp_path: Path, form: str) -> None:
+    capture = tmp_path / f"epc.{form}"
+    packets = epc_packets()
+    if form == "pcapng":
+        write_pcapng(capture, packets)
+    else:
+        write_cooked(capture, packets, 1 if form == "sll" else 2)
+    truth = tshark_tunnels(capture)
+    up, down = sum(truth[key] for key in S5_UP), sum(truth[key] for key in S5_DOWN)
+    assert up == sum(truth[key] for key in S1U_UP) and up > 0, "the same packets on both legs"
+    contents = read_capture(capture)
+    (session,) = contents.sessions
+    assert session.imsi == IMSI and session.legs == ["S5/S8"]
+    assert sum(session.up.values()) == up and sum(session.down.values()) == down
+    assert sorted(session.bearers) == [5, 6], "the dedicated bearer is the response's EBI 6"
+    assert contents.skipped == {"G-PDU for an unknown tunnel (address, TEID)": 1}, contents.skipped
+    sim_map = tmp_path / "sims.csv"
+    sim_map.write_text(f"imsi,iccid,registered_at\n{IMSI},{ICCID},2025-12-01T00:00:00+09:00\n", encoding="utf-8")
+    out = tmp_path / "metered.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "meter-pcap", str(capture), "--account", "acct-1", "--sims",
+         str(sim_map), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    events = list(read_event_log(out))
+    traffic = [event for event in events if event.type == "sim.traffic"]
+    assert (
+        sum(event.up_bytes or 0 for event in traffic) == up and sum(event.down_bytes or 0 for event in traffic) == down
+    )
+    created = next(event for event in events if event.type == "session.created")
+    assert '"metered_on":"S5/S8"' in created.extra
+    billed = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "bill", str(out), "-m", "2026-01"], capture_output=True, text=True
+    )
+    assert billed.returncode == 0, billed.stderr
+    assert '"sim_basic_fee"' in billed.stdout and '"data_fee"' in billed.stdout
+
+
+def test_without_s5_user_plane_the_s1u_leg_is_metered(tmp_path: Path) -> None:
+    capture = tmp_path / "s1u.pcapng"
+    write_pcapng(capture, epc_packets(s1u_only=True))
+    truth = tshark_tunnels(capture)
+    (session,) = read_capture(capture).sessions
+    assert session.legs == ["S1-U"]
+    assert sum(session.up.values()) == sum(truth[key] for key in S1U_UP)
+    late = 80  # the G-PDU after the deletion: its tunnel no longer exists
+    assert sum(session.down.values()) == sum(truth[key] for key in S1U_DOWN) - late
+
+
+def test_gtpv1_gn_pdp_contexts_and_n3_extension_headers(tmp_path: Path) -> None:
+    IP, UDP, _, _, Raw = scapy_layers()
+    sgsn, ggsn = "10.1.0.1", "10.1.0.2"
+    imsi = bytes([0x44, 0x10, 0, 0, 0, 0, 0, 0xF2])  # 440100000000002, TBCD
+    request = (b"\x02" + imsi + b"\x10" + struct.pack("!I", 7) + b"\x11" + struct.pack("!I", 8) + b"\x14\x05"
+               + b"\x85\x00\x04" + bytes([10, 1, 0, 1]) + b"\x85\x00\x04" + bytes([10, 1, 0, 1]))  # fmt: skip
+    response = (b"\x01\x80" + b"\x10" + struct.pack("!I", 70) + b"\x11" + struct.pack("!I", 80)
+                + b"\x85\x00\x04" + bytes([10, 1, 0, 2]) + b"\x85\x00\x04" + bytes([10, 1, 0, 2]))  # fmt: skip
+    container = bytes([0x85, 1, 0x10, 0x09, 0])  # PDU Session Container: 4 octets, QFI 9, then no more
+    packets = [
+        IP(src=sgsn, dst=ggsn) / UDP(sport=2123, dport=2123) / Raw(gtpv1(16, 0, 1, request)),
+        IP(src=ggsn, dst=sgsn) / UDP(sport=2123, dport=2123) / Raw(gtpv1(17, 8, 1, response)),
+        IP(src=sgsn, dst=ggsn) / UDP(sport=2152, dport=2152) / Raw(gpdu(70, inner(True, 500))),
+        IP(src=ggsn, dst=sgsn) / UDP(sport=2152, dport=2152) / Raw(gpdu(7, inner(False, 900))),
+        IP(src=sgsn, dst=ggsn) / UDP(sport=2152, dport=2152) / Raw(gpdu(70, inner(True, 300), container)),
+        IP(src="10.9.0.1", dst="10.9.0.2") / UDP(sport=2152, dport=2152) / Raw(gpdu(1, inner(True, 640), container)),
+    ]
+    capture = tmp_path / "gn.pcap"
+    from scapy.utils import wrpcap
+
+    wrpcap(str(capture), packets, linktype=101)
+    truth = tshark_tunnels(capture)
+    contents = read_capture(capture)
+    (session,) = contents.sessions
+    assert session.imsi == "440100000000002" and session.legs == ["Gn"]
+    assert sum(session.up.values()) == truth[(ggsn, 70)] == 800
+    assert sum(session.down.values()) == truth[(sgsn, 7)] == 900
+    assert contents.unattributed == {("10.9.0.2", 1): truth[("10.9.0.2", 1)]}, "N3 G-PDU read past its extension"
+
+
+PUBLIC = sorted(CAPTURES.glob("*.pcap*")) if CAPTURES.is_dir() else []
+
+
+@pytest.mark.parametrize("capture", PUBLIC, ids=[path.name for path in PUBLIC])
+def test_public_captures_agree_with_tshark(capture: Path) -> None:
+    """Every G-PDU tshark dissects whole is read, with the same T-PDU bytes per tunnel."""
+    truth = tshark_tunnels(capture)
+    contents = read_capture(capture)
+    metered: Counter[tuple[str, int]] = Counter(contents.unattributed)
+    for session in contents.sessions:
+        for bearer_ in session.bearers.values():
+            for counts in bearer_.legs.values():
+                metered[("session", bearer_.ebi)] += sum(counts.up.values()) + sum(counts.down.values())
+    if capture.name.startswith("zeek_gtp9"):  # malformed on purpose: what tshark reads whole, we read too
+        assert set(metered) <= set(truth) and all(metered[key] <= truth[key] for key in metered)
+        assert contents.skipped["truncated T-PDU"] + contents.skipped["inner packet not IP"] >= 1
+        return
+    assert sum(metered.values()) == sum(truth.values())
+    assert "Traceback" not in repr(contents.skipped)
+
+
+def test_public_control_planes_give_their_subscribers() -> None:
+    if not PUBLIC:
+        pytest.skip("the shared captures are not beside the repository")
+    found = {path.name: [session.imsi for session in read_capture(path).sessions] for path in PUBLIC}
+    assert found["ndpi_gtp_c.pcap"] == ["987654112233445"]
+    assert found["zeek_gtp_create_pdp_ctx.pcap"] == ["460004100000101"]
+    s11 = read_capture(CAPTURES / "ngic_cp_in.pcap")
+    (session,) = s11.sessions
+    assert session.imsi == "011234567891234" and session.bearers[5].endpoints, "S11 only: Modify Bearer's eNB F-TEID"
