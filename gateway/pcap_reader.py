@@ -9,7 +9,11 @@ Sessions come from every GTP control view of an EPC or a 2G/3G core:
 * **GTPv2-C** (TS 29.274) on S11 (MME-SGW) and S5/S8 (SGW-PGW): Create Session, Modify Bearer
   (the eNodeB's S1-U F-TEID, and its change at a handover), Create/Update/Delete Bearer (dedicated
   bearers), Delete Session, Release Access Bearers (S1-U released while idle);
-* **GTPv1-C** (TS 29.060) on Gn/Gp (SGSN-GGSN): Create/Update/Delete PDP Context.
+* **GTPv1-C** (TS 29.060) on Gn/Gp (SGSN-GGSN): Create/Update/Delete PDP Context;
+* **PFCP** (TS 29.244) on N4 (SMF-UPF), for tunnels no GTP-C names: Session Establishment
+  (the UPF's N3 F-TEID of an uplink PDR, the UE address, the IMSI of a User ID IE), Modification
+  (the gNodeB's N3 TEID in a FAR's Outer Header Creation) and Deletion. A PFCP session without a
+  User ID has no subscriber: its bytes are counted as unattributed.
 
 Every F-TEID is keyed by **(node address, TEID)**: nodes allocate TEIDs independently, so TEID 1 of
 the SGW and TEID 1 of the PGW are different tunnels. A G-PDU belongs to the tunnel of its outer
@@ -41,12 +45,12 @@ __all__ = ["CaptureContents", "CaptureReadError", "CapturedSession", "read_captu
 
 GTPC_PORT: Final = 2123
 GTPU_PORT: Final = 2152
-GTPV1C_PORT: Final = 2123
+PFCP_PORT: Final = 8805
 MAX_REASSEMBLIES: Final = 4_096
 """Outer IPv4 datagrams being reassembled at once; beyond, the oldest is given up."""
 REASSEMBLY_TIMEOUT_US: Final = 30_000_000
 """A fragmented outer datagram not complete within 30 s of capture time is given up (RFC 791's 15 s, doubled)."""
-LEG_ORDER: Final = ("S5/S8", "Gn", "S1-U")
+LEG_ORDER: Final = ("S5/S8", "Gn", "S1-U", "N3")
 """Legs a bearer is metered on, nearest the PGW first."""
 USER_FTEIDS: Final = {0: ("S1-U", False), 1: ("S1-U", True), 4: ("S5/S8", False), 5: ("S5/S8", True)}
 """GTPv2 F-TEID interface types of the user plane (TS 29.274 §8.22): leg, and whether G-PDUs sent to
@@ -95,7 +99,7 @@ class CapturedSession:
     """One session (PDN connection or PDP context) found in a capture.
 
     Attributes:
-        imsi: The subscriber.
+        imsi: The subscriber (``""``: none known, a PFCP session without a User ID).
         start_us: When its first Create Session (or PDP Context) Request was seen.
         end_us: When its first Delete Session (PDP Context) Request was seen (``None``: open).
         default_ebi: The default bearer's EBI (the NSAPI for GTPv1).
@@ -171,6 +175,8 @@ class CaptureContents:
     unattributed: Counter[tuple[str, int]] = field(default_factory=Counter)
     """T-PDU bytes of G-PDUs no control message in the capture gave a session, per (address, TEID)."""
     unattributed_packets: int = 0
+    unattributed_sessions: int = 0
+    """PFCP sessions without a subscriber (no User ID): their bytes are in :attr:`unattributed`."""
 
 
 # --- outer IP and UDP -------------------------------------------------------------------------
@@ -362,6 +368,71 @@ def _fteid(value: bytes) -> _Fteid | None:
     return _Fteid(flags & 0x3F, teid, tuple(address for address in addresses if len(address) in (4, 16)))
 
 
+def _pfcp_ies(body: bytes) -> list[tuple[int, bytes]] | None:
+    """``(type, value)`` of PFCP IEs (TS 29.244 §8.1.1; an enterprise IE's value keeps its enterprise id)."""
+    found = []
+    position = 0
+    while position < len(body):
+        if position + 4 > len(body):
+            return None
+        kind, length = struct.unpack_from("!HH", body, position)
+        value = body[position + 4 : position + 4 + length]
+        if len(value) < length:
+            return None
+        found.append((kind, value))
+        position += 4 + length
+    return found
+
+
+def _fseid(value: bytes) -> tuple[int, tuple[bytes, ...]] | None:
+    """An F-SEID (§8.2.37): the SEID and the node's IPv4/IPv6 addresses."""
+    if len(value) < 9:
+        return None
+    flags, seid = value[0], struct.unpack_from("!Q", value, 1)[0]
+    addresses, position = [], 9
+    if flags & 0x02:
+        addresses.append(value[position : position + 4])
+        position += 4
+    if flags & 0x01:
+        addresses.append(value[position : position + 16])
+    return seid, tuple(address for address in addresses if len(address) in (4, 16))
+
+
+def _pfcp_fteid(value: bytes) -> _Fteid | None:
+    """A PFCP F-TEID (§8.2.3); one the UPF is still to choose (CH) names no tunnel yet."""
+    if len(value) < 5 or value[0] & 0x04:
+        return None
+    flags, teid = value[0], struct.unpack_from("!I", value, 1)[0]
+    addresses, position = [], 5
+    if flags & 0x01:
+        addresses.append(value[position : position + 4])
+        position += 4
+    if flags & 0x02:
+        addresses.append(value[position : position + 16])
+    return _Fteid(-1, teid, tuple(address for address in addresses if len(address) in (4, 16)))
+
+
+def _outer_header(value: bytes) -> _Fteid | None:
+    """A GTP-U Outer Header Creation (§8.2.56): the TEID and address downlink G-PDUs go to."""
+    if len(value) < 6 or not value[0] & 0x03:  # GTP-U/UDP/IPv4 or /IPv6
+        return None
+    teid = struct.unpack_from("!I", value, 2)[0]
+    addresses = []
+    if value[0] & 0x01 and len(value) >= 10:
+        addresses.append(value[6:10])
+    elif value[0] & 0x02 and len(value) >= 22:
+        addresses.append(value[6:22])
+    return _Fteid(-1, teid, tuple(addresses))
+
+
+def _user_imsi(value: bytes) -> str | None:
+    """The IMSI of a User ID IE (§8.2.101), when it carries one."""
+    if len(value) < 2 or not value[0] & 0x01:
+        return None
+    length = value[1]
+    return _tbcd(value[2 : 2 + length]) or None
+
+
 def _v1_ies(body: bytes) -> list[tuple[int, bytes]] | None:
     """``(type, value)`` of GTPv1 IEs: TV types below 128 by their fixed length, TLV above."""
     found = []
@@ -399,6 +470,8 @@ class _Core:
         self.user: dict[tuple[bytes, int], tuple[Bearer, str, bool]] = {}
         self.open: dict[tuple[str, int], CapturedSession] = {}
         self.requests: dict[tuple[bytes, bytes, int], tuple[CapturedSession, list[Bearer]]] = {}
+        self.pfcp_sessions: dict[tuple[bytes, int], CapturedSession] = {}
+        """PFCP sessions by the F-SEID (node address, SEID) a peer addresses them with."""
         self.creating: dict[tuple[bytes, bytes], list[CapturedSession]] = {}
         """Sessions whose Create Session Request from a peer to a peer awaits its response."""
 
@@ -621,6 +694,108 @@ class _Core:
         else:
             self.skipped[f"GTPv2-C message type {kind} (not used)"] += 1
 
+    # PFCP (N4)
+
+    def pfcp(self, instant: int, source: bytes, destination: bytes, payload: bytes) -> None:
+        """One PFCP message (TS 29.244 §7.2): session establishment, modification, deletion."""
+        while payload:
+            if len(payload) < 8 or payload[0] >> 5 != 1:
+                self.skipped["malformed PFCP header"] += 1
+                return
+            flags, kind, length = struct.unpack_from("!BBH", payload)
+            has_seid = bool(flags & 0x01)
+            head = 16 if has_seid else 8
+            if len(payload) < 4 + length or 4 + length < head:
+                self.skipped["truncated PFCP message"] += 1
+                return
+            seid = struct.unpack_from("!Q", payload, 4)[0] if has_seid else 0
+            sequence = struct.unpack_from("!I", payload, head - 4)[0] >> 8
+            ies = _pfcp_ies(payload[head : 4 + length])
+            if ies is None:
+                self.skipped["truncated PFCP message"] += 1
+            else:
+                self._pfcp_message(instant, source, destination, kind, seid, sequence, ies)
+            payload = payload[4 + length :] if flags & 0x02 else b""  # MP: another message follows
+
+    def _pfcp_message(
+        self, instant: int, source: bytes, destination: bytes, kind: int, seid: int, sequence: int,
+        ies: list[tuple[int, bytes]],
+    ) -> None:  # fmt: skip
+        session = self.pfcp_sessions.get((destination, seid)) if seid else None
+        if kind == 50:  # Session Establishment Request (SMF -> UPF)
+            imsi = next((_user_imsi(value) for k, value in ies if k == 141), None) or ""
+            session = CapturedSession(imsi, instant, default_ebi=0)
+            for k, value in ies:
+                if k == 57 and (found := _fseid(value)) is not None:  # CP F-SEID: where the UPF answers
+                    for address in found[1]:
+                        self.pfcp_sessions[(address, found[0])] = session
+                        session.key = session.key or f"pfcp-{ipaddress.ip_address(address)}-{found[0]:016x}"
+            self._pfcp_rules(session, ies)
+            self.contents.sessions.append(session)
+            self.requests[(source, destination, sequence)] = (session, [])
+            return
+        if kind in (51, 53, 55):  # responses
+            request = self.requests.pop((destination, source, sequence), None)
+            if session is None and request is not None:
+                session = request[0]
+            if session is None:
+                self.skipped[f"PFCP response (type {kind}) without its request"] += 1
+                return
+            accepted = next((value[0] for k, value in ies if k == 19 and value), 1) == 1
+            if kind == 51 and not accepted:
+                session.rejected = True
+                return
+            for k, value in ies:
+                if k == 57 and (found := _fseid(value)) is not None:  # UP F-SEID: where the SMF sends
+                    for address in found[1]:
+                        self.pfcp_sessions[(address, found[0])] = session
+            self._pfcp_rules(session, ies)
+            if kind == 55:
+                self._close(session)
+            return
+        if session is None:
+            if kind in (52, 54):
+                self.skipped[f"PFCP request (type {kind}) for an unknown session"] += 1
+            else:
+                self.skipped[f"PFCP message type {kind} (not used)"] += 1
+            return
+        if kind == 52:
+            self._pfcp_rules(session, ies)
+        elif kind == 54:
+            self._end(session, instant)
+        self.requests[(source, destination, sequence)] = (session, [])
+
+    def _pfcp_rules(self, session: CapturedSession, ies: list[tuple[int, bytes]]) -> None:
+        """N3 tunnels of Create/Created/Update PDRs (uplink, to the UPF) and FARs (downlink, to the gNodeB)."""
+        bearer = session.bearer(0)
+        for kind, value in ies:
+            nested = _pfcp_ies(value) if kind in (1, 3, 8, 9, 10) else None
+            if not nested:
+                continue
+            if kind in (1, 8, 9):  # Create PDR, Created PDR, Update PDR
+                pdi = next((_pfcp_ies(inner) for k, inner in nested if k == 2), None) or []
+                source_interface = next((inner[0] & 0x0F for k, inner in pdi if k == 20 and inner), 0)
+                for k, inner in [*pdi, *nested]:
+                    if k == 21 and source_interface == 0 and (found := _pfcp_fteid(inner)) is not None:
+                        self._tunnel_if_free(bearer, found, "N3", True)
+            else:  # Create FAR, Update FAR: where downlink G-PDUs are sent
+                for k, inner in nested:
+                    if k not in (4, 11):
+                        continue
+                    parameters = _pfcp_ies(inner) or []
+                    to_access = next((item[0] & 0x0F for key, item in parameters if key == 42 and item), 1) == 0
+                    for key, item in parameters:
+                        if key == 84 and to_access and (found := _outer_header(item)) is not None:
+                            self._tunnel_if_free(bearer, found, "N3", False)
+
+    def _tunnel_if_free(self, bearer: Bearer, fteid: _Fteid, leg: str, uplink: bool) -> None:
+        """A PFCP tunnel, unless GTP-C already named it (GTP-C knows the subscriber)."""
+        for address in fteid.addresses:
+            known = self.user.get((address, fteid.teid))
+            if known is None or known[0].session.imsi == "" or known[0].session is bearer.session:
+                self.user[(address, fteid.teid)] = (bearer, leg, uplink)
+                bearer.endpoints.append((address, fteid.teid))
+
     # GTPv1-C
 
     def v1(self, instant: int, source: bytes, destination: bytes, payload: bytes) -> None:
@@ -734,6 +909,8 @@ def read_capture(path: Path, utc_offset_s: int = 9 * 3600) -> CaptureContents:
             source, destination, sport, dport, payload = datagram
             if dport == GTPU_PORT or sport == GTPU_PORT:
                 _gtpu(core, instant, destination, payload)
+            elif dport == PFCP_PORT or sport == PFCP_PORT:
+                core.pfcp(instant, source, destination, payload)
             elif dport == GTPC_PORT or sport == GTPC_PORT:
                 version = payload[0] >> 5 if payload else 0
                 if version == 2:
@@ -748,7 +925,19 @@ def read_capture(path: Path, utc_offset_s: int = 9 * 3600) -> CaptureContents:
     finally:
         if not isinstance(data, bytes):
             data.close()
-    contents.sessions = [session for session in contents.sessions if not session.rejected]
+    kept = []
+    for session in contents.sessions:
+        if session.rejected:
+            continue
+        if not session.imsi:  # a PFCP session without a User ID: its bytes have no subscriber
+            volume = sum(session.up.values()) + sum(session.down.values())
+            if volume:
+                contents.unattributed[(f"pfcp-session-{session.start_us}", 0)] += volume
+                contents.unattributed_packets += session.packets
+            contents.unattributed_sessions += 1
+            continue
+        kept.append(session)
+    contents.sessions = kept
     return contents
 
 

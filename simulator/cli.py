@@ -619,7 +619,7 @@ def meter_pcap(
     if metered.unattributed_packets:
         stderr.print(
             f"{capture}: unattributed: {metered.unattributed_bytes:,} T-PDU bytes in {metered.unattributed_packets:,} "
-            f"G-PDU(s) on {metered.unattributed_tunnels:,} tunnel(s) that no control message in the capture names",
+            f"G-PDU(s) on {metered.unattributed_tunnels:,} tunnel(s) or PFCP session(s) without a subscriber",
             markup=False,
         )
     if not sim_map.has_registrations and metered.sessions:

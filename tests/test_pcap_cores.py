@@ -357,3 +357,86 @@ def test_public_control_planes_give_their_subscribers() -> None:
     s11 = read_capture(CAPTURES / "ngic_cp_in.pcap")
     (session,) = s11.sessions
     assert session.imsi == "011234567891234" and session.bearers[5].endpoints, "S11 only: Modify Bearer's eNB F-TEID"
+
+
+def pfcp_ie(kind: int, value: bytes) -> bytes:
+    return struct.pack("!HH", kind, len(value)) + value
+
+
+def pfcp(kind: int, seid: int | None, sequence: int, *ies: bytes) -> bytes:
+    body = b"".join(ies)
+    if seid is None:
+        return struct.pack("!BBH", 0x20, kind, len(body) + 4) + struct.pack("!I", sequence << 8) + body
+    head = struct.pack("!Q", seid) + struct.pack("!I", sequence << 8)
+    return struct.pack("!BBH", 0x21, kind, len(body) + len(head)) + head + body
+
+
+def v4(address: str) -> bytes:
+    return bytes(int(part) for part in address.split("."))
+
+
+def test_5g_n3_sessions_from_pfcp(tmp_path: Path) -> None:
+    """N4 (PFCP) gives the N3 tunnels: the UPF's F-TEID of the uplink PDR, the gNodeB's in the FAR."""
+    IP, UDP, _, _, Raw = scapy_layers()
+    smf, upf, upf_n3, gnb = "10.2.0.1", "10.2.0.2", "10.2.1.2", "10.2.2.1"
+    imsi_tbcd = bytes([0x44, 0x10, 0, 0, 0, 0, 0, 0xF3])  # 440100000000003
+    container = bytes([0x85, 1, 0x10, 0x09, 0])
+    packets = []
+
+    def n4(source: str, destination: str, message: bytes) -> None:
+        packets.append(IP(src=source, dst=destination) / UDP(sport=8805, dport=8805) / Raw(message))
+
+    def n3(up: bool, teid: int, size: int) -> None:
+        source, destination = (gnb, upf_n3) if up else (upf_n3, gnb)
+        packets.append(
+            IP(src=source, dst=destination) / UDP(sport=2152, dport=2152) / Raw(gpdu(teid, inner(up, size), container))
+        )
+
+    for number, with_user in ((1, True), (2, False)):
+        pdr = pfcp_ie(
+            1,
+            pfcp_ie(56, b"\x00\x01")
+            + pfcp_ie(2, pfcp_ie(20, b"\x00") + pfcp_ie(21, b"\x01" + struct.pack("!I", number) + v4(upf_n3))),
+        )
+        far = pfcp_ie(3, pfcp_ie(108, struct.pack("!I", 1)) + pfcp_ie(4, pfcp_ie(42, b"\x00")))
+        user = pfcp_ie(141, b"\x01\x08" + imsi_tbcd) if with_user else b""
+        n4(
+            smf,
+            upf,
+            pfcp(50, 0, 10 + number, pfcp_ie(57, b"\x02" + struct.pack("!Q", 100 + number) + v4(smf)), pdr, far, user),
+        )
+        n4(
+            upf,
+            smf,
+            pfcp(
+                51,
+                100 + number,
+                10 + number,
+                pfcp_ie(19, b"\x01"),
+                pfcp_ie(57, b"\x02" + struct.pack("!Q", 200 + number) + v4(upf)),
+            ),
+        )
+        update = pfcp_ie(
+            10,
+            pfcp_ie(108, struct.pack("!I", 1))
+            + pfcp_ie(11, pfcp_ie(42, b"\x00") + pfcp_ie(84, b"\x01\x00" + struct.pack("!I", number) + v4(gnb))),
+        )
+        n4(smf, upf, pfcp(52, 200 + number, 20 + number, update))
+        n4(upf, smf, pfcp(53, 100 + number, 20 + number, pfcp_ie(19, b"\x01")))
+        n3(True, number, 400 * number)
+        n3(False, number, 900 * number)
+    n4(smf, upf, pfcp(54, 201, 31))
+    n4(upf, smf, pfcp(55, 101, 31, pfcp_ie(19, b"\x01")))
+    n3(True, 1, 100)  # after the deletion
+    capture = tmp_path / "n3.pcap"
+    from scapy.utils import wrpcap
+
+    wrpcap(str(capture), packets, linktype=101)
+    truth = tshark_tunnels(capture)
+    contents = read_capture(capture)
+    (session,) = contents.sessions
+    assert session.imsi == "440100000000003" and session.legs == ["N3"]
+    assert sum(session.up.values()) == truth[(upf_n3, 1)] - 100 == 400
+    assert sum(session.down.values()) == truth[(gnb, 1)] == 900
+    assert contents.unattributed_sessions == 1
+    assert sum(contents.unattributed.values()) == truth[(upf_n3, 2)] + truth[(gnb, 2)] + 100 == 2600 + 100
