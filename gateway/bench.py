@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -214,3 +215,71 @@ def run_mqtt_bench(count: int, broker_url: str | None) -> MqttBenchReport:
             if process is not None:
                 process.terminate()
     return MqttBenchReport(broker.describe(), count, seconds, publishes)
+
+
+def _read_in_child(path: str, engine: str, queue: Any) -> None:
+    from gateway.pcap_reader import read_capture
+    from metering.bench import _peak_rss_mb
+
+    began = time.perf_counter()
+    contents = read_capture(Path(path), engine=engine)
+    queue.put({"seconds": time.perf_counter() - began, "packets": contents.packets, "peak_mb": _peak_rss_mb()})
+
+
+@dataclass
+class MeterPcapBenchReport:
+    """The figures of one ``mgwsim bench meter-pcap`` run."""
+
+    sessions: int
+    packets: int
+    megabytes: float
+    fast: dict[str, float]
+    reference: dict[str, float] | None
+    tshark_seconds: float | None
+
+    def table(self) -> Table:
+        """The report as a rich table."""
+        rate = self.packets / self.fast["seconds"]
+        rows = [
+            ("capture", f"{self.packets:,} packets, {self.megabytes:,.0f} MB"),
+            ("meter-pcap reader (fast): wall time", f"{self.fast['seconds']:.2f} s", ""),
+            ("  packets per second", f"{rate:,.0f}", "≥ 1,000,000"),
+            ("  peak memory", f"{self.fast['peak_mb']:,.0f} MB", "independent of the size"),
+        ]
+        rows = [(row[0], row[1], row[2] if len(row) > 2 else "") for row in rows]
+        if self.reference is not None:
+            rows.append(("reference reader (one by one)", f"{self.reference['seconds']:.2f} s", ""))
+            rows.append(("  fast / reference speed", f"{self.reference['seconds'] / self.fast['seconds']:.1f}x", ""))
+        if self.tshark_seconds is not None:
+            rows.append(("tshark -T fields -e gtp.teid -e ip.len", f"{self.tshark_seconds:.2f} s", ""))
+            rows.append(("  fast / tshark speed", f"{self.tshark_seconds / self.fast['seconds']:.1f}x", "≥ 15x"))
+        return figures_table(f"mgwsim bench meter-pcap: {self.sessions:,} sessions", rows, goals=True)
+
+
+def run_meter_pcap_bench(
+    sessions: int, directory: Path | None = None, reference: bool = True, tshark: bool = True
+) -> MeterPcapBenchReport:
+    """Write the workload's capture, then read it with both readers and tshark, each timed in its own process."""
+    import shutil
+    import subprocess
+
+    from metering.bench import in_child_process
+
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        path = Path(scratch) / "bench.pcap"
+        packets = write_capture(workload(sessions), path)
+        megabytes = path.stat().st_size / 1e6
+        fast = in_child_process(_read_in_child, str(path), "fast")
+        slow = in_child_process(_read_in_child, str(path), "reference") if reference else None
+        tshark_seconds = None
+        program = shutil.which("tshark")
+        if tshark and program is not None:
+            began = time.perf_counter()
+            subprocess.run(
+                [program, "-r", str(path), "-n", "-T", "fields", "-e", "gtp.teid", "-e", "ip.len"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
+            tshark_seconds = time.perf_counter() - began
+    return MeterPcapBenchReport(sessions, packets, megabytes, fast, slow, tshark_seconds)

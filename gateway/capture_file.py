@@ -32,7 +32,7 @@ VLAN_TAGS: Final = (0x8100, 0x88A8, 0x9100)
 """802.1Q, 802.1ad (QinQ) and the older QinQ tag ethertypes."""
 LINK_TYPES: Final = {0: "null", 1: "ethernet", 101: "raw", 113: "sll", 228: "ipv4", 229: "ipv6", 276: "sll2"}
 """The link types this reader decodes, by their LINKTYPE number."""
-_PCAP_MAGICS: Final = {
+PCAP_MAGICS: Final = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),
     b"\xa1\xb2\xc3\xd4": (">", 1_000_000),
     b"\x4d\x3c\xb2\xa1": ("<", 1_000_000_000),
@@ -80,8 +80,8 @@ def frames(path: Path, data: bytes | mmap.mmap) -> Iterator[Frame | str]:
     if len(data) < 24:
         raise CaptureReadError(f"{path}: not a pcap or pcapng file (shorter than a file header)")
     magic = bytes(data[:4])
-    if magic in _PCAP_MAGICS:
-        return _pcap_frames(path, data, *_PCAP_MAGICS[magic])
+    if magic in PCAP_MAGICS:
+        return _pcap_frames(path, data, *PCAP_MAGICS[magic])
     if struct.unpack_from("<I", data, 0)[0] == _PCAPNG_SHB:
         return _pcapng_frames(path, data)
     raise CaptureReadError(f"{path}: not a pcap or pcapng file (magic {magic.hex()})")
@@ -90,7 +90,7 @@ def frames(path: Path, data: bytes | mmap.mmap) -> Iterator[Frame | str]:
 def _pcap_frames(path: Path, data: bytes | mmap.mmap, order: str, units: int) -> Iterator[Frame | str]:
     link = struct.unpack_from(f"{order}I", data, 20)[0] & 0x0FFFFFFF
     if link not in LINK_TYPES:
-        raise CaptureReadError(f"{path}: link type {link} is not read (read: {_link_names()})")
+        raise CaptureReadError(f"{path}: link type {link} is not read (read: {link_names()})")
     position = 24
     record = struct.Struct(f"{order}IIII")
     size = len(data)
@@ -112,7 +112,8 @@ def _pcap_frames(path: Path, data: bytes | mmap.mmap, order: str, units: int) ->
         yield instant, link, frame
 
 
-def _link_names() -> str:
+def link_names() -> str:
+    """The link types read, in words for messages."""
     return ", ".join(f"{number} {name}" for number, name in sorted(LINK_TYPES.items()))
 
 

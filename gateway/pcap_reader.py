@@ -120,6 +120,8 @@ class CapturedSession:
     accepted: bool = False
     key: str = ""
     control: list[tuple[bytes, int]] = field(default_factory=list)
+    route_at: int = 2**62
+    """The capture record of the uplink T-PDU that decided :attr:`route` (the earliest one wins)."""
 
     def bearer(self, ebi: int) -> Bearer:
         """The bearer ``ebi`` (made on first use)."""
@@ -190,7 +192,7 @@ class _Reassembly:
     total: int | None = None
 
 
-class _Fragments:
+class Fragments:
     """Outer IPv4 reassembly, bounded in datagrams and in time."""
 
     def __init__(self, skipped: Counter[str]) -> None:
@@ -244,7 +246,7 @@ class _Fragments:
 
 
 def _outer_udp(
-    instant: int, version: int, packet: bytes, fragments: _Fragments
+    instant: int, version: int, packet: bytes, fragments: Fragments
 ) -> tuple[bytes, bytes, int, int, bytes] | str | None:
     """``(source, destination, source port, destination port, payload)`` of an outer UDP datagram.
 
@@ -460,14 +462,42 @@ def _v1_ies(body: bytes) -> list[tuple[int, bytes]] | None:
 # --- the sessions -------------------------------------------------------------------------------
 
 
-class _Core:
+Tunnel = tuple[Bearer, str, bool]
+"""Where a G-PDU to a tunnel is counted: the bearer, the leg, and whether it goes uplink."""
+
+
+class Tunnels(dict[tuple[bytes, int], Tunnel]):
+    """The user-plane tunnels by (node address, TEID), with a log of their changes for the fast reader.
+
+    Every assignment and removal is logged with the capture record it happened at (``position``),
+    so G-PDUs counted in bulk later are attributed as they would have been one by one.
+    """
+
+    def __init__(self) -> None:
+        """An empty table and log."""
+        super().__init__()
+        self.position = 0
+        self.log: list[tuple[int, bytes, int, Tunnel | None]] = []
+
+    def __setitem__(self, key: tuple[bytes, int], value: Tunnel) -> None:
+        """Assign a tunnel (logged)."""
+        super().__setitem__(key, value)
+        self.log.append((self.position, key[0], key[1], value))
+
+    def __delitem__(self, key: tuple[bytes, int]) -> None:
+        """Remove a tunnel (logged)."""
+        super().__delitem__(key)
+        self.log.append((self.position, key[0], key[1], None))
+
+
+class Core:
     """Sessions and tunnels as a capture's control planes establish them."""
 
     def __init__(self, contents: CaptureContents, utc_offset_s: int) -> None:
         self.contents = contents
         self.utc_offset_s = utc_offset_s
         self.control: dict[tuple[bytes, int], CapturedSession] = {}
-        self.user: dict[tuple[bytes, int], tuple[Bearer, str, bool]] = {}
+        self.user = Tunnels()
         self.open: dict[tuple[str, int], CapturedSession] = {}
         self.requests: dict[tuple[bytes, bytes, int], tuple[CapturedSession, list[Bearer]]] = {}
         self.pfcp_sessions: dict[tuple[bytes, int], CapturedSession] = {}
@@ -495,8 +525,9 @@ class _Core:
         volume, inner_destination = found
         bearer, leg, uplink = tunnel
         session = bearer.session
-        if uplink and session.route is None:
+        if uplink and self.user.position < session.route_at:
             session.route = "closed" if _closed(inner_destination) else "internet"
+            session.route_at = self.user.position
         counts = bearer.legs.setdefault(leg, LegCounts())
         day = (instant // 1_000_000 + self.utc_offset_s) // 86_400
         (counts.up if uplink else counts.down)[day] += volume
@@ -879,52 +910,72 @@ class _Core:
             self._user_endpoint(bearer, _Fteid(-1, struct.unpack("!I", values[16])[0], (user,)), "Gn", uplink)
 
 
-def read_capture(path: Path, utc_offset_s: int = 9 * 3600) -> CaptureContents:
+def read_capture(path: Path, utc_offset_s: int = 9 * 3600, engine: str = "fast") -> CaptureContents:
     """Sessions and their bytes per JST day (``utc_offset_s``) from a capture.
+
+    ``engine``: ``fast`` (:mod:`gateway.pcap_fast`: G-PDUs found and counted in bulk with numpy)
+    or ``reference`` (every packet one by one, here); both give the same contents.
 
     Raises:
         CaptureReadError: If the file is neither a pcap nor a pcapng capture, or a link type is not read.
     """
+    if engine == "fast":
+        from gateway.pcap_fast import read_capture_fast
+
+        return read_capture_fast(path, utc_offset_s)
+    if engine != "reference":
+        raise ValueError(f"unknown capture reader {engine!r}")
     contents = CaptureContents()
-    core = _Core(contents, utc_offset_s)
-    fragments = _Fragments(contents.skipped)
+    core = Core(contents, utc_offset_s)
+    fragments = Fragments(contents.skipped)
     data = open_capture(path)
     try:
-        for record in frames(path, data):
+        for position, record in enumerate(frames(path, data)):
             contents.packets += 1
             if isinstance(record, str):
                 contents.skipped[record] += 1
                 continue
-            instant, link, frame = record
-            network = network_packet(link, frame)
-            if isinstance(network, str):
-                contents.skipped[network] += 1
-                continue
-            datagram = _outer_udp(instant, *network, fragments)
-            if datagram is None:
-                continue
-            if isinstance(datagram, str):
-                contents.skipped[datagram] += 1
-                continue
-            source, destination, sport, dport, payload = datagram
-            if dport == GTPU_PORT or sport == GTPU_PORT:
-                _gtpu(core, instant, destination, payload)
-            elif dport == PFCP_PORT or sport == PFCP_PORT:
-                core.pfcp(instant, source, destination, payload)
-            elif dport == GTPC_PORT or sport == GTPC_PORT:
-                version = payload[0] >> 5 if payload else 0
-                if version == 2:
-                    core.v2(instant, source, destination, payload)
-                elif version == 1 and payload[0] & 0x10:
-                    core.v1(instant, source, destination, payload)
-                else:
-                    contents.skipped["malformed GTP-C header"] += 1
-            else:
-                contents.skipped["UDP port other than GTP"] += 1
+            core.user.position = position
+            take_frame(core, fragments, *record)
         fragments.finish()
     finally:
         if not isinstance(data, bytes):
             data.close()
+    return finish(contents)
+
+
+def take_frame(core: Core, fragments: Fragments, instant: int, link: int, frame: bytes) -> None:
+    """One captured frame, through the link layer, outer IP and UDP, to GTP-U, GTP-C or PFCP."""
+    skipped = core.skipped
+    network = network_packet(link, frame)
+    if isinstance(network, str):
+        skipped[network] += 1
+        return
+    datagram = _outer_udp(instant, *network, fragments)
+    if datagram is None:
+        return
+    if isinstance(datagram, str):
+        skipped[datagram] += 1
+        return
+    source, destination, sport, dport, payload = datagram
+    if dport == GTPU_PORT or sport == GTPU_PORT:
+        _gtpu(core, instant, destination, payload)
+    elif dport == PFCP_PORT or sport == PFCP_PORT:
+        core.pfcp(instant, source, destination, payload)
+    elif dport == GTPC_PORT or sport == GTPC_PORT:
+        version = payload[0] >> 5 if payload else 0
+        if version == 2:
+            core.v2(instant, source, destination, payload)
+        elif version == 1 and payload[0] & 0x10:
+            core.v1(instant, source, destination, payload)
+        else:
+            skipped["malformed GTP-C header"] += 1
+    else:
+        skipped["UDP port other than GTP"] += 1
+
+
+def finish(contents: CaptureContents) -> CaptureContents:
+    """The sessions to report: rejected ones dropped, those without a subscriber counted as unattributed."""
     kept = []
     for session in contents.sessions:
         if session.rejected:
@@ -941,7 +992,7 @@ def read_capture(path: Path, utc_offset_s: int = 9 * 3600) -> CaptureContents:
     return contents
 
 
-def _gtpu(core: _Core, instant: int, destination: bytes, payload: bytes) -> None:
+def _gtpu(core: Core, instant: int, destination: bytes, payload: bytes) -> None:
     """One GTP-U message (TS 29.281 §5.1): a G-PDU is counted, anything else is skipped by its type."""
     skipped = core.skipped
     if len(payload) < 8 or payload[0] >> 5 != 1 or not payload[0] & 0x10:

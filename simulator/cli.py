@@ -714,6 +714,23 @@ def bench_pcap(
     Console().print(run_pcap_bench(sessions, sample, directory).table())
 
 
+@bench_app.command("meter-pcap", epilog=EXIT_STATUSES)
+def bench_meter_pcap(
+    sessions: Annotated[int, typer.Option(min=1, help="Sessions in the capture (a fleet device's day each).")] = 9_000,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Write the capture here (e.g. /dev/shm to leave the disk out); default: $TMPDIR."),
+    ] = None,
+    reference: Annotated[bool, typer.Option(help="Also time the one-by-one reference reader.")] = True,
+    tshark: Annotated[bool, typer.Option(help="Also time tshark on the same file (when installed).")] = True,
+) -> None:
+    """Read a capture with meter-pcap's readers, beside tshark on the same file, each in its own process."""
+    from gateway.bench import run_meter_pcap_bench
+
+    stderr.print(f"writing a capture of {sessions:,} sessions, then reading it …", markup=False)
+    Console().print(run_meter_pcap_bench(sessions, directory, reference, tshark).table())
+
+
 @bench_app.command("mqtt", epilog=EXIT_STATUSES)
 def bench_mqtt(
     messages: Annotated[int, typer.Option(min=1, help="Platform messages to publish.")] = 100_000,

@@ -1,0 +1,403 @@
+"""The fast capture reader: G-PDUs found and counted in bulk with numpy, everything else one by one.
+
+The obvious reader (:func:`gateway.pcap_reader.read_capture` with ``engine="reference"``) takes
+every packet through Python. Here a capture is read in chunks of :data:`CHUNK` records: the
+record offsets are found by walking the record headers, and the fixed fields of every frame —
+link layer, outer IPv4 header, UDP ports, GTP-U flags and TEID, the inner IP length — are gathered
+with numpy over the memory map. The plain G-PDUs (outer IPv4 without options or fragments, GTP-U
+with at most one extension header, a whole inner IPv4 or IPv6 packet) are counted in bulk; every
+other record (control messages, fragments, outer IPv6, anything unusual) goes, in capture order,
+through the reference's own code, which also keeps the tunnel table. Each change of that table is
+logged with its record number, so a G-PDU counted in bulk is attributed to the tunnel that held
+at its record, exactly as the reference would. Memory is bounded by the chunk, not the capture.
+A property test demands the same contents from both readers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import mmap
+import struct
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.capture_file import LINK_TYPES, PCAP_MAGICS, frames, link_names, open_capture
+from gateway.pcap_reader import (
+    GTPU_PORT,
+    CaptureContents,
+    Core,
+    Fragments,
+    LegCounts,
+    Tunnel,
+    finish,
+    take_frame,
+)
+
+CHUNK: Final = 1 << 20
+"""Records read, classified and counted at a time (at most)."""
+CHUNK_BYTES: Final = 16 << 20
+"""Bytes of capture read at a time (at most): the pages of a chunk leave memory after it."""
+SMALLEST: Final = 4096
+"""Captures smaller than this are read one by one (the bulk gathers need room past a frame's end)."""
+IntArray = npt.NDArray[np.int64]
+UNKNOWN: Final = "G-PDU for an unknown tunnel (address, TEID)"
+
+
+@dataclass
+class _Records:
+    """One chunk of capture records, as columns (frames that could not be read are listed apart)."""
+
+    index: IntArray
+    ts: IntArray
+    link: IntArray
+    start: IntArray
+    length: IntArray
+    bad: list[str]
+
+
+def _pcap_chunks(data: Any, view: npt.NDArray[np.uint8], order: str, units: int) -> Generator[_Records, None, None]:
+    """Classic pcap: record positions by walking the 16-byte record headers, fields gathered after.
+
+    Records of equal size follow each other in bulk transfers (full-size G-PDUs): after a few,
+    the walk predicts the next ones' positions and checks their lengths with numpy at once.
+    """
+    caplen = struct.Struct(f"{order}I").unpack_from
+    size = len(data)
+    link = struct.unpack_from(f"{order}I", data, 20)[0] & 0x0FFFFFFF
+    u32 = np.dtype(f"{order}u4")
+    position, number = 24, 0
+    while position < size:
+        segments: list[IntArray] = []
+        singles: list[int] = []
+        append = singles.append
+        bad: list[str] = []
+        taken, previous, run, reach = 0, -1, 0, 64
+        limit = min(size, position + CHUNK_BYTES)
+        while position < limit and taken < CHUNK:
+            if position + 16 > size:
+                bad.append("truncated record header")
+                position = size
+                break
+            captured = caplen(data, position + 8)[0]
+            if position + 16 + captured > size:
+                bad.append("truncated packet")
+                position = size
+                break
+            append(position)
+            taken += 1
+            step = 16 + captured
+            position += step
+            run = run + 1 if captured == previous else 0
+            previous = captured
+            if run < 3:
+                continue
+            ahead = min(reach, (limit - position) // step, CHUNK - taken)
+            if ahead < 2:
+                continue
+            predicted = position + step * np.arange(ahead, dtype=np.int64)
+            lengths = view[(predicted + 8)[:, None] + _FOUR].view(u32).ravel()
+            wrong = np.flatnonzero(lengths != captured)
+            good = int(wrong[0]) if len(wrong) else ahead
+            if good:
+                segments.append(np.array(singles, dtype=np.int64))
+                singles.clear()
+                segments.append(predicted[:good])
+                taken += good
+                position += good * step
+            reach = min(reach * 2, 1 << 16) if good == ahead else 64
+            run = 0 if good < ahead else run
+        segments.append(np.array(singles, dtype=np.int64))
+        heads = np.concatenate(segments)
+        fields = view[heads[:, None] + _SIXTEEN].view(u32).astype(np.int64)
+        seconds, fraction, captured_, original = fields[:, 0], fields[:, 1], fields[:, 2], fields[:, 3]
+        whole = captured_ >= original
+        cut = int((~whole).sum())
+        bad.extend(["packet cut by the capture's snap length"] * cut)
+        count = len(heads)
+        index = number + np.arange(count, dtype=np.int64)
+        keep = whole
+        yield _Records(
+            index=index[keep],
+            ts=(seconds * 1_000_000 + fraction * 1_000_000 // units)[keep],
+            link=np.full(int(keep.sum()), link, dtype=np.int64),
+            start=(heads + 16)[keep],
+            length=captured_[keep],
+            bad=bad,
+        )
+        number += count + (len(bad) - cut)
+
+
+_FOUR: Final = np.arange(4, dtype=np.int64)[None, :]
+_HEADERS: Final = np.arange(40, dtype=np.int64)[None, :]
+"""Bytes gathered from each frame's network header: outer IPv4 (20), UDP (8), GTP-U with its options (12)."""
+_SIXTEEN: Final = np.arange(16, dtype=np.int64)[None, :]
+
+
+def _be16(view: npt.NDArray[np.uint8], at: IntArray) -> IntArray:
+    return view[at].astype(np.int64) << 8 | view[at + 1]
+
+
+@dataclass
+class _Log:
+    """The tunnel table's change log as arrays (IPv4 tunnels: key = address << 32 | TEID)."""
+
+    key: IntArray
+    index: IntArray
+    value: IntArray
+    tunnels: list[Tunnel | None]
+    seen: int = 0
+
+
+def _update_log(log: _Log, core: Core) -> None:
+    entries = core.user.log[log.seen :]
+    log.seen = len(core.user.log)
+    keys, indexes, values = [], [], []
+    for position, address, teid, tunnel in entries:
+        if len(address) != 4:
+            continue  # G-PDUs to IPv6 nodes are read one by one
+        keys.append(int.from_bytes(address, "big") << 32 | teid)
+        indexes.append(position)
+        values.append(len(log.tunnels) if tunnel is not None else -1)
+        if tunnel is not None:
+            log.tunnels.append(tunnel)
+    if keys:
+        log.key = np.concatenate([log.key, np.array(keys, dtype=np.uint64).view(np.int64)])
+        log.index = np.concatenate([log.index, np.array(indexes, dtype=np.int64)])
+        log.value = np.concatenate([log.value, np.array(values, dtype=np.int64)])
+
+
+def _attribute(log: _Log, key: IntArray, index: IntArray) -> IntArray:
+    """Per G-PDU, the tunnel that held its (address, TEID) at its record (-1: none)."""
+    found = np.full(len(key), -1, dtype=np.int64)
+    if not len(log.key) or not len(key):
+        return found
+    known, log_id = np.unique(log.key, return_inverse=True)
+    order = np.lexsort((np.arange(len(log.key)), log.index, log_id))
+    combined = log_id[order] * (1 << 40) + log.index[order]
+    values = log.value[order]
+    position = np.minimum(np.searchsorted(known, key), len(known) - 1)
+    hit = known[position] == key
+    query = position * (1 << 40) + index
+    last = np.searchsorted(combined, query, side="left") - 1
+    valid = hit & (last >= 0)
+    same = np.zeros(len(key), dtype=bool)
+    same[valid] = (combined[last[valid]] >> 40) == position[valid]
+    found[same] = values[last[same]]
+    return found
+
+
+def read_capture_fast(path: Path, utc_offset_s: int = 9 * 3600) -> CaptureContents:
+    """:func:`gateway.pcap_reader.read_capture`, with the plain G-PDUs counted in bulk."""
+    from gateway.capture_file import CaptureReadError
+
+    contents = CaptureContents()
+    core = Core(contents, utc_offset_s)
+    fragments = Fragments(contents.skipped)
+    data = open_capture(path)
+    try:
+        if len(data) < 24:
+            raise CaptureReadError(f"{path}: not a pcap or pcapng file (shorter than a file header)")
+        magic = bytes(data[:4])
+        if magic not in PCAP_MAGICS or len(data) < SMALLEST:  # pcapng (or tiny): frames one by one
+            return _reference(path, data, core, fragments)
+        order, units = PCAP_MAGICS[magic]
+        link = struct.unpack_from(f"{order}I", data, 20)[0] & 0x0FFFFFFF
+        if link not in LINK_TYPES:
+            raise CaptureReadError(f"{path}: link type {link} is not read (read: {link_names()})")
+        log = _Log(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+        _read_pcap(core, fragments, data, order, units, link, log)
+        fragments.finish()
+    finally:
+        if not isinstance(data, bytes):
+            data.close()
+    return finish(contents)
+
+
+def _read_pcap(core: Core, fragments: Fragments, data: Any, order: str, units: int, link: int, log: _Log) -> None:
+    """Every chunk of a classic pcap (the numpy view of the map lives only here, so the map can close)."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    chunks = _pcap_chunks(data, view, order, units)
+    try:
+        for records in chunks:
+            _take(core, fragments, view, data, records, log, link)
+            if isinstance(data, mmap.mmap) and len(records.start):  # read pages leave our memory
+                done = int(records.start[-1]) // mmap.PAGESIZE * mmap.PAGESIZE
+                data.madvise(mmap.MADV_DONTNEED, 0, done)
+    finally:
+        chunks.close()
+        del view
+
+
+def _reference(path: Path, data: Any, core: Core, fragments: Fragments) -> CaptureContents:
+    contents = core.contents
+    for position, record in enumerate(frames(path, data)):
+        contents.packets += 1
+        if isinstance(record, str):
+            contents.skipped[record] += 1
+            continue
+        core.user.position = position
+        take_frame(core, fragments, *record)
+    fragments.finish()
+    return finish(contents)
+
+
+def _network_offsets(view: npt.NDArray[np.uint8], start: IntArray, length: IntArray, link: int) -> IntArray:
+    """Where each frame's IPv4 header starts (-1: not an IPv4 frame this path reads in bulk)."""
+    size = len(view)
+
+    def byte_at(at: IntArray) -> IntArray:
+        return view[np.minimum(at, size - 1)].astype(np.int64)
+
+    if link in (101, 228):
+        offset = np.zeros(len(start), dtype=np.int64)
+    elif link == 1:
+        offset = np.full(len(start), 14, dtype=np.int64)
+        kind = byte_at(start + 12) << 8 | byte_at(start + 13)
+        for _ in range(4):
+            tagged = (kind == 0x8100) | (kind == 0x88A8) | (kind == 0x9100)
+            if not tagged.any():
+                break
+            kind = np.where(tagged, byte_at(start + offset + 2) << 8 | byte_at(start + offset + 3), kind)
+            offset = np.where(tagged, offset + 4, offset)
+        offset = np.where(kind == 0x0800, offset, -1)
+    elif link == 113:
+        offset = np.where((byte_at(start + 14) << 8 | byte_at(start + 15)) == 0x0800, 16, -1)
+    elif link == 276:
+        offset = np.where((byte_at(start) << 8 | byte_at(start + 1)) == 0x0800, 20, -1)
+    elif link == 0:
+        offset = np.where((byte_at(start) == 2) | (byte_at(start + 3) == 2), 4, -1)
+    else:
+        return np.full(len(start), -1, dtype=np.int64)
+    return np.where(length >= offset + 56, offset, -1)  # room for outer IPv4, UDP, GTP-U, inner IPv4
+
+
+def _take(
+    core: Core,
+    fragments: Fragments,
+    view: npt.NDArray[np.uint8],
+    data: Any,
+    records: _Records,
+    log: _Log,
+    link: int,
+) -> None:
+    contents = core.contents
+    contents.packets += len(records.index) + len(records.bad)
+    for reason in records.bad:
+        contents.skipped[reason] += 1
+    start, length = records.start, records.length
+    offset = _network_offsets(view, start, length, link)
+    candidate = offset >= 0
+    ip = start + np.where(candidate, offset, 0)
+    available = length - offset
+    head = view[ip[:, None] + _HEADERS]  # the outer IPv4, UDP and GTP-U headers of every frame, at once
+
+    def be16(at: int) -> IntArray:
+        high: IntArray = head[:, at].astype(np.int64)
+        word: IntArray = high << 8 | head[:, at + 1]
+        return word
+
+    fast = candidate & (head[:, 0] == 0x45)
+    fast &= (be16(6) & 0x3FFF) == 0
+    fast &= head[:, 9] == 17
+    total = be16(2)
+    fast &= total <= available
+    fast &= (be16(22) == GTPU_PORT) | (be16(20) == GTPU_PORT)
+    fast &= be16(24) == total - 20
+    flags = head[:, 28].astype(np.int64)
+    fast &= (head[:, 29] == 255) & (flags & 0xF0 == 0x30) & (be16(30) == total - 36)
+    tpdu = np.where(flags & 0x07, ip + 40, ip + 36)
+    extended = fast & ((flags & 0x04) != 0)
+    if extended.any():  # one extension header (the N3 PDU Session Container): its length, then "no more"
+        size = len(view) - 1
+        ext_length = view[np.minimum(tpdu, size)].astype(np.int64) * 4
+        after = tpdu + ext_length
+        single = (view[np.minimum(ip + 39, size)] != 0) & (ext_length > 0)
+        single &= after <= ip + total
+        single &= view[np.minimum(after - 1, size)] == 0
+        fast &= ~extended | single
+        tpdu = np.where(extended, after, tpdu)
+    end = ip + total
+    room = end - tpdu
+    fast &= room >= 20
+    safe = np.where(fast, tpdu, ip)
+    version = view[safe] >> 4
+    inner_v4 = fast & (version == 4)
+    inner_v6 = fast & (version == 6) & (room >= 40)
+    volume = np.zeros(len(start), dtype=np.int64)
+    v4_total = _be16(view, safe + 2)
+    ok_v4 = inner_v4 & (v4_total >= 20) & (v4_total >= (view[safe] & 0x0F).astype(np.int64) * 4) & (v4_total <= room)
+    v6_total = 40 + _be16(view, np.where(inner_v6, safe + 4, safe))
+    ok_v6 = inner_v6 & (v6_total <= room)
+    volume = np.where(ok_v4, v4_total, np.where(ok_v6, v6_total, 0))
+    fast = ok_v4 | ok_v6
+    # every other record, in order, one by one: control planes, fragments, the unusual
+    slow = np.flatnonzero(~fast)
+    if len(slow):
+        for position in slow.tolist():
+            at, size_ = int(start[position]), int(length[position])
+            core.user.position = int(records.index[position])
+            take_frame(core, fragments, int(records.ts[position]), link, bytes(data[at : at + size_]))
+    _update_log(log, core)
+    chosen = np.flatnonzero(fast)
+    if not len(chosen):
+        return
+    key = (be16(16) << 48 | be16(18) << 32 | be16(32) << 16 | be16(34))[chosen]
+    index = records.index[chosen]
+    owner = _attribute(log, key, index)
+    amounts, instants = volume[chosen], records.ts[chosen]
+    missing = owner < 0
+    if missing.any():
+        contents.skipped[UNKNOWN] += int(missing.sum())
+        contents.unattributed_packets += int(missing.sum())
+        tunnels, inverse = np.unique(key[missing], return_inverse=True)
+        sums = np.bincount(inverse, weights=amounts[missing].astype(np.float64))
+        for tunnel, total_ in zip(tunnels.tolist(), sums.tolist(), strict=True):
+            address = str(ipaddress.IPv4Address((tunnel >> 32) & 0xFFFFFFFF))
+            contents.unattributed[(address, tunnel & 0xFFFFFFFF)] += int(total_)
+    counted = ~missing
+    if not counted.any():
+        return
+    owner, amounts, instants, index = owner[counted], amounts[counted], instants[counted], index[counted]
+    days = (instants // 1_000_000 + core.utc_offset_s) // 86_400
+    groups, inverse = np.unique(owner * (1 << 32) + days, return_inverse=True)
+    sums = np.bincount(inverse, weights=amounts.astype(np.float64))  # exact: a chunk's sum is far below 2^53
+    packets = np.bincount(inverse)
+    latest = np.full(len(groups), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(latest, inverse, instants)
+    for group, total_, count, last in zip(
+        groups.tolist(), sums.tolist(), packets.tolist(), latest.tolist(), strict=True
+    ):
+        tunnel = log.tunnels[group >> 32]
+        assert tunnel is not None
+        bearer, leg, uplink = tunnel
+        day = group & 0xFFFFFFFF
+        counts = bearer.legs.setdefault(leg, LegCounts())
+        (counts.up if uplink else counts.down)[day] += int(total_)
+        counts.last_us[day] = max(counts.last_us.get(day, last), last)
+        counts.packets += count
+    # the route of a session: its earliest uplink T-PDU (closed network or internet)
+    owners, first = np.unique(owner, return_index=True)
+    records_counted = chosen[counted]
+    for tunnel_id, at in zip(owners.tolist(), first.tolist(), strict=True):
+        tunnel = log.tunnels[tunnel_id]
+        assert tunnel is not None
+        bearer, _, uplink = tunnel
+        session = bearer.session
+        if uplink and int(index[at]) < session.route_at:
+            record = records_counted[at]
+            session.route = "closed" if _closed_at(view, int(tpdu[record])) else "internet"
+            session.route_at = int(index[at])
+
+
+def _closed_at(view: npt.NDArray[np.uint8], tpdu: int) -> bool:
+    """Whether the inner packet at ``tpdu`` goes to private space (its destination address)."""
+    from gateway.pcap_reader import _closed
+
+    if view[tpdu] >> 4 == 4:
+        return _closed(bytes(view[tpdu + 16 : tpdu + 20]))
+    return _closed(bytes(view[tpdu + 24 : tpdu + 40]))
