@@ -376,7 +376,7 @@ def _take(
         assert tunnel is not None
         bearer, leg, uplink = tunnel
         day = group & 0xFFFFFFFF
-        counts = bearer.legs.setdefault(leg, LegCounts())
+        counts = bearer.legs.get(leg) or bearer.legs.setdefault(leg, LegCounts())
         (counts.up if uplink else counts.down)[day] += int(total_)
         counts.last_us[day] = max(counts.last_us.get(day, last), last)
         counts.packets += count

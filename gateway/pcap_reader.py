@@ -107,7 +107,7 @@ class CapturedSession:
         route: ``closed`` or ``internet``: where its first uplink T-PDU went (private space or not).
         rejected: Whether every Create response refused it.
         accepted: Whether a Create response accepted it.
-        key: A stable name (the first control F-TEID seen, as ``address-teid``).
+        named_by: What names it: the first control F-TEID (or F-SEID) seen, formatted by :attr:`key`.
     """
 
     imsi: str
@@ -118,10 +118,19 @@ class CapturedSession:
     route: str | None = None
     rejected: bool = False
     accepted: bool = False
-    key: str = ""
+    named_by: tuple[str, bytes, int] | None = None
     control: list[tuple[bytes, int]] = field(default_factory=list)
     route_at: int = 2**62
     """The capture record of the uplink T-PDU that decided :attr:`route` (the earliest one wins)."""
+
+    @property
+    def key(self) -> str:
+        """A stable name: ``ADDRESS-TEID`` of its first control F-TEID (``pfcp-ADDRESS-SEID`` on N4)."""
+        if self.named_by is None:
+            return ""
+        prefix, address, number = self.named_by
+        width = 16 if prefix else 8
+        return f"{prefix}{ipaddress.ip_address(address)}-{number:0{width}x}"
 
     def bearer(self, ebi: int) -> Bearer:
         """The bearer ``ebi`` (made on first use)."""
@@ -528,7 +537,7 @@ class Core:
         if uplink and self.user.position < session.route_at:
             session.route = "closed" if _closed(inner_destination) else "internet"
             session.route_at = self.user.position
-        counts = bearer.legs.setdefault(leg, LegCounts())
+        counts = bearer.legs.get(leg) or bearer.legs.setdefault(leg, LegCounts())
         day = (instant // 1_000_000 + self.utc_offset_s) // 86_400
         (counts.up if uplink else counts.down)[day] += volume
         counts.last_us[day] = max(counts.last_us.get(day, instant), instant)
@@ -545,8 +554,8 @@ class Core:
         for address in fteid.addresses:
             self.control[(address, fteid.teid)] = session
             session.control.append((address, fteid.teid))
-            if not session.key:
-                session.key = f"{ipaddress.ip_address(address)}-{fteid.teid:08x}"
+            if session.named_by is None:
+                session.named_by = ("", address, fteid.teid)
 
     def _drop_bearer(self, bearer: Bearer) -> None:
         for endpoint in bearer.endpoints:
@@ -760,7 +769,7 @@ class Core:
                 if k == 57 and (found := _fseid(value)) is not None:  # CP F-SEID: where the UPF answers
                     for address in found[1]:
                         self.pfcp_sessions[(address, found[0])] = session
-                        session.key = session.key or f"pfcp-{ipaddress.ip_address(address)}-{found[0]:016x}"
+                        session.named_by = session.named_by or ("pfcp-", address, found[0])
             self._pfcp_rules(session, ies)
             self.contents.sessions.append(session)
             self.requests[(source, destination, sequence)] = (session, [])
