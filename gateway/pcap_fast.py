@@ -26,7 +26,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from gateway.capture_file import LINK_TYPES, PCAP_MAGICS, frames, link_names, open_capture
+from gateway.capture_file import LINK_TYPES, PCAP_MAGICS, link_names, open_capture
 from gateway.pcap_reader import (
     GTPU_PORT,
     CaptureContents,
@@ -35,6 +35,7 @@ from gateway.pcap_reader import (
     LegCounts,
     Tunnel,
     finish,
+    read_frames,
     take_frame,
 )
 
@@ -204,7 +205,7 @@ def read_capture_fast(path: Path, utc_offset_s: int = 9 * 3600) -> CaptureConten
             raise CaptureReadError(f"{path}: not a pcap or pcapng file (shorter than a file header)")
         magic = bytes(data[:4])
         if magic not in PCAP_MAGICS or len(data) < SMALLEST:  # pcapng (or tiny): frames one by one
-            return _reference(path, data, core, fragments)
+            return read_frames(path, data, core)
         order, units = PCAP_MAGICS[magic]
         link = struct.unpack_from(f"{order}I", data, 20)[0] & 0x0FFFFFFF
         if link not in LINK_TYPES:
@@ -231,19 +232,6 @@ def _read_pcap(core: Core, fragments: Fragments, data: Any, order: str, units: i
     finally:
         chunks.close()
         del view
-
-
-def _reference(path: Path, data: Any, core: Core, fragments: Fragments) -> CaptureContents:
-    contents = core.contents
-    for position, record in enumerate(frames(path, data)):
-        contents.packets += 1
-        if isinstance(record, str):
-            contents.skipped[record] += 1
-            continue
-        core.user.position = position
-        take_frame(core, fragments, *record)
-    fragments.finish()
-    return finish(contents)
 
 
 def _network_offsets(view: npt.NDArray[np.uint8], start: IntArray, length: IntArray, link: int) -> IntArray:

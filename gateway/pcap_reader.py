@@ -37,7 +37,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from gateway.capture_file import CaptureReadError, frames, network_packet, open_capture
 
@@ -936,20 +936,26 @@ def read_capture(path: Path, utc_offset_s: int = 9 * 3600, engine: str = "fast")
         raise ValueError(f"unknown capture reader {engine!r}")
     contents = CaptureContents()
     core = Core(contents, utc_offset_s)
-    fragments = Fragments(contents.skipped)
     data = open_capture(path)
     try:
-        for position, record in enumerate(frames(path, data)):
-            contents.packets += 1
-            if isinstance(record, str):
-                contents.skipped[record] += 1
-                continue
-            core.user.position = position
-            take_frame(core, fragments, *record)
-        fragments.finish()
+        return read_frames(path, data, core)
     finally:
         if not isinstance(data, bytes):
             data.close()
+
+
+def read_frames(path: Path, data: Any, core: Core) -> CaptureContents:
+    """Every record of a capture's bytes, one by one, into ``core``; its finished contents."""
+    contents = core.contents
+    fragments = Fragments(contents.skipped)
+    for position, record in enumerate(frames(path, data)):
+        contents.packets += 1
+        if isinstance(record, str):
+            contents.skipped[record] += 1
+            continue
+        core.user.position = position
+        take_frame(core, fragments, *record)
+    fragments.finish()
     return finish(contents)
 
 

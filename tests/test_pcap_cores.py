@@ -10,8 +10,6 @@ leg's T-PDU bytes per direction exactly once.
 
 from __future__ import annotations
 
-import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -22,12 +20,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_pcap import require_tshark
 
 from gateway.pcap_reader import read_capture
 from metering.eventlog import read_event_log
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
-TSHARK = shutil.which("tshark")
 MME, SGW_C, PGW_C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
 SGW_U, PGW_U = "10.0.0.12", "10.0.0.13"
 ENB1, ENB2 = "10.0.1.1", "10.0.1.2"
@@ -35,14 +33,6 @@ UE, SERVER, SERVER6 = "10.45.0.2", "10.200.0.9", "fd00::9"
 IMSI = "440100000000001"
 ICCID = "8981300000000000077"
 START = 1_767_193_200  # 2025-12-31T15:00:00Z = 2026-01-01 00:00 JST
-
-
-def require_tshark() -> str:
-    if TSHARK is None:
-        if os.environ.get("MGWSIM_REQUIRE_TOOLS"):
-            pytest.fail("tshark is required (apt-get install tshark)")
-        pytest.skip("tshark is not installed")
-    return TSHARK
 
 
 # --- a small GTPv2-C encoder (TS 29.274), independent of the reader ----------------------------
