@@ -509,3 +509,78 @@ def test_the_fast_reader_agrees_on_a_whole_epc_in_every_link_type(tmp_path: Path
 @pytest.mark.parametrize("capture", PUBLIC, ids=[path.name for path in PUBLIC])
 def test_the_fast_reader_agrees_on_public_captures(capture: Path) -> None:
     assert_readers_agree(capture)
+
+
+def pcapng_block(order: str, kind: int, body: bytes) -> bytes:
+    padded = body + b"\0" * (-len(body) % 4)
+    length = 12 + len(padded)
+    return struct.pack(f"{order}II", kind, length) + padded + struct.pack(f"{order}I", length)
+
+
+def write_pcapng_by_hand(path: Path, packets: list[tuple[float, bytes]], order: str) -> None:
+    """A pcapng section in ``order``, three interfaces: Ethernet (µs), raw IP (ns), loopback (ms as 2^-10 s)."""
+    section = struct.pack(f"{order}IHHq", 0x1A2B3C4D, 1, 0, -1)
+    blocks = [pcapng_block(order, 0x0A0D0D0A, section)]
+    resolutions = {0: None, 1: 9, 2: 0x80 | 10}  # default µs; 10^-9; 2^-10
+    for link, resolution in ((1, resolutions[0]), (101, resolutions[1]), (0, resolutions[2])):
+        options = b""
+        if resolution is not None:
+            options = struct.pack(f"{order}HH", 9, 1) + bytes([resolution]) + b"\0\0\0"
+        options += struct.pack(f"{order}HH", 0, 0)
+        blocks.append(pcapng_block(order, 1, struct.pack(f"{order}HHI", link, 0, 0) + options))
+    for number, (instant, packet) in enumerate(packets):
+        interface = number % 3
+        if interface == 0:
+            frame, units = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + packet, 10**6
+        elif interface == 1:
+            frame, units = packet, 10**9
+        else:
+            frame, units = struct.pack("<I", 2) + packet, 1024
+        stamp = round(instant * units)
+        body = struct.pack(f"{order}IIIII", interface, stamp >> 32, stamp & 0xFFFFFFFF, len(frame), len(frame)) + frame
+        blocks.append(pcapng_block(order, 6, body))
+    path.write_bytes(b"".join(blocks))
+
+
+def write_pcap_by_hand(path: Path, packets: list[tuple[float, bytes]], order: str, nanoseconds: bool) -> None:
+    magic = 0xA1B23C4D if nanoseconds else 0xA1B2C3D4
+    parts = [struct.pack(f"{order}IHHiIII", magic, 2, 4, 0, 0, 65535, 101)]
+    for instant, packet in packets:
+        seconds = int(instant)
+        fraction = round((instant - seconds) * (10**9 if nanoseconds else 10**6))
+        parts.append(struct.pack(f"{order}IIII", seconds, fraction, len(packet), len(packet)) + packet)
+    path.write_bytes(b"".join(parts))
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_pcapng_sections_with_interfaces_of_their_own_link_types_and_resolutions(tmp_path: Path, order: str) -> None:
+    capture = tmp_path / f"epc-{'le' if order == '<' else 'be'}.pcapng"
+    write_pcapng_by_hand(capture, epc_packets(), order)
+    truth = tshark_tunnels(capture)
+    contents = read_capture(capture)
+    (session,) = contents.sessions
+    assert sum(session.up.values()) == sum(truth[key] for key in S5_UP) > 0
+    assert sum(session.down.values()) == sum(truth[key] for key in S5_DOWN)
+    times = subprocess.run(
+        [require_tshark(), "-r", str(capture), "-T", "fields", "-e", "frame.time_epoch"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert abs(session.start_us - float(times[0]) * 1_000_000) <= 1, "the interface's resolution is applied"
+    deletes = subprocess.run(
+        [require_tshark(), "-r", str(capture), "-Y", "gtpv2.message_type == 36", "-T", "fields", "-e",
+         "frame.time_epoch", "-e", "frame.interface_id"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert abs(session.end_us - float(deletes[0]) * 1_000_000) <= 1, f"interface {deletes[1]}'s resolution"
+
+
+@pytest.mark.parametrize(("order", "nanoseconds"), [("<", True), (">", False), (">", True)])
+def test_classic_pcap_in_both_byte_orders_and_resolutions(tmp_path: Path, order: str, nanoseconds: bool) -> None:
+    capture = tmp_path / "epc.pcap"
+    write_pcap_by_hand(capture, epc_packets() * 20, order, nanoseconds)
+    truth = tshark_tunnels(capture)
+    for engine in ("fast", "reference"):
+        contents = read_capture(capture, engine=engine)
+        up = sum(sum(session.up.values()) for session in contents.sessions)
+        assert up == sum(truth[key] for key in S5_UP)
+        assert abs(contents.sessions[0].start_us - (START * 1_000_000 + 10_000)) <= 1  # (the test writes floats)
