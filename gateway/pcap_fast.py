@@ -42,7 +42,9 @@ from gateway.pcap_reader import (
 CHUNK: Final = 1 << 20
 """Records read, classified and counted at a time (at most)."""
 CHUNK_BYTES: Final = 16 << 20
-"""Bytes of capture read at a time (at most): the pages of a chunk leave memory after it."""
+"""Bytes of capture read at a time (at most)."""
+RELEASE_BYTES: Final = 64 << 20
+"""The pages of what was read leave memory in spans of this many bytes."""
 SMALLEST: Final = 4096
 """Captures smaller than this are read one by one (the bulk gathers need room past a frame's end)."""
 IntArray = npt.NDArray[np.int64]
@@ -223,12 +225,15 @@ def _read_pcap(core: Core, fragments: Fragments, data: Any, order: str, units: i
     """Every chunk of a classic pcap (the numpy view of the map lives only here, so the map can close)."""
     view = np.frombuffer(data, dtype=np.uint8)
     chunks = _pcap_chunks(data, view, order, units)
+    released = 0
     try:
         for records in chunks:
             _take(core, fragments, view, data, records, log, link)
             if isinstance(data, mmap.mmap) and len(records.start):  # read pages leave our memory
                 done = int(records.start[-1]) // mmap.PAGESIZE * mmap.PAGESIZE
-                data.madvise(mmap.MADV_DONTNEED, 0, done)
+                if done - released >= RELEASE_BYTES:
+                    data.madvise(mmap.MADV_DONTNEED, released, done - released)
+                    released = done
     finally:
         chunks.close()
         del view

@@ -342,19 +342,22 @@ def _tbcd(value: bytes) -> str:
     return "".join(digits)
 
 
+_IE_HEADER: Final = struct.Struct("!BHB").unpack_from
+
+
 def _v2_ies(body: bytes) -> list[tuple[int, int, bytes]] | None:
     """``(type, instance, value)`` of GTPv2 IEs (``None`` if one overruns the body)."""
     found = []
-    position = 0
-    while position < len(body):
-        if position + 4 > len(body):
+    position, size = 0, len(body)
+    while position < size:
+        if position + 4 > size:
             return None
-        kind, length, flags = struct.unpack_from("!BHB", body, position)
-        value = body[position + 4 : position + 4 + length]
-        if len(value) < length:
+        kind, length, flags = _IE_HEADER(body, position)
+        end = position + 4 + length
+        if end > size:
             return None
-        found.append((kind, flags & 0x0F, value))
-        position += 4 + length
+        found.append((kind, flags & 0x0F, body[position + 4 : end]))
+        position = end
     return found
 
 
@@ -369,7 +372,9 @@ def _fteid(value: bytes) -> _Fteid | None:
     """An F-TEID (TS 29.274 §8.22): interface type, TEID, IPv4 and/or IPv6 address."""
     if len(value) < 5:
         return None
-    flags, teid = value[0], struct.unpack_from("!I", value, 1)[0]
+    flags, teid = value[0], int.from_bytes(value[1:5], "big")
+    if flags & 0xC0 == 0x80:  # IPv4 only, the usual
+        return _Fteid(flags & 0x3F, teid, (value[5:9],) if len(value) >= 9 else ())
     addresses, position = [], 5
     if flags & 0x80:
         addresses.append(value[position : position + 4])
@@ -591,7 +596,11 @@ class Core:
         return contexts
 
     def _register(
-        self, session: CapturedSession, ies: list[tuple[int, int, bytes]], bearers: list[Bearer] | None = None
+        self,
+        session: CapturedSession,
+        ies: list[tuple[int, int, bytes]],
+        bearers: list[Bearer] | None = None,
+        contexts: list[tuple[int, list[_Fteid]]] | None = None,
     ) -> list[Bearer]:
         """Take a message's F-TEIDs: control ones for the session, user ones for its bearers.
 
@@ -602,7 +611,7 @@ class Core:
             if kind == IE_FTEID and (fteid := _fteid(value)) is not None and fteid.interface not in USER_FTEIDS:
                 self._control_endpoint(session, fteid)
         touched = []
-        for position, (ebi, fteids) in enumerate(self._v2_bearers(ies)):
+        for position, (ebi, fteids) in enumerate(contexts if contexts is not None else self._v2_bearers(ies)):
             if ebi == 0 and bearers is not None and position < len(bearers):
                 bearer = bearers[position]
             elif ebi == 0:
@@ -664,7 +673,7 @@ class Core:
                 session = CapturedSession(imsi, instant, default_ebi=ebi)
                 self.open[(imsi, ebi)] = session
                 self.contents.sessions.append(session)
-            self._register(session, ies)
+            self._register(session, ies, contexts=contexts)
             self.requests[(source, destination, sequence)] = (session, [])
             self.creating.setdefault((source, destination), []).append(session)
             return
