@@ -32,8 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.table import Table
 
-from metering.fast import month_sql
-from metering.timeutil import month_start, parse_month
+from metering.timeutil import month_sql, month_start, parse_month
 
 ACCOUNTS = 10
 YEAR_START = month_start(parse_month("2026-01"))

@@ -53,7 +53,7 @@ from metering.rules.sms_fee import sms_fee
 from metering.rules.suboption_fee import suboption_fee
 from metering.store import EventStore, StoreError, store_failure
 from metering.tariff import Tariff
-from metering.timeutil import month_start
+from metering.timeutil import month_sql, month_start
 
 LOG: Final = logging.getLogger(__name__)
 STREAM_BATCH: Final = 100_000
@@ -63,12 +63,6 @@ STREAM_MEMORY_LIMIT: Final = "384MB"
 
 BULK_TYPES: Final = ("sim.traffic", "mono.message", "sms.sent")
 NEVER: Final = 2**62
-
-
-def month_sql(instant: str = "ts") -> str:
-    """SQL of the JST month index (``year * 12 + month - 1``) of an epoch-microsecond expression."""
-    shifted = f"make_timestamp({instant} + 32400000000)"
-    return f"(year({shifted}) * 12 + month({shifted}) - 1)"
 
 
 MONTH_SQL: Final = month_sql()

@@ -101,6 +101,16 @@ def month_of_instant(instant_us: int) -> int:
     return moment.year * 12 + moment.month - 1
 
 
+def month_sql(instant: str = "ts") -> str:
+    """The same JST month index in SQL (DuckDB), of an epoch-microsecond expression.
+
+    ``year * 12 + month - 1`` of the instant shifted by Japan's fixed UTC+9 (:data:`JST_OFFSET_US`),
+    so the columnar rater and :func:`month_of_instant` cannot disagree.
+    """
+    shifted = f"make_timestamp({instant} + {JST_OFFSET_US})"
+    return f"(year({shifted}) * 12 + month({shifted}) - 1)"
+
+
 def month_start(month: int) -> int:
     """Return the instant (epoch microseconds) at which JST month ``month`` starts."""
     year, zero_based = divmod(month, 12)

@@ -31,7 +31,7 @@ from simulator.capture import SIM_MAP_COLUMNS
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from simulator.runner import RunResult
+    from simulator.results import RunResult
     from simulator.scenario import Scenario
 
 BAD_INPUT: Final = 2

@@ -1,7 +1,7 @@
 """``--engine ray``: the fast engine, one Ray task per account, for fleets beyond one process.
 
 Accounts share nothing in a scenario (a fleet's gateway belongs to its account), so each account
-is simulated and rated on its own (:func:`~simulator.runner.simulate_shard`) as a Ray task; the
+is simulated and rated on its own (:func:`~simulator.shard.simulate_shard`) as a Ray task; the
 driver joins the invoices, the figures and — when asked — the event logs.
 
 Randomness needs no coordination: every random draw of a SIM comes from a stream keyed by
@@ -25,8 +25,9 @@ from metering.compact import concatenate_logs
 from metering.rating import merge_ratings
 from metering.store import THREADS_VARIABLE
 from simulator.engine import RunStats
-from simulator.runner import ShardResult, simulate_shard
+from simulator.results import ShardResult
 from simulator.scenario import Scenario
+from simulator.shard import simulate_shard
 
 
 class RayUnavailable(Exception):

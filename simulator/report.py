@@ -16,7 +16,7 @@ from metering.rules import ITEMS
 from metering.timeutil import format_month
 
 if TYPE_CHECKING:
-    from simulator.runner import RunResult
+    from simulator.results import RunResult
 
 EPOCH = date(1970, 1, 1)
 

@@ -10,118 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from metering.atomic import AtomicWriter
 from metering.eventlog import write_event_log
-from metering.events import Event
-from metering.fast import rate_events
-from metering.invoice import InvoiceDocument
-from metering.rating import Rating
-from metering.reference import rate_reference
 from metering.timeutil import format_month
-from simulator.engine import Engine, RunStats
+from simulator.results import MeteringFailure, RunResult, ShardResult
 from simulator.run_folder import write_folder
 from simulator.scenario import Scenario
+from simulator.shard import simulate_shard
+
+__all__ = [
+    "MeteringFailure",
+    "RunResult",
+    "ShardResult",
+    "check_expectations",
+    "compare_golden",
+    "run_scenario",
+    "simulate_shard",
+    "write_outputs",
+]
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass
-class ShardResult:
-    """What simulating and rating some accounts of a scenario produced (all of them, serially).
-
-    ``events`` is empty when the caller did not ask to keep the log; ``event_count`` counts it.
-    """
-
-    events: Sequence[Event]
-    event_count: int
-    stats: RunStats
-    sim_states: Counter[str]
-    rating: Rating
-    simulate_seconds: float = 0.0
-    """Seconds spent simulating (summed over shards with ``--engine ray``)."""
-    rate_seconds: float = 0.0
-    """Seconds spent rating (likewise)."""
-
-
-@dataclass
-class RunResult(ShardResult):
-    """What one run produced: the shard of every account, with its scenario."""
-
-    scenario: Scenario = field(kw_only=True)
-
-    @property
-    def documents(self) -> list[InvoiceDocument]:
-        """The invoice documents, month by month."""
-        return [self.rating.documents[month] for month in sorted(self.rating.documents)]
-
-    def charges_by_item(self) -> dict[int, Counter[str]]:
-        """Month → item → amount (all accounts)."""
-        found: dict[int, Counter[str]] = {}
-        for document in self.documents:
-            month = found.setdefault(document.month, Counter())
-            for invoice in document.invoices:
-                for line in invoice.lines:
-                    month[line.item] += line.amount  # type: ignore[assignment]
-        return found
-
-
-class MeteringFailure(Exception):
-    """The run's own event log did not rate: a defect of the simulator, reported as such."""
-
-
-def simulate_shard(
-    scenario: Scenario,
-    accounts: frozenset[str] | None,
-    rater: str = "fast",
-    engine_name: str = "fast",
-    keep_events: bool = True,
-    progress: Callable[[float], None] | None = None,
-) -> ShardResult:
-    """Simulate the accounts (``None``: all) with the named engine and meter their events.
-
-    Raises:
-        MeteringFailure: If the simulated log does not rate (a defect of the simulator).
-    """
-    from simulator.fast_engine import FastEngine
-
-    began = time.perf_counter()
-    engine = FastEngine(scenario, accounts) if engine_name == "fast" else Engine(scenario, accounts)
-    LOG.info(
-        "simulating %s with the %s engine: %d SIMs, %s",
-        scenario.name,
-        engine_name,
-        len(engine.devices),
-        "all accounts" if accounts is None else "accounts " + ", ".join(sorted(accounts)),
-    )
-    events = engine.run(progress)
-    states = Counter(device.status for device in engine.devices)
-    states["registered at the end"] = engine.registered_count
-    stats = engine.stats
-    del engine  # the devices and their timelines are not needed to rate: free them first
-    simulated = time.perf_counter()
-    LOG.info("simulated in %.1f s: %d sessions, %d events", simulated - began, stats.sessions, len(events))
-    if rater == "reference":
-        rating = rate_reference(events, scenario.tariff, scenario.billing_months)
-    else:
-        rating = rate_events(events, scenario.tariff, scenario.billing_months)
-    if rating.errors:
-        raise MeteringFailure(f"the simulated event log does not rate: {rating.errors[0]}")
-    rated = time.perf_counter()
-    months = len(scenario.billing_months)
-    LOG.info(
-        "metered %d month%s with the %s rater in %.1f s", months, "" if months == 1 else "s", rater, rated - simulated
-    )
-    return ShardResult(
-        events if keep_events else [], len(events), stats, states, rating, simulated - began, rated - simulated
-    )
 
 
 def run_scenario(
@@ -147,7 +60,7 @@ def run_scenario(
 
         shard = run_sharded(scenario, rater, ray_address, keep_events, progress)
     else:
-        shard = simulate_shard(scenario, None, rater, engine_name, keep_events, progress)
+        shard = simulate_shard(scenario, None, rater, engine_name, keep_events, progress)  # checks the name
     return RunResult(**vars(shard), scenario=scenario)
 
 

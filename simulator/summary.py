@@ -13,7 +13,7 @@ from metering.rules import ITEMS
 from metering.timeutil import format_month
 
 if TYPE_CHECKING:
-    from simulator.runner import RunResult
+    from simulator.results import RunResult
 
 
 def summary_tables(result: RunResult) -> Iterator[Table]:

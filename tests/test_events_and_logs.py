@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import write_jsonl
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from metering.eventlog import EventLogError, read_event_log, write_event_log
 from metering.events import Event, EventError, event_from_mapping
-from metering.timeutil import month_of_instant, parse_instant, parse_month
+from metering.timeutil import MAX_INSTANT, month_of_instant, month_sql, parse_instant, parse_month
 
 SIM = "8981300000000000001"
 
@@ -114,3 +116,12 @@ def test_parquet_and_jsonl_round_trip_to_the_same_events(tmp_path: Path) -> None
 def test_unknown_suffix(tmp_path: Path) -> None:
     with pytest.raises(EventLogError, match="unknown event log format"):
         read_event_log(tmp_path / "log.csv")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=MAX_INSTANT))
+def test_the_jst_month_is_the_same_fact_in_python_and_in_sql(instant: int) -> None:
+    import duckdb
+
+    ((found,),) = duckdb.sql(f"SELECT {month_sql(str(instant))}").fetchall()
+    assert found == month_of_instant(instant)

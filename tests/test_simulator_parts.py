@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,3 +185,14 @@ def test_counted_traffic_equals_the_sum_of_generated_bursts(
 def test_large_freed_blocks_are_kept_for_reuse_on_linux() -> None:
     """The fast engine's batches reuse their memory (glibc's thresholds are raised)."""
     assert keep_freed_blocks() is sys.platform.startswith("linux")
+
+
+def test_an_unknown_engine_is_an_error_not_a_fallback() -> None:
+    import pytest
+
+    from simulator.runner import run_scenario
+    from simulator.scenario import load_scenario
+
+    scenario = load_scenario(ROOT / "scenarios/pin-lockout.toml")
+    with pytest.raises(ValueError, match="unknown engine 'slow'"):
+        run_scenario(scenario, engine_name="slow")

@@ -1,0 +1,61 @@
+"""What a run produces: the result types shared by the runner, the Ray engine, the report and the CLI.
+
+They live apart from the code that makes them, so that the runner, the Ray engine and the report
+import them without importing each other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from metering.events import Event
+from metering.invoice import InvoiceDocument
+from metering.rating import Rating
+from simulator.engine import RunStats
+from simulator.scenario import Scenario
+
+
+@dataclass
+class ShardResult:
+    """What simulating and rating some accounts of a scenario produced (all of them, serially).
+
+    ``events`` is empty when the caller did not ask to keep the log; ``event_count`` counts it.
+    """
+
+    events: Sequence[Event]
+    event_count: int
+    stats: RunStats
+    sim_states: Counter[str]
+    rating: Rating
+    simulate_seconds: float = 0.0
+    """Seconds spent simulating (summed over shards with ``--engine ray``)."""
+    rate_seconds: float = 0.0
+    """Seconds spent rating (likewise)."""
+
+
+@dataclass
+class RunResult(ShardResult):
+    """What one run produced: the shard of every account, with its scenario."""
+
+    scenario: Scenario = field(kw_only=True)
+
+    @property
+    def documents(self) -> list[InvoiceDocument]:
+        """The invoice documents, month by month."""
+        return [self.rating.documents[month] for month in sorted(self.rating.documents)]
+
+    def charges_by_item(self) -> dict[int, Counter[str]]:
+        """Month → item → amount (all accounts)."""
+        found: dict[int, Counter[str]] = {}
+        for document in self.documents:
+            month = found.setdefault(document.month, Counter())
+            for invoice in document.invoices:
+                for line in invoice.lines:
+                    month[line.item] += line.amount  # type: ignore[assignment]
+        return found
+
+
+class MeteringFailure(Exception):
+    """The run's own event log did not rate: a defect of the simulator, reported as such."""
