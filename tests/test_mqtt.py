@@ -79,9 +79,23 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         broker.stop()
 
 
-def start_meter(broker: Mosquitto, out: Path, expect: int, client: str) -> subprocess.Popen[str]:
+def meter_command(broker: Mosquitto, out: Path, expect: int, client: str, idle: float = 60) -> list[str]:
     command = [sys.executable, "-m", "simulator.cli", "meter-mqtt", "--broker", broker.url, "--topic", "mono/#"]
-    command += ["--out", str(out), "--expect", str(expect), "--client-id", client, "--idle", "60"]
+    return [*command, "--out", str(out), "--expect", str(expect), "--client-id", client, "--idle", str(idle)]
+
+
+def stream(prefix: str, count: int) -> list[PlatformMessage]:
+    """``count`` platform messages of 50 devices, a microsecond apart."""
+    return [
+        PlatformMessage(
+            f"{prefix}/{number}#1", "acct-1", f"89813000000000{number % 50:05d}", 1_767_193_200_000_000 + number
+        )
+        for number in range(count)
+    ]
+
+
+def start_meter(broker: Mosquitto, out: Path, expect: int, client: str) -> subprocess.Popen[str]:
+    command = meter_command(broker, out, expect, client)
     meter = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     assert meter.stderr is not None
     assert "subscribed" in meter.stderr.readline()
@@ -114,10 +128,7 @@ def test_every_platform_message_of_a_run_arrives_and_meters_the_same(mosquitto: 
 
 def test_a_broker_restart_in_the_middle_loses_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
     count = 20_000
-    messages = [
-        PlatformMessage(f"m/{number}#1", "acct-1", f"89813000000000{number % 50:05d}", 1_767_193_200_000_000 + number)
-        for number in range(count)
-    ]
+    messages = stream("m", count)
     out = tmp_path / "mono.jsonl"
     meter = start_meter(mosquitto, out, count, "restart")
     acknowledged: list[int] = []
@@ -265,21 +276,13 @@ def test_tls_with_a_test_ca(tmp_path: Path) -> None:
         process.wait(timeout=10)
 
 
-def meter_command(broker: Mosquitto, out: Path, expect: int, client: str, idle: float = 60) -> list[str]:
-    command = [sys.executable, "-m", "simulator.cli", "meter-mqtt", "--broker", broker.url, "--topic", "mono/#"]
-    return [*command, "--out", str(out), "--expect", str(expect), "--client-id", client, "--idle", str(idle)]
-
-
 def test_a_meter_killed_at_random_points_loses_and_doubles_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
     """SIGKILL three times while 20,000 messages stream in; each rerun with the client id resumes."""
     import random
     import signal
 
     count = 20_000
-    messages = [
-        PlatformMessage(f"k/{number}#1", "acct-1", f"89813000000000{number % 50:05d}", 1_767_193_200_000_000 + number)
-        for number in range(count)
-    ]
+    messages = stream("k", count)
     out = tmp_path / "mono.jsonl"
     env = {**os.environ, "COLUMNS": "200"}
     meter = start_meter(mosquitto, out, count, "killed")
