@@ -37,6 +37,7 @@ from gateway.pcap_reader import (
     Fragments,
     LegCounts,
     Tunnel,
+    _closed,
     finish,
     read_frames,
     take_frame,
@@ -60,7 +61,6 @@ class _Records:
 
     index: IntArray
     ts: IntArray
-    link: IntArray
     start: IntArray
     length: IntArray
     bad: list[str]
@@ -74,7 +74,6 @@ def _pcap_chunks(data: Any, view: npt.NDArray[np.uint8], order: str, units: int)
     """
     caplen = struct.Struct(f"{order}I").unpack_from
     size = len(data)
-    link = struct.unpack_from(f"{order}I", data, 20)[0] & 0x0FFFFFFF
     u32 = np.dtype(f"{order}u4")
     position, number = 24, 0
     while position < size:
@@ -131,7 +130,6 @@ def _pcap_chunks(data: Any, view: npt.NDArray[np.uint8], order: str, units: int)
         yield _Records(
             index=index[keep],
             ts=(seconds * 1_000_000 + fraction * 1_000_000 // units)[keep],
-            link=np.full(int(keep.sum()), link, dtype=np.int64),
             start=(heads + 16)[keep],
             length=captured_[keep],
             bad=bad,
@@ -435,8 +433,6 @@ def _take(
 
 def _closed_at(view: npt.NDArray[np.uint8], tpdu: int) -> bool:
     """Whether the inner packet at ``tpdu`` goes to private space (its destination address)."""
-    from gateway.pcap_reader import _closed
-
     if view[tpdu] >> 4 == 4:
         return _closed(bytes(view[tpdu + 16 : tpdu + 20]))
     return _closed(bytes(view[tpdu + 24 : tpdu + 40]))

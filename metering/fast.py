@@ -77,10 +77,12 @@ def order_key(alias: str = "") -> str:
 ORDER_KEY: Final = order_key()
 SIMPLE_VOLUME: Final = 2**62
 """A SIM with a month of this many bytes or more is rated by the reference rules (exact Python ints)."""
+REGISTERED_SQL: Final = f"({order_key('e')} > s.start_key AND (s.end_key IS NULL OR {order_key('e')} < s.end_key))"
+"""Whether event ``e`` lies inside the registration of simple SIM ``s``, in processing order (as the
+reference replay decides it)."""
 COMMUNICATION_SQL: Final = (
-    "(e.type = 'sim.traffic' AND (e.up_bytes > 0 OR e.down_bytes > 0)) OR (e.type = 'mono.message' "
-    f"AND {order_key('e')} > s.start_key "
-    f"AND (s.end_key IS NULL OR {order_key('e')} < s.end_key))"
+    "(e.type = 'sim.traffic' AND (e.up_bytes > 0 OR e.down_bytes > 0)) "
+    f"OR (e.type = 'mono.message' AND {REGISTERED_SQL})"
 )
 """Whether event ``e`` of simple SIM ``s`` is communication (Art. 38(2), 57(2)): traffic of more
 than 0 bytes, or a platform message while the SIM is registered (in processing order, as the
@@ -402,8 +404,7 @@ class FastRater:
             CREATE OR REPLACE TEMP TABLE message_month AS
             SELECT s.idx, {month_sql("e.ts")} AS month
             FROM events e JOIN simple_sims s ON e.account = s.account AND e.sim = s.sim
-            WHERE e.type = 'mono.message' AND {order_key("e")} > s.start_key
-              AND (s.end_key IS NULL OR {order_key("e")} < s.end_key)
+            WHERE e.type = 'mono.message' AND {REGISTERED_SQL}
             GROUP BY ALL
             """
         )

@@ -216,6 +216,13 @@ def write_cooked(path: Path, packets: list[tuple[float, bytes]], version: int) -
     writer.close()
 
 
+def write_raw(path: Path, packets: list[Any]) -> None:
+    """A classic pcap of raw IP packets (link type 101), by scapy's own writer."""
+    from scapy.utils import wrpcap
+
+    wrpcap(str(path), packets, linktype=101)
+
+
 def tshark_tunnels(capture: Path) -> Counter[tuple[str, int]]:
     """tshark's T-PDU bytes per (outer destination, TEID): inner ip.len, or ipv6.plen + 40."""
     command = [require_tshark(), "-r", str(capture), "-Y", "gtp.message == 0xff", "-T", "fields", "-E", "occurrence=a"]
@@ -307,9 +314,7 @@ def test_gtpv1_gn_pdp_contexts_and_n3_extension_headers(tmp_path: Path) -> None:
         IP(src="10.9.0.1", dst="10.9.0.2") / UDP(sport=2152, dport=2152) / Raw(gpdu(1, inner(True, 640), container)),
     ]
     capture = tmp_path / "gn.pcap"
-    from scapy.utils import wrpcap
-
-    wrpcap(str(capture), packets, linktype=101)
+    write_raw(capture, packets)
     truth = tshark_tunnels(capture)
     contents = read_capture(capture)
     (session,) = contents.sessions
@@ -421,9 +426,7 @@ def test_5g_n3_sessions_from_pfcp(tmp_path: Path) -> None:
     n4(upf, smf, pfcp(55, 101, 31, pfcp_ie(19, b"\x01")))
     n3(True, 1, 100)  # after the deletion
     capture = tmp_path / "n3.pcap"
-    from scapy.utils import wrpcap
-
-    wrpcap(str(capture), packets, linktype=101)
+    write_raw(capture, packets)
     truth = tshark_tunnels(capture)
     contents = read_capture(capture)
     (session,) = contents.sessions
@@ -487,7 +490,7 @@ def test_the_fast_reader_counts_what_the_reference_counts(
 @pytest.mark.parametrize("form", ["ethernet", "sll", "sll2", "raw"])
 def test_the_fast_reader_agrees_on_a_whole_epc_in_every_link_type(tmp_path: Path, form: str) -> None:
     from scapy.layers.l2 import Dot1Q, Ether
-    from scapy.utils import PcapWriter, wrpcap
+    from scapy.utils import PcapWriter
 
     packets = epc_packets() * 40  # large enough for the bulk path; the repeats are redeliveries
     capture = tmp_path / f"epc-{form}.pcap"
@@ -495,7 +498,7 @@ def test_the_fast_reader_agrees_on_a_whole_epc_in_every_link_type(tmp_path: Path
         write_cooked(capture, packets, 1 if form == "sll" else 2)
     elif form == "raw":
         IP = scapy_layers()[0]
-        wrpcap(str(capture), [IP(packet) for _, packet in packets], linktype=101)
+        write_raw(capture, [IP(packet) for _, packet in packets])
     else:
         IP = scapy_layers()[0]
         writer = PcapWriter(str(capture), linktype=1)
