@@ -30,7 +30,6 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -49,7 +48,6 @@ PAYLOAD_BYTES: Final = 16
 IN_FLIGHT: Final = 32
 """QoS 1 publishes awaiting their PUBACK at once (aiomqtt and paho scan the in-flight ones per call:
 more costs time per message, fewer leaves the loopback round trip idle)."""
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 BATCH: Final = 5_000
 """Messages handed to the client at a time (progress is reported per batch)."""
 MAX_BACKOFF_S: Final = 30.0

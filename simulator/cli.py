@@ -2,9 +2,10 @@
 
 Every command validates its whole input before it prints anything: bad input gets one line on
 standard error naming the file and line (or key) and the reason, exit status 2, and nothing
-half-written. Every other failure is one line too, with its own status (:data:`EXIT_STATUSES`):
-an unavailable resource (a broker, Ray) 3, an I/O failure (a full disk, a file that cannot be
-written or read, a damaged store) 4, and a bug in mgwsim 70 — with the traceback under ``-v``.
+half-written; a damaged store counts as bad input. Every other failure is one line too, with its
+own status (:data:`EXIT_STATUSES`): an unavailable resource (a broker, Ray, a store another process
+holds) 3, an I/O failure (a full disk, a file that cannot be written or read) 4, and a bug in
+mgwsim 70 — with the traceback under ``-v``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ if TYPE_CHECKING:
 BAD_INPUT: Final = 2
 """Exit status: bad input (a file, line or key named), a bad option, or a damaged store."""
 UNAVAILABLE: Final = 3
-"""Exit status: a resource that cannot be reached (an MQTT broker, a Ray cluster)."""
+"""Exit status: a resource that cannot be reached (an MQTT broker, a Ray cluster, a store another process holds)."""
 IO_FAILURE: Final = 4
-"""Exit status: reading or writing failed (full disk, no permission, I/O error, a damaged store)."""
+"""Exit status: reading or writing failed (full disk, no permission, an I/O error)."""
 BUG: Final = 70
 """Exit status: a bug in mgwsim (EX_SOFTWARE); the traceback is printed with ``-v``."""
 EXIT_STATUSES: Final = (
