@@ -24,7 +24,7 @@ import stat
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 ETHERTYPE_IPV4: Final = 0x0800
 ETHERTYPE_IPV6: Final = 0x86DD
@@ -39,7 +39,10 @@ PCAP_MAGICS: Final = {
     b"\xa1\xb2\x3c\x4d": (">", 1_000_000_000),
 }
 """Classic pcap magic numbers: byte order and timestamp units per second."""
-_PCAPNG_SHB: Final = 0x0A0D0D0A
+PCAPNG_SHB: Final = 0x0A0D0D0A
+"""The block type of a pcapng Section Header Block (a palindrome: the same in both byte orders)."""
+PCAPNG_PACKETS: Final = (2, 3, 6)
+"""pcapng block types that carry a packet: obsolete Packet, Simple Packet, Enhanced Packet."""
 _PCAPNG_BOM: Final = 0x1A2B3C4D
 _NULL_IPV6: Final = (24, 28, 30)
 """BSD address families of IPv6 (NetBSD/OpenBSD, FreeBSD, macOS)."""
@@ -82,7 +85,7 @@ def frames(path: Path, data: bytes | mmap.mmap) -> Iterator[Frame | str]:
     magic = bytes(data[:4])
     if magic in PCAP_MAGICS:
         return _pcap_frames(path, data, *PCAP_MAGICS[magic])
-    if struct.unpack_from("<I", data, 0)[0] == _PCAPNG_SHB:
+    if struct.unpack_from("<I", data, 0)[0] == PCAPNG_SHB:
         return _pcapng_frames(path, data)
     raise CaptureReadError(f"{path}: not a pcap or pcapng file (magic {magic.hex()})")
 
@@ -122,8 +125,21 @@ def _resolution(value: int) -> int:
     return int(2 ** (value & 0x7F) if value & 0x80 else 10 ** (value & 0x7F))
 
 
-def _interface(body: bytes, order: str) -> tuple[int, int, int, int]:
-    """Link type, snap length, units per second and offset (seconds) of an Interface Description Block."""
+class Interface(NamedTuple):
+    """What an Interface Description Block says about the packets captured on it."""
+
+    link: int
+    """The link type (LINKTYPE number)."""
+    snap: int
+    """The snap length (0: none)."""
+    units: int
+    """Timestamp units per second (``if_tsresol``; default microseconds)."""
+    offset: int
+    """Seconds added to every timestamp (``if_tsoffset``)."""
+
+
+def interface_block(body: bytes, order: str) -> Interface:
+    """The :class:`Interface` an Interface Description Block's body describes."""
     link, _, snap = struct.unpack_from(f"{order}HHI", body, 0)
     units, offset = 1_000_000, 0
     position = 8
@@ -137,23 +153,63 @@ def _interface(body: bytes, order: str) -> tuple[int, int, int, int]:
         elif code == 14 and length >= 8:
             offset = struct.unpack_from(f"{order}q", value)[0]
         position += 4 + (length + 3) // 4 * 4
-    return link, snap, units, offset
+    return Interface(link, snap, units, offset)
+
+
+def section_order(path: Path, data: bytes | mmap.mmap, position: int) -> str:
+    """The byte order of the pcapng section whose Section Header Block starts at ``position``.
+
+    Raises:
+        CaptureReadError: If the byte-order magic is neither order's.
+    """
+    magic = struct.unpack_from("<I", data, position + 8)[0]
+    order = "<" if magic == _PCAPNG_BOM else ">"
+    if struct.unpack_from(f"{order}I", data, position + 8)[0] != _PCAPNG_BOM:
+        raise CaptureReadError(f"{path}: damaged pcapng section header at byte {position}")
+    return order
+
+
+def packet_block(kind: int, body: bytes, order: str, interfaces: list[Interface]) -> Frame | str:
+    """The frame of an Enhanced (6), Simple (3) or obsolete (2) Packet Block, or why there is none."""
+    if kind == 3:  # Simple Packet Block: interface 0, no timestamp
+        if not interfaces or len(body) < 4:
+            return "pcapng packet without an interface"
+        (original,) = struct.unpack_from(f"{order}I", body, 0)
+        link, snap, _, _ = interfaces[0]
+        captured = min(original, snap or original, len(body) - 4)
+        frame, stamp, units, offset = body[4 : 4 + captured], 0, 1_000_000, 0
+    else:
+        if len(body) < 20:
+            return "truncated pcapng packet"
+        if kind == 6:
+            index, high, low, captured, original = struct.unpack_from(f"{order}IIIII", body, 0)
+        else:  # Packet Block (obsolete): 16-bit interface id and drops count
+            index, _, high, low, captured, original = struct.unpack_from(f"{order}HHIIII", body, 0)
+        if index >= len(interfaces):
+            return "pcapng packet without an interface"
+        link, _, units, offset = interfaces[index]
+        frame = body[20 : 20 + captured]
+        if len(frame) < captured:
+            return "truncated packet"
+        stamp = (high << 32) | low
+    if link not in LINK_TYPES:
+        return f"link type {link} is not read"
+    if len(frame) < original:
+        return "packet cut by the capture's snap length"
+    return offset * 1_000_000 + stamp * 1_000_000 // units, link, frame
 
 
 def _pcapng_frames(path: Path, data: bytes | mmap.mmap) -> Iterator[Frame | str]:
     position, size = 0, len(data)
     order = "<"
-    interfaces: list[tuple[int, int, int, int]] = []
+    interfaces: list[Interface] = []
     while position < size:
         if position + 12 > size:
             yield "truncated pcapng block"
             return
         kind = struct.unpack_from("<I", data, position)[0]
-        if kind == _PCAPNG_SHB:  # a new section: its byte order, its own interfaces
-            magic = struct.unpack_from("<I", data, position + 8)[0]
-            order = "<" if magic == _PCAPNG_BOM else ">"
-            if struct.unpack_from(f"{order}I", data, position + 8)[0] != _PCAPNG_BOM:
-                raise CaptureReadError(f"{path}: damaged pcapng section header at byte {position}")
+        if kind == PCAPNG_SHB:  # a new section: its byte order, its own interfaces
+            order = section_order(path, data, position)
             interfaces = []
         kind, length = struct.unpack_from(f"{order}II", data, position)
         if length < 12 or length % 4 or position + length > size:
@@ -162,50 +218,13 @@ def _pcapng_frames(path: Path, data: bytes | mmap.mmap) -> Iterator[Frame | str]
         body = bytes(data[position + 8 : position + length - 4])
         position += length
         if kind == 1:
-            link, snap, units, offset = _interface(body, order)
-            interfaces.append((link, snap, units, offset))
-            if link not in LINK_TYPES:
-                yield f"interface with link type {link} (not read)"
-            continue
-        if kind not in (2, 3, 6):
-            continue  # section header, statistics, name resolution, custom …
-        if kind == 3:  # Simple Packet Block: interface 0, no timestamp
-            if not interfaces or len(body) < 4:
-                yield "pcapng packet without an interface"
-                continue
-            (original,) = struct.unpack_from(f"{order}I", body, 0)
-            link, snap, _, _ = interfaces[0]
-            captured = min(original, snap or original, len(body) - 4)
-            frame, stamp, units, offset = body[4 : 4 + captured], 0, 1_000_000, 0
-        else:
-            if kind == 6:
-                if len(body) < 20:
-                    yield "truncated pcapng packet"
-                    continue
-                index, high, low, captured, original = struct.unpack_from(f"{order}IIIII", body, 0)
-                start = 20
-            else:  # Packet Block (obsolete): 16-bit interface id and drops count
-                if len(body) < 20:
-                    yield "truncated pcapng packet"
-                    continue
-                index, _, high, low, captured, original = struct.unpack_from(f"{order}HHIIII", body, 0)
-                start = 20
-            if index >= len(interfaces):
-                yield "pcapng packet without an interface"
-                continue
-            link, _, units, offset = interfaces[index]
-            frame = body[start : start + captured]
-            if len(frame) < captured:
-                yield "truncated packet"
-                continue
-            stamp = (high << 32) | low
-        if link not in LINK_TYPES:
-            yield f"link type {link} is not read"
-            continue
-        if len(frame) < original:
-            yield "packet cut by the capture's snap length"
-            continue
-        yield offset * 1_000_000 + stamp * 1_000_000 // units, link, frame
+            interface = interface_block(body, order)
+            interfaces.append(interface)
+            if interface.link not in LINK_TYPES:
+                yield f"interface with link type {interface.link} (not read)"
+        elif kind in PCAPNG_PACKETS:
+            yield packet_block(kind, body, order, interfaces)
+        # other blocks (section header, statistics, name resolution, custom …) carry no packet
 
 
 def network_packet(link: int, frame: bytes) -> tuple[int, bytes] | str:

@@ -1,25 +1,28 @@
 """The fast capture reader: G-PDUs found and counted in bulk with numpy, everything else one by one.
 
 The obvious reader (:func:`gateway.pcap_reader.read_capture` with ``engine="reference"``) takes
-every packet through Python. Here a capture is read in chunks of :data:`CHUNK` records: the
-record offsets are found by walking the record headers, and the fixed fields of every frame —
+every packet through Python. Here a capture is read in chunks of at most :data:`CHUNK` records
+and :data:`CHUNK_BYTES` bytes: the record offsets are found by walking the record headers (a
+classic pcap's 16-byte headers, a pcapng file's blocks), and the fixed fields of every frame —
 link layer, outer IPv4 header, UDP ports, GTP-U flags and TEID, the inner IP length — are gathered
 with numpy over the memory map. The plain G-PDUs (outer IPv4 without options or fragments, GTP-U
 with at most one extension header, a whole inner IPv4 or IPv6 packet) are counted in bulk; every
-other record (control messages, fragments, outer IPv6, anything unusual) goes, in capture order,
-through the reference's own code, which also keeps the tunnel table. Each change of that table is
-logged with its record number, so a G-PDU counted in bulk is attributed to the tunnel that held
-at its record, exactly as the reference would. Memory is bounded by the chunk, not the capture.
-A property test demands the same contents from both readers.
+other record (control messages, fragments, outer IPv6, pcapng blocks the columns cannot carry,
+anything unusual) goes, in capture order, through the reference's own code, which also keeps the
+tunnel table. Each change of that table is logged with its record number, so a G-PDU counted in
+bulk is attributed to the tunnel that held at its record, exactly as the reference would. Memory
+is bounded by the chunk, not the capture. Property tests demand the same contents from both
+readers, on clean and randomly damaged pcap and pcapng files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import mmap
 import struct
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -27,7 +30,19 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from gateway.capture_file import LINK_TYPES, PCAP_MAGICS, link_names, open_capture
+from gateway.capture_file import (
+    LINK_TYPES,
+    PCAP_MAGICS,
+    PCAPNG_PACKETS,
+    PCAPNG_SHB,
+    Frame,
+    Interface,
+    interface_block,
+    link_names,
+    open_capture,
+    packet_block,
+    section_order,
+)
 from gateway.pcap_reader import (
     GTPC_PORT,
     GTPU_PORT,
@@ -57,16 +72,23 @@ UNKNOWN: Final = "G-PDU for an unknown tunnel (address, TEID)"
 
 @dataclass
 class _Records:
-    """One chunk of capture records, as columns (frames that could not be read are listed apart)."""
+    """One chunk of capture records: the packets as columns, the rest as items taken one by one.
+
+    ``odd`` holds, with their record numbers, the records the columns cannot carry: frames of
+    packet blocks read one by one, and the reasons records could not be read.
+    """
 
     index: IntArray
     ts: IntArray
     start: IntArray
     length: IntArray
-    bad: list[str]
+    link: IntArray
+    odd: list[tuple[int, Frame | str]]
 
 
-def _pcap_chunks(data: Any, view: npt.NDArray[np.uint8], order: str, units: int) -> Generator[_Records, None, None]:
+def _pcap_chunks(
+    data: Any, view: npt.NDArray[np.uint8], order: str, units: int, link: int
+) -> Generator[_Records, None, None]:
     """Classic pcap: record positions by walking the 16-byte record headers, fields gathered after.
 
     Records of equal size follow each other in bulk transfers (full-size G-PDUs): after a few,
@@ -80,7 +102,7 @@ def _pcap_chunks(data: Any, view: npt.NDArray[np.uint8], order: str, units: int)
         segments: list[IntArray] = []
         singles: list[int] = []
         append = singles.append
-        bad: list[str] = []
+        bad: list[str] = []  # at the chunk's end
         taken, previous, run, reach = 0, -1, 0, 64
         limit = min(size, position + CHUNK_BYTES)
         while position < limit and taken < CHUNK:
@@ -121,26 +143,174 @@ def _pcap_chunks(data: Any, view: npt.NDArray[np.uint8], order: str, units: int)
         heads = np.concatenate(segments)
         fields = view[heads[:, None] + _SIXTEEN].view(u32).astype(np.int64)
         seconds, fraction, captured_, original = fields[:, 0], fields[:, 1], fields[:, 2], fields[:, 3]
-        whole = captured_ >= original
-        cut = int((~whole).sum())
-        bad.extend(["packet cut by the capture's snap length"] * cut)
         count = len(heads)
         index = number + np.arange(count, dtype=np.int64)
-        keep = whole
+        keep = captured_ >= original
+        odd: list[tuple[int, Frame | str]] = [(position_, _CUT) for position_ in index[~keep].tolist()]
+        odd += [(number + count + k, reason) for k, reason in enumerate(bad)]
         yield _Records(
             index=index[keep],
             ts=(seconds * 1_000_000 + fraction * 1_000_000 // units)[keep],
             start=(heads + 16)[keep],
             length=captured_[keep],
-            bad=bad,
+            link=np.full(int(keep.sum()), link, dtype=np.int64),
+            odd=odd,
         )
-        number += count + (len(bad) - cut)
+        number += count + len(bad)
+
+
+_CUT: Final = "packet cut by the capture's snap length"
+_NEVER: Final = 1 << 62
+"""A record number no capture reaches."""
+
+
+_EPB_FIELDS: Final = np.arange(28, dtype=np.int64)[None, :]
+"""An Enhanced Packet Block's fixed fields: type, length, interface, timestamp (high, low), captured, original."""
+_WIDEST_UNITS: Final = 10**12
+"""Interfaces with timestamp units up to this many per second have their timestamps converted in bulk."""
+_LATEST_SECOND: Final = 1 << 42
+"""Timestamps (and offsets) beyond this many seconds are converted one by one, in Python's integers."""
+
+
+def _pcapng_chunks(path: Path, data: Any, view: npt.NDArray[np.uint8]) -> Generator[_Records, None, None]:
+    """pcapng: Enhanced Packet Blocks as columns, every other block read as the reference reads it.
+
+    The blocks are walked by their lengths (runs of equal lengths predicted and checked with numpy,
+    as in :func:`_pcap_chunks`). A chunk ends before a Section Header Block (a new byte order) and
+    before an Interface Description Block (the interfaces a chunk's packets refer to are then all
+    known). An Enhanced Packet Block the columns cannot carry — an unknown interface or link type,
+    a truncated or cut packet, a timestamp resolution or offset beyond the bulk conversion — is
+    read by :func:`gateway.capture_file.packet_block`, as the reference reads it.
+    """
+    size = len(data)
+    position, number, order = 0, 0, "<"
+    interfaces: list[Interface] = []
+    while position < size:
+        base = number
+        segments: list[IntArray] = []
+        singles: list[int] = []
+        odd: list[tuple[int, Frame | str]] = []
+        taken, previous, run, reach = 0, -1, 0, 64
+        limit = min(size, position + CHUNK_BYTES)
+        block = struct.Struct(f"{order}II").unpack_from
+        u32 = np.dtype(f"{order}u4")
+        while position < limit and taken < CHUNK:
+            if position + 12 > size:
+                odd.append((number, "truncated pcapng block"))
+                number, position = number + 1, size
+                break
+            kind = block(data, position)[0]  # (a section header's type reads the same in both orders)
+            if kind in (PCAPNG_SHB, 1) and taken:
+                break  # a new section or interface: the packets before it are a chunk of their own
+            if kind == PCAPNG_SHB:
+                order = section_order(path, data, position)
+                interfaces = []
+                block = struct.Struct(f"{order}II").unpack_from
+                u32 = np.dtype(f"{order}u4")
+            kind, length = block(data, position)
+            if length < 12 or length % 4 or position + length > size:
+                odd.append((number, "truncated pcapng block"))
+                number, position = number + 1, size
+                break
+            if kind == 6:
+                singles.append(position)
+                taken += 1
+                number += 1
+                position += length
+                run = run + 1 if length == previous else 0
+                previous = length
+                while run >= 3:  # predict the run's next blocks, as long as the prediction holds
+                    ahead = min(reach, (limit - position) // length, CHUNK - taken)
+                    if ahead < 2:
+                        break
+                    predicted = position + length * np.arange(ahead, dtype=np.int64)
+                    heads = view[predicted[:, None] + _EIGHT].view(u32).reshape(-1, 2)
+                    wrong = np.flatnonzero((heads[:, 0] != 6) | (heads[:, 1] != length))
+                    good = int(wrong[0]) if len(wrong) else ahead
+                    if good:
+                        segments.append(np.array(singles, dtype=np.int64))
+                        singles.clear()
+                        segments.append(predicted[:good])
+                        taken += good
+                        number += good
+                        position += good * length
+                    if good < ahead:
+                        reach, run = 64, 0
+                    else:
+                        reach = min(reach * 2, 1 << 16)
+                continue
+            previous, run = -1, 0
+            body = bytes(data[position + 8 : position + length - 4])
+            position += length
+            if kind == 1:
+                interface = interface_block(body, order)
+                interfaces.append(interface)
+                if interface.link not in LINK_TYPES:
+                    odd.append((number, f"interface with link type {interface.link} (not read)"))
+                    number += 1
+            elif kind in PCAPNG_PACKETS:
+                odd.append((number, packet_block(kind, body, order, interfaces)))
+                number += 1
+        segments.append(np.array(singles, dtype=np.int64))
+        yield _packet_columns(data, view, np.concatenate(segments), base, number, odd, order, interfaces)
+
+
+def _packet_columns(
+    data: Any,
+    view: npt.NDArray[np.uint8],
+    blocks: IntArray,
+    base: int,
+    end: int,
+    odd: list[tuple[int, Frame | str]],
+    order: str,
+    interfaces: list[Interface],
+) -> _Records:
+    """The Enhanced Packet Blocks at ``blocks`` (records ``base`` to ``end`` less the odd ones) as columns."""
+    numbered = np.ones(end - base, dtype=bool)
+    numbered[[index - base for index, _ in odd]] = False
+    index = base + np.flatnonzero(numbered)
+    gathered = view[np.minimum(blocks[:, None] + _EPB_FIELDS, len(view) - 1)]
+    fields = gathered.view(np.dtype(f"{order}u4")).reshape(-1, 7).astype(np.int64)
+    length, interface, captured, original = fields[:, 1], fields[:, 2], fields[:, 5], fields[:, 6]
+    described = interfaces or [Interface(-1, 0, 1, 0)]  # (no interface: every packet is odd)
+    known = len(described)
+    links = np.array([item.link for item in described], dtype=np.int64)
+    bulk = np.array(
+        [item.link in LINK_TYPES and 1 <= item.units <= _WIDEST_UNITS and abs(item.offset) < _LATEST_SECOND
+         for item in described],
+        dtype=bool,
+    )  # fmt: skip
+    units = np.array([item.units if ok else 1 for item, ok in zip(described, bulk, strict=True)], dtype=np.uint64)
+    offsets = np.array([item.offset if ok else 0 for item, ok in zip(described, bulk, strict=True)], dtype=np.int64)
+    which = np.minimum(interface, known - 1)
+    good = (length >= 32) & (interface < len(interfaces)) & bulk[which]
+    good &= (captured <= length - 32) & (captured >= original)
+    per_second = units[which]
+    stamp = fields[:, 3].astype(np.uint64) << np.uint64(32) | fields[:, 4].astype(np.uint64)
+    seconds = stamp // per_second
+    good &= seconds < _LATEST_SECOND
+    fraction = (stamp % per_second).astype(np.int64) * 1_000_000 // per_second.astype(np.int64)
+    shift = offsets[which]
+    ts = (shift + seconds.astype(np.int64)) * 1_000_000 + fraction
+    for at, number in zip(blocks[~good].tolist(), index[~good].tolist(), strict=True):
+        kind_length = struct.unpack_from(f"{order}I", data, at + 4)[0]
+        odd.append((number, packet_block(6, bytes(data[at + 8 : at + kind_length - 4]), order, interfaces)))
+    odd.sort(key=lambda item: item[0])
+    return _Records(
+        index=index[good],
+        ts=ts[good],
+        start=blocks[good] + 28,
+        length=captured[good],
+        link=links[which][good],
+        odd=odd,
+    )
 
 
 _FOUR: Final = np.arange(4, dtype=np.int64)[None, :]
 _HEADERS: Final = np.arange(40, dtype=np.int64)[None, :]
 """Bytes gathered from each frame's network header: outer IPv4 (20), UDP (8), GTP-U with its options (12)."""
 _SIXTEEN: Final = np.arange(16, dtype=np.int64)[None, :]
+_EIGHT: Final = np.arange(8, dtype=np.int64)[None, :]
 
 
 def _be16(view: npt.NDArray[np.uint8], at: IntArray) -> IntArray:
@@ -222,29 +392,40 @@ def _read_capture_fast(path: Path, utc_offset_s: int) -> CaptureContents:
         if len(data) < 24:
             raise CaptureReadError(f"{path}: not a pcap or pcapng file (shorter than a file header)")
         magic = bytes(data[:4])
-        if magic not in PCAP_MAGICS or len(data) < SMALLEST:  # pcapng (or tiny): frames one by one
+        pcapng = struct.unpack_from("<I", data, 0)[0] == PCAPNG_SHB
+        if (magic not in PCAP_MAGICS and not pcapng) or len(data) < SMALLEST:  # not a capture, or tiny
             return read_frames(path, data, core)
-        order, units = PCAP_MAGICS[magic]
-        link = struct.unpack_from(f"{order}I", data, 20)[0] & 0x0FFFFFFF
-        if link not in LINK_TYPES:
-            raise CaptureReadError(f"{path}: link type {link} is not read (read: {link_names()})")
         log = _Log(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
-        _read_pcap(core, fragments, data, order, units, link, log)
+        if pcapng:
+            _read_chunks(core, fragments, data, log, lambda view: _pcapng_chunks(path, data, view))
+        else:
+            order, units = PCAP_MAGICS[magic]
+            link = struct.unpack_from(f"{order}I", data, 20)[0] & 0x0FFFFFFF
+            if link not in LINK_TYPES:
+                raise CaptureReadError(f"{path}: link type {link} is not read (read: {link_names()})")
+            _read_chunks(core, fragments, data, log, lambda view: _pcap_chunks(data, view, order, units, link))
         fragments.finish()
     finally:
         if not isinstance(data, bytes):
-            data.close()
+            with contextlib.suppress(BufferError):  # a view held by an exception's traceback: closed with it
+                data.close()
     return finish(contents)
 
 
-def _read_pcap(core: Core, fragments: Fragments, data: Any, order: str, units: int, link: int, log: _Log) -> None:
-    """Every chunk of a classic pcap (the numpy view of the map lives only here, so the map can close)."""
+def _read_chunks(
+    core: Core,
+    fragments: Fragments,
+    data: Any,
+    log: _Log,
+    chunks_of: Callable[[npt.NDArray[np.uint8]], Generator[_Records, None, None]],
+) -> None:
+    """Every chunk of a capture (the numpy view of the map lives only here, so the map can close)."""
     view = np.frombuffer(data, dtype=np.uint8)
-    chunks = _pcap_chunks(data, view, order, units)
+    chunks = chunks_of(view)
     released = 0
     try:
         for records in chunks:
-            _take(core, fragments, view, data, records, log, link)
+            _take(core, fragments, view, data, records, log)
             if isinstance(data, mmap.mmap) and len(records.start):  # read pages leave our memory
                 done = int(records.start[-1]) // mmap.PAGESIZE * mmap.PAGESIZE
                 if done - released >= RELEASE_BYTES:
@@ -255,16 +436,29 @@ def _read_pcap(core: Core, fragments: Fragments, data: Any, order: str, units: i
         del view
 
 
-def _network_offsets(view: npt.NDArray[np.uint8], start: IntArray, length: IntArray, link: int) -> IntArray:
+def _network_offsets(view: npt.NDArray[np.uint8], start: IntArray, length: IntArray, links: IntArray) -> IntArray:
     """Where each frame's IPv4 header starts (-1: not an IPv4 frame this path reads in bulk)."""
+    kinds = np.unique(links).tolist()
+    if len(kinds) == 1:  # (one link type: every classic pcap, most pcapng files)
+        offset = _link_offsets(view, start, kinds[0])
+    else:
+        offset = np.full(len(start), -1, dtype=np.int64)
+        for link in kinds:
+            chosen = links == link
+            offset[chosen] = _link_offsets(view, start[chosen], link)
+    return np.where(length >= offset + 28, offset, -1)  # room for an IPv4 and a UDP header
+
+
+def _link_offsets(view: npt.NDArray[np.uint8], start: IntArray, link: int) -> IntArray:
+    """Where the IPv4 header starts in frames of one link type (-1: not IPv4)."""
     size = len(view)
 
     def byte_at(at: IntArray) -> IntArray:
         return view[np.minimum(at, size - 1)].astype(np.int64)
 
     if link in (101, 228):
-        offset = np.zeros(len(start), dtype=np.int64)
-    elif link == 1:
+        return np.zeros(len(start), dtype=np.int64)
+    if link == 1:
         offset = np.full(len(start), 14, dtype=np.int64)
         kind = byte_at(start + 12) << 8 | byte_at(start + 13)
         for _ in range(4):
@@ -273,16 +467,14 @@ def _network_offsets(view: npt.NDArray[np.uint8], start: IntArray, length: IntAr
                 break
             kind = np.where(tagged, byte_at(start + offset + 2) << 8 | byte_at(start + offset + 3), kind)
             offset = np.where(tagged, offset + 4, offset)
-        offset = np.where(kind == 0x0800, offset, -1)
-    elif link == 113:
-        offset = np.where((byte_at(start + 14) << 8 | byte_at(start + 15)) == 0x0800, 16, -1)
-    elif link == 276:
-        offset = np.where((byte_at(start) << 8 | byte_at(start + 1)) == 0x0800, 20, -1)
-    elif link == 0:
-        offset = np.where((byte_at(start) == 2) | (byte_at(start + 3) == 2), 4, -1)
-    else:
-        return np.full(len(start), -1, dtype=np.int64)
-    return np.where(length >= offset + 28, offset, -1)  # room for an IPv4 and a UDP header
+        return np.where(kind == 0x0800, offset, -1)
+    if link == 113:
+        return np.where((byte_at(start + 14) << 8 | byte_at(start + 15)) == 0x0800, 16, -1)
+    if link == 276:
+        return np.where((byte_at(start) << 8 | byte_at(start + 1)) == 0x0800, 20, -1)
+    if link == 0:
+        return np.where((byte_at(start) == 2) | (byte_at(start + 3) == 2), 4, -1)
+    return np.full(len(start), -1, dtype=np.int64)
 
 
 def _take(
@@ -292,14 +484,11 @@ def _take(
     data: Any,
     records: _Records,
     log: _Log,
-    link: int,
 ) -> None:
     contents = core.contents
-    contents.packets += len(records.index) + len(records.bad)
-    for reason in records.bad:
-        contents.skipped[reason] += 1
+    contents.packets += len(records.index) + len(records.odd)
     start, length = records.start, records.length
-    offset = _network_offsets(view, start, length, link)
+    offset = _network_offsets(view, start, length, records.link)
     candidate = offset >= 0
     ip = start + np.where(candidate, offset, 0)
     available = length - offset
@@ -357,10 +546,13 @@ def _take(
     )
     plain_v2 &= (total > 28) & (head[:, 28] >> 5 == 2)
     slow = np.flatnonzero(~fast)
+    odd, taken = records.odd, 0
+    due = odd[0][0] if odd else _NEVER  # the record number of the next odd record
     if len(slow):
         rows = zip(
             records.index[slow].tolist(),
             records.ts[slow].tolist(),
+            records.link[slow].tolist(),
             start[slow].tolist(),
             length[slow].tolist(),
             ip[slow].tolist(),
@@ -368,7 +560,11 @@ def _take(
             plain_v2[slow].tolist(),
             strict=True,
         )
-        for index, instant, at, size_, where, whole, direct in rows:
+        for index, instant, link, at, size_, where, whole, direct in rows:
+            while due < index:
+                _take_odd(core, fragments, *odd[taken])
+                taken += 1
+                due = odd[taken][0] if taken < len(odd) else _NEVER
             core.user.position = index
             if direct:
                 core.v2(
@@ -379,6 +575,8 @@ def _take(
                 )
             else:
                 take_frame(core, fragments, instant, link, bytes(data[at : at + size_]))
+    for item in odd[taken:]:
+        _take_odd(core, fragments, *item)
     _update_log(log, core)
     chosen = np.flatnonzero(fast)
     if not len(chosen):
@@ -429,6 +627,15 @@ def _take(
             record = records_counted[at]
             session.route = "closed" if _closed_at(view, int(tpdu[record])) else "internet"
             session.route_at = int(index[at])
+
+
+def _take_odd(core: Core, fragments: Fragments, index: int, record: Frame | str) -> None:
+    """A record the columns do not carry: a frame read one by one, or why it could not be read."""
+    if isinstance(record, str):
+        core.skipped[record] += 1
+    else:
+        core.user.position = index
+        take_frame(core, fragments, *record)
 
 
 def _closed_at(view: npt.NDArray[np.uint8], tpdu: int) -> bool:

@@ -723,7 +723,13 @@ def bench_meter_pcap(
         typer.Option("--dir", help="Write the capture here (e.g. /dev/shm to leave the disk out); default: $TMPDIR."),
     ] = None,
     reference: Annotated[bool, typer.Option(help="Also time the one-by-one reference reader.")] = True,
-    tshark: Annotated[bool, typer.Option(help="Also time tshark on the same file (when installed).")] = True,
+    tshark: Annotated[
+        bool,
+        typer.Option(
+            help="Also time tshark on the same file, and the fast reader on it as pcapng written by"
+            " Wireshark's editcap (when installed)."
+        ),
+    ] = True,
 ) -> None:
     """Read a capture with meter-pcap's readers, beside tshark on the same file, each in its own process."""
     from gateway.bench import run_meter_pcap_bench

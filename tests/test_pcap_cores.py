@@ -514,6 +514,72 @@ def test_the_fast_reader_agrees_on_public_captures(capture: Path) -> None:
     assert_readers_agree(capture)
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 2**32), st.integers(0, 60))
+def test_the_fast_reader_agrees_on_pcapng_of_every_kind(tmp_path: Path, seed: int, damage: int) -> None:
+    """pcapng read in bulk: every block kind and interface, damaged at random bytes too, as the reference reads it."""
+    import random
+
+    capture = tmp_path / "every-kind.pcapng"
+    if damage == 0:  # tshark refuses a packet of an interface not described yet: a capture without it
+        write_pcapng_of_every_kind(capture, epc_packets() * 12, premature=False)
+        truth = tshark_tunnels(capture)
+        sessions = read_capture(capture).sessions
+        assert sum(sum(session.up.values()) for session in sessions) == sum(truth[key] for key in S5_UP) > 0
+        assert sum(sum(session.down.values()) for session in sessions) == sum(truth[key] for key in S5_DOWN) > 0
+    write_pcapng_of_every_kind(capture, epc_packets() * 12)
+    clean = capture.read_bytes()
+    assert_readers_agree(capture)
+    data = bytearray(clean)
+    rng = random.Random(seed)
+    for _ in range(damage):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    capture.write_bytes(bytes(data))
+    assert_readers_agree(capture)
+
+
+def first_uplinks_to(packets: list[tuple[float, bytes]], first: str, later: str) -> list[tuple[float, bytes]]:
+    """The packets with each session's first uplink IPv4 T-PDU sent to ``first``, every later one to ``later``.
+
+    (The inner destination is rewritten in place; nothing here checks the inner checksum.)
+    """
+    found, due = [], True
+    for instant, packet in packets:
+        if packet[9] == 17 and struct.unpack_from("!H", packet, 22)[0] == 2123 and packet[29] == 32:
+            due = True  # a Create Session Request: a session begins
+        elif struct.unpack_from("!H", packet, 22)[0] == 2152 and packet[20 + 8] == 0x30 and packet[36] == 0x45:
+            inner_source = ".".join(str(octet) for octet in packet[36 + 12 : 36 + 16])
+            if inner_source == UE:
+                destination = bytes(int(part) for part in (first if due else later).split("."))
+                packet = packet[: 36 + 16] + destination + packet[36 + 20 :]
+                due = False
+        found.append((instant, packet))
+    return found
+
+
+@pytest.mark.parametrize(("first", "later", "route"), [("8.8.8.8", SERVER, "internet"), (SERVER, "8.8.8.8", "closed")])
+def test_a_session_route_is_where_its_earliest_uplink_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: str, later: str, route: str
+) -> None:
+    """The route of each session is decided by its earliest uplink T-PDU, in one chunk or across many."""
+    import gateway.pcap_fast
+
+    capture = tmp_path / "routes.pcap"
+    write_raw(capture, [scapy_layers()[0](packet) for _, packet in first_uplinks_to(epc_packets() * 30, first, later)])
+    shown = subprocess.run(
+        [require_tshark(), "-r", str(capture), "-Y", f"gtp.message == 0xff && ip.src == {UE}", "-T", "fields",
+         "-E", "occurrence=l", "-e", "ip.dst"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert shown[0] == first and set(shown[1:]) == {first, later}, "tshark sees the rewritten destinations"
+    for engine, chunk in (("reference", None), ("fast", None), ("fast", 1500)):
+        if chunk is not None:  # many chunks: a session's later uplinks in later chunks
+            monkeypatch.setattr(gateway.pcap_fast, "CHUNK_BYTES", chunk)
+        sessions = read_capture(capture, engine=engine).sessions
+        assert len(sessions) == 30
+        assert {session.route for session in sessions} == {route}, (engine, chunk)
+
+
 def pcapng_block(order: str, kind: int, body: bytes) -> bytes:
     padded = body + b"\0" * (-len(body) % 4)
     length = 12 + len(padded)
@@ -542,6 +608,59 @@ def write_pcapng_by_hand(path: Path, packets: list[tuple[float, bytes]], order: 
         stamp = round(instant * units)
         body = struct.pack(f"{order}IIIII", interface, stamp >> 32, stamp & 0xFFFFFFFF, len(frame), len(frame)) + frame
         blocks.append(pcapng_block(order, 6, body))
+    path.write_bytes(b"".join(blocks))
+
+
+def interface_description(order: str, link: int, resolution: int | None = None, offset: int | None = None) -> bytes:
+    options = b""
+    if resolution is not None:
+        options += struct.pack(f"{order}HH", 9, 1) + bytes([resolution]) + b"\0\0\0"
+    if offset is not None:
+        options += struct.pack(f"{order}HHq", 14, 8, offset)
+    return pcapng_block(order, 1, struct.pack(f"{order}HHI", link, 0, 0) + options + struct.pack(f"{order}HH", 0, 0))
+
+
+def write_pcapng_of_every_kind(path: Path, packets: list[tuple[float, bytes]], premature: bool = True) -> None:
+    """Two sections (little-endian, then big-endian), every packet block kind, odd interfaces.
+
+    Section one: Ethernet (µs), raw IP (ns), loopback (2^-10 s), raw IP at 2^-56 s (beyond the bulk
+    conversion; an offset of its own keeps its stamps in 64 bits), raw IP with a 100 s offset in ms;
+    Enhanced Packet Blocks (some with options), Simple and obsolete Packet Blocks, a name
+    resolution block between them, an interface of an unread link type added late.
+    Section two: its own interface list and byte order, a packet before its interface's description.
+    """
+    blocks: list[bytes] = []
+    half = len(packets) // 2
+    for section, (order, chosen) in enumerate((("<", packets[:half]), (">", packets[half:]))):
+        blocks.append(pcapng_block(order, 0x0A0D0D0A, struct.pack(f"{order}IHHq", 0x1A2B3C4D, 1, 0, -1)))
+        described = [(1, None, None), (101, 9, None), (0, 0x80 | 10, None), (101, 0x80 | 56, START - 10), (101, 3, 100)]
+        for link, resolution, offset in described[: 5 if section == 0 else 2]:
+            if premature and section == 1 and link == 101:  # a packet of an interface not described yet
+                blocks.append(pcapng_block(order, 6, struct.pack(f"{order}IIIII", 1, 0, 0, 20, 20) + chosen[0][1][:20]))
+            blocks.append(interface_description(order, link, resolution, offset))
+        for number, (instant, packet) in enumerate(chosen):
+            interface = number % (5 if section == 0 else 2)
+            link, resolution, offset = described[interface]
+            units = 10**6 if resolution is None else (2 ** (resolution & 0x7F) if resolution & 0x80 else 10**resolution)
+            ethernet = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + packet
+            frame = ethernet if link == 1 else struct.pack("<I", 2) + packet if link == 0 else packet
+            stamp = round((instant - (offset or 0)) * units)
+            if number % 11 == 5:
+                blocks.append(pcapng_block(order, 3, struct.pack(f"{order}I", len(ethernet)) + ethernet))
+                continue
+            if number % 13 == 7:
+                high, low = stamp >> 32, stamp & 0xFFFFFFFF
+                head = struct.pack(f"{order}HHIIII", interface, 0, high, low, len(frame), len(frame))
+                blocks.append(pcapng_block(order, 2, head + frame))
+                continue
+            if number % 17 == 3:
+                blocks.append(pcapng_block(order, 4, struct.pack(f"{order}HH", 0, 0)))
+            head = struct.pack(f"{order}IIIII", interface, stamp >> 32, stamp & 0xFFFFFFFF, len(frame), len(frame))
+            padded = frame + b"\0" * (-len(frame) % 4)
+            options = struct.pack(f"{order}HHI", 2, 4, 0) + struct.pack(f"{order}HH", 0, 0) if number % 3 == 0 else b""
+            blocks.append(pcapng_block(order, 6, head + padded + options))
+        if section == 0:
+            blocks.append(interface_description(order, 147))  # an interface of a link type not read
     path.write_bytes(b"".join(blocks))
 
 
