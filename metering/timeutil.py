@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 JST = timezone(timedelta(hours=9), "JST")
 """Japan Standard Time. Japan has no daylight saving time, so a fixed offset is exact."""
@@ -99,6 +100,14 @@ def month_of_instant(instant_us: int) -> int:
     """Return the JST calendar month index of an instant."""
     moment = datetime_from_instant(instant_us)
     return moment.year * 12 + moment.month - 1
+
+
+def month_indexes(jst_seconds: Any) -> Any:
+    """The same JST month index, vectorised, of JST epoch seconds (epoch seconds + 9 h) as a numpy array."""
+    import numpy as np
+
+    months = np.asarray(jst_seconds, dtype="datetime64[s]").astype("datetime64[M]").astype(np.int64)
+    return months + 1970 * 12
 
 
 def month_sql(instant: str = "ts") -> str:

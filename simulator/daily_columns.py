@@ -17,7 +17,8 @@ import numpy.typing as npt
 
 from metering.compact import CompactTraffic
 from metering.events import ROUTES
-from simulator.engine import DailyTraffic, Device
+from simulator.engine import DailyTraffic
+from simulator.world import Device
 
 IntArray = npt.NDArray[np.int64]
 ROUTE_CODES: Final = {route: code for code, route in enumerate(ROUTES)}

@@ -1,17 +1,21 @@
 """The fast engine: SimPy for the rare control events, sessions and volumes derived in bulk.
 
-SimPy runs only what is rare: the scheduled operations (gateway toggles, registrations, swaps,
-power), the PIN flows of PIN-enabled SIMs, SMS and the daily census — with exactly the code of
-the reference engine (:class:`~simulator.engine.Engine`), which records every change as it
-happens. Then, per device, the sessions follow from the intervals in which it can communicate:
+The engine *has* a :class:`~simulator.world.World` — the SIMs, gateways, scheduled operations, SMS
+and census it shares with the reference engine by composition (neither engine subclasses the
+other) — and records, through the world's callbacks, every change of the gateways and
+registrations as it happens. SimPy runs only what is rare: the world's operations, SMS and
+census, and the PIN flows of PIN-enabled SIMs, which this engine derives at once from the
+device's timers (:mod:`devices.device`) and waits in SimPy only for the status changes. Then, per
+device, the sessions follow from the intervals in which it can communicate:
 
 * admission (Art. 34, terminal lock, registration, power) is piecewise constant between the
   recorded change instants; within an admitted stretch the sessions are the gaps between coverage
   outages, found with numpy in one step, and their traffic per JST day is counted arithmetically
   (telemetry ticks in an interval, the daily upload and firmware instants that fall inside);
 * whatever needs the bursts themselves — a gateway whose mass-traffic policy the profile could
-  trip, traffic control, platform messages — and refused attaches with their back-off are stepped
-  session by session with the reference engine's own ``open_session``/``close_session``.
+  trip, traffic control, platform messages — is stepped session by session
+  (:class:`~simulator.engine.SessionSteps`); refused attaches follow the device's back-off timers
+  arithmetically (:func:`devices.device.attach_retry_delay`, whole T3402 cycles at once).
 
 For the same scenario and seed the event log equals the reference engine's as a multiset (and so
 the invoices are byte-identical); a differential test demands it.
@@ -22,40 +26,31 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import simpy
 
 from devices.coverage import NO_OUTAGES, Outages, route_outages
-from devices.sim_card import Command
+from devices.device import ATTACH_ATTEMPTS, ATTACH_CYCLE_S, PIN_RETRY_S, PUK_RETRY_S, attach_retry_delay, wrong_code
+from devices.sim_card import CardState, Command
 from devices.traffic import DAY, TrafficProfile, all_device_phases, month_starts, session_bursts
 from gateway.mobile_gateway import Admission, MobileGateway
 from metering.compact import CompactLog
 from metering.events import Event
 from simulator.bulk_traffic import daily_records, piece_traffic
 from simulator.daily_columns import ROUTE_CODES, ColumnarDailyTraffic
-from simulator.engine import (
-    ATTACH_BACKOFF_S,
-    ATTACH_FAILURES_BEFORE_BACKOFF,
-    ATTACH_RETRY_S,
-    Device,
-    Engine,
-    SimProcess,
-    back_off,
-    record_value,
-    value_at,
-)
+from simulator.engine import DailyTraffic, SessionSteps
 from simulator.heap import keep_freed_blocks
 from simulator.scenario import FleetSpec, Scenario
+from simulator.world import Device, RunStats, SimProcess, World, WorldWatch, record_value, value_at
 
 LOG: Final = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
 FOREVER: Final = 2**62
-CYCLE_S: Final = ATTACH_BACKOFF_S + (ATTACH_FAILURES_BEFORE_BACKOFF - 1) * ATTACH_RETRY_S
-"""Seconds of five consecutive attach attempts' back-off, whatever the phase (760 s)."""
 
 
 def window_bound(profile: TrafficProfile, window_s: int) -> int:
@@ -124,20 +119,30 @@ BULK_BATCH_PIECES: Final = 2_000_000
 """About how many session pieces wait before their traffic is counted in one numpy pass."""
 
 
-class FastEngine(Engine):
+class FastEngine:
     """Runs one scenario: control events in SimPy, sessions in bulk per device."""
 
     def __init__(self, scenario: Scenario, accounts: frozenset[str] | None = None) -> None:
         """Build the world at the scenario start (of all accounts, or of a shard's)."""
-        super().__init__(scenario, accounts)
+        self.scenario = scenario
         self.timeline = Timeline(gateways={spec.id: [] for spec in scenario.gateways})
+        watch = WorldWatch(self.gateway_changed, self.registration_changed, self.power_changed)
+        self.world = World(scenario, accounts, outages=self.initial_outages, watch=watch)
+        self.writer = self.world.writer
+        self.env = self.world.env
+        self.horizon = self.world.horizon
+        self.origin_jst_s = self.world.origin_jst_s
+        self.stats: RunStats = self.world.stats
+        self.devices: list[Device] = self.world.devices
         self.settings_changes: dict[str, list[int]] = {}
         """Per gateway: the instants its own settings changed (see :meth:`change_instants`)."""
         self.usable: dict[int, list[tuple[int, int]]] = {device.index: [] for device in self.devices}
         powered = {op.arguments["fleet"] for op in scenario.operations if op.action == "device.power"}
         self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
-        if scenario.traffic_records == "daily":
-            self.daily_traffic = ColumnarDailyTraffic()
+        self.daily_traffic: DailyTraffic = (
+            ColumnarDailyTraffic() if scenario.traffic_records == "daily" else DailyTraffic()
+        )
+        self.steps = SessionSteps(self.world, self.daily_traffic, self.session_created)
         self.phase_table = np.asfortranarray(all_device_phases(scenario.seed, scenario.sim_count))
         """Every device's phases (as :func:`~devices.traffic.device_phases` gives them), drawn at once."""
         self.firmware_month_starts: dict[int, IntArray] = {}
@@ -148,6 +153,11 @@ class FastEngine(Engine):
         self.day_traffic = np.zeros(self.horizon // DAY + 2, dtype=np.int64)
         """Bytes per JST day of the sessions planned in bulk (added to the run's figures at the end)."""
 
+    @property
+    def events(self) -> list[Event]:
+        """The events written so far (besides daily traffic kept as columns)."""
+        return self.writer.events
+
     def initial_outages(self, fleet: FleetSpec, index: int) -> Outages:
         """None yet, unless the control run needs them (SMS delivery); drawn when the device is planned.
 
@@ -155,42 +165,31 @@ class FastEngine(Engine):
         fleet at once would cost gigabytes, so each device's are drawn, used and dropped in turn.
         """
         if fleet.profile.sms_per_day:
-            return super().initial_outages(fleet, index)
+            return route_outages(fleet.route, self.scenario.seed, index, self.scenario.horizon_s)
         return NO_OUTAGES
 
     # -- recording the control run ----------------------------------------------------------------
 
-    def notify(self, gateway: str) -> None:
-        """Record the gateway's state after a change (then wake, as the reference does)."""
-        record_value(self.timeline.gateways[gateway], int(self.env.now), self.gateways.get(gateway))
-        super().notify(gateway)
+    def gateway_changed(self, gateway: str) -> None:
+        """Record the gateway's state after a change."""
+        record_value(self.timeline.gateways[gateway], int(self.env.now), self.world.gateways.get(gateway))
 
-    def register(self, devices: list[Device]) -> None:
-        """Register, and record the registrations."""
-        super().register(devices)
+    def registration_changed(self, devices: list[Device], registered: bool) -> None:
+        """Record registrations and deletions."""
         for device in devices:
-            record_value(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), True)
+            record_value(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), registered)
 
-    def delete(self, devices: list[Device]) -> None:
-        """Delete, and record the deletions."""
-        super().delete(devices)
-        for device in devices:
-            record_value(self.timeline.registered.setdefault(device.iccid, []), int(self.env.now), False)
-
-    def operate(self, action: str, arguments: Any) -> None:
-        """Operate, and wake control processes on power changes."""
-        super().operate(action, arguments)
-        if action == "device.power" and not arguments["value"]:
-            for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
-                if device.power_changed is not None and not device.power_changed.triggered:
-                    device.power_changed.succeed()
+    def power_changed(self, device: Device, powered: bool) -> None:
+        """Wake the device's control process: its usable stretch begins or ends."""
+        if device.power_changed is not None and not device.power_changed.triggered:
+            device.power_changed.succeed()
 
     def device(self, device: Device) -> SimProcess:
         """Control only: power-on, the PIN flow, power cycles; records when the device is usable."""
         yield self.env.timeout(device.index % 60)
         while self.env.now < self.horizon:
             if device.powered:
-                usable = yield from self.pin_flow(device)
+                usable = yield from self.pin_entry(device)
                 if not usable:
                     return
                 since = int(self.env.now)
@@ -203,6 +202,55 @@ class FastEngine(Engine):
                 device.card, _ = device.card.apply(Command.POWER_OFF)
             device.power_changed = self.env.event()
             yield device.power_changed | self.env.timeout(self.horizon - self.env.now)
+
+    def pin_entry(self, device: Device) -> Generator[simpy.Event, Any, bool]:
+        """The firmware's PIN (and PUK) entry, derived at once: every attempt's instant from the timers.
+
+        The card answers every attempt now (it is a pure machine); the ``sim.pin_failed`` events
+        carry their own instants, and SimPy waits only for the status changes the census counts
+        (locked, then unlocked or dead). False if the SIM is out.
+        """
+        fleet, account, iccid = device.fleet, device.fleet.account, device.iccid
+        now = int(self.env.now)
+        device.card, _ = device.card.apply(Command.POWER_ON)
+        device.power_cycles += 1
+        if device.card.state is not CardState.PIN_REQUIRED:
+            return device.card.state is CardState.READY
+        secrets = device.card.secrets
+        if fleet.pin == "correct":
+            device.card, answer = device.card.apply(Command.VERIFY_PIN, secrets.pin)
+            LOG.debug("SIM %s: PIN entered, card answered %s", iccid, answer.status.name)
+            return device.card.state is CardState.READY
+        tries = device.card.pin_tries
+        for attempt in range(1, tries + 1):
+            device.card, answer = device.card.apply(Command.VERIFY_PIN, wrong_code(secrets.pin))
+            LOG.debug("SIM %s: wrong PIN entered, %d tries left", iccid, answer.tries_left)
+            at = now + (attempt - 1) * PIN_RETRY_S
+            self.writer.emit(
+                at, "sim.pin_failed", account, f"{iccid}/pin/{attempt}", sim=iccid, tries_left=answer.tries_left
+            )
+        locked_at = now + (tries - 1) * PIN_RETRY_S
+        yield self.env.timeout(locked_at - now)
+        self.writer.emit(locked_at, "sim.locked", account, f"{iccid}/locked", sim=iccid)
+        self.world.set_status(device, "locked")
+        if fleet.puk == "none" or locked_at + fleet.puk_after_s >= self.horizon:
+            return False
+        yield self.env.timeout(fleet.puk_after_s)
+        if fleet.puk == "correct":
+            new_pin = wrong_code(wrong_code(secrets.pin))
+            device.card, answer = device.card.apply(Command.UNBLOCK_PIN, secrets.puk, new_pin)
+            LOG.debug("SIM %s: unblocked with the PUK and a new PIN, card answered %s", iccid, answer.status.name)
+            self.writer.emit(self.env.now, "sim.unlocked", account, f"{iccid}/unlocked", sim=iccid)
+            self.world.set_status(device, "unlocked")
+            return True
+        tries = device.card.puk_tries
+        for _ in range(tries):
+            device.card, answer = device.card.apply(Command.UNBLOCK_PIN, wrong_code(secrets.puk), "0000")
+            LOG.debug("SIM %s: wrong PUK entered, %d tries left", iccid, answer.tries_left)
+        yield self.env.timeout((tries - 1) * PUK_RETRY_S)
+        self.writer.emit(self.env.now, "sim.dead", account, f"{iccid}/dead", sim=iccid)
+        self.world.set_status(device, "dead")
+        return False
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -327,14 +375,14 @@ class FastEngine(Engine):
                     calm_until = min(self.next_change(device, now), device.outages.state_at(now)[1], power_off)
                     calm_until = min(calm_until, self.horizon)
                     failures += 1
-                    now += min(back_off(failures), self.horizon - now)
+                    now += min(attach_retry_delay(failures), self.horizon - now)
                     if now < calm_until:  # whole back-off cycles: 5 attempts in 760 s, whatever the phase
-                        cycles = (calm_until - 1 - now) // CYCLE_S
-                        now += cycles * CYCLE_S
-                        failures += cycles * ATTACH_FAILURES_BEFORE_BACKOFF
+                        cycles = (calm_until - 1 - now) // ATTACH_CYCLE_S
+                        now += cycles * ATTACH_CYCLE_S
+                        failures += cycles * ATTACH_ATTEMPTS
                     while now < calm_until:
                         failures += 1
-                        now += min(back_off(failures), self.horizon - now)
+                        now += min(attach_retry_delay(failures), self.horizon - now)
                     continue
                 failures, last_refusal = 0, ""
                 end, cause = self.stretch_end(device, now, admission, power_off)
@@ -350,12 +398,12 @@ class FastEngine(Engine):
 
     def one_session(self, device: Device, admission: Admission, start: int, stretch_end: int, cause: str) -> int:
         """One session stepped like the reference: it ends by itself or when the stretch ends."""
-        session = self.open_session(device, admission, start)
+        session = self.steps.open_session(device, admission, start)
         if stretch_end < session.planned_end:
             end, why = stretch_end, cause
         else:
             end, why = session.planned_end, session.cause
-        self.close_session(device, admission, session, end, why)
+        self.steps.close_session(device, admission, session, end, why)
         return end
 
     def repeated_sessions(
@@ -404,21 +452,12 @@ class FastEngine(Engine):
                     self.daily_traffic.add(device, day, up, down, end - 1, admission.route, fleet.gateway)
             if not daily:
                 gateway = value_at(self.timeline.gateways[fleet.gateway], now, None)
-                self.emit_session_created(device, session_id, now, admission.route, gateway)
+                self.writer.session_created(now, device, session_id, admission.route, gateway)
                 if up + down:
-                    self.emit(
-                        end - 1,
-                        "sim.traffic",
-                        fleet.account,
-                        f"{session_id}/{day}",
-                        sim=device.iccid,
-                        up_bytes=up,
-                        down_bytes=down,
-                        route=admission.route,
-                        session=session_id,
-                        gateway=fleet.gateway,
+                    self.writer.session_traffic(
+                        end - 1, device, session_id, day, up, down, admission.route, fleet.gateway
                     )
-                self.session_deleted(device, session_id, now, end, "mass_traffic")
+                self.writer.session_deleted(device, session_id, now, end, "mass_traffic")
             now = end
         return now
 
@@ -603,18 +642,9 @@ class FastEngine(Engine):
             traffic_day = int(pieces.day[position])
             self.stats.traffic_per_day[traffic_day] += int(volume[position])
             session_id = f"{device.iccid}-{first_number + int(pieces.session[position])}"
-            self.emit(
-                int(pieces.end[position]) - 1,
-                "sim.traffic",
-                fleet.account,
-                f"{session_id}/{traffic_day}",
-                sim=device.iccid,
-                up_bytes=int(pieces.up[position]),
-                down_bytes=int(pieces.down[position]),
-                route=admission.route,
-                session=session_id,
-                gateway=fleet.gateway,
-            )
+            up, down = int(pieces.up[position]), int(pieces.down[position])
+            end = int(pieces.end[position]) - 1
+            self.writer.session_traffic(end, device, session_id, traffic_day, up, down, admission.route, fleet.gateway)
         if self.scenario.traffic_records == "session":
             self.session_events(device, admission, first_number, starts, ends, causes.listed())
 
@@ -662,7 +692,13 @@ class FastEngine(Engine):
         recorded timeline (the SIM may have left it since).
         """
         gateway = value_at(self.timeline.gateways[device.fleet.gateway], start, None)
-        self.emit_session_created(device, session_id, start, route, gateway)
+        assert gateway is not None, "a session opens only on an existing gateway"
+        self.writer.session_created(start, device, session_id, route, gateway)
+
+    def note_refusal(self, device: Device, cause: str, at: int) -> None:
+        """A refused attach (first of a streak with this cause): count it and write it as a diagnostic."""
+        self.stats.refusals[cause] += 1
+        self.writer.refusal(at, device, cause)
 
     def session_events(
         self,
@@ -678,8 +714,8 @@ class FastEngine(Engine):
         for offset, (start, end, why) in enumerate(zip(starts.tolist(), ends.tolist(), causes, strict=True)):
             session_id = f"{device.iccid}-{first_number + offset}"
             gateway = value_at(history, start, None)
-            self.emit_session_created(device, session_id, start, admission.route, gateway)
-            self.session_deleted(device, session_id, start, end, why)
+            self.writer.session_created(start, device, session_id, admission.route, gateway)
+            self.writer.session_deleted(device, session_id, start, end, why)
 
     def firmware_months(self, profile: TrafficProfile, start: int, end: int) -> list[int]:
         """Scenario seconds of the month starts whose firmware instant may fall in ``[start, end)``."""
@@ -690,10 +726,7 @@ class FastEngine(Engine):
     def run(self, progress: Any = None) -> Sequence[Event]:
         """Run the control events in SimPy, then every device's sessions in bulk."""
         keep_freed_blocks()
-        self.start()
-        self.env.process(self.operations())
-        self.env.process(self.sms())
-        self.env.process(self.census())
+        self.world.begin()
         controlled = {device.index for device in self.controlled}
         for device in self.devices:
             if device.index in controlled:
@@ -704,7 +737,9 @@ class FastEngine(Engine):
         self.env.run(until=self.horizon + 1)
         self.record_settings_changes()
         LOG.info(
-            "control run done: %d operations; planning the sessions of %d SIMs", self.operations_done, len(self.devices)
+            "control run done: %d operations; planning the sessions of %d SIMs",
+            self.world.operations_done,
+            len(self.devices),
         )
         if progress is not None:
             progress(0.1)
@@ -715,7 +750,7 @@ class FastEngine(Engine):
                 progress(0.1 + 0.9 * position / len(self.devices))
         if isinstance(self.daily_traffic, ColumnarDailyTraffic):
             self.flush_bulk()
-        self.flush_daily()
+        self.steps.flush_daily()
         for offset, volume in enumerate(self.day_traffic.tolist()):
             if volume:
                 self.stats.traffic_per_day[self.first_day + offset] += volume

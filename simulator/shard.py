@@ -48,7 +48,7 @@ def simulate_shard(
     )
     events = engine.run(progress)
     states = Counter(device.status for device in engine.devices)
-    states["registered at the end"] = engine.registered_count
+    states["registered at the end"] = engine.world.registered_count
     stats = engine.stats
     del engine  # the devices and their timelines are not needed to rate: free them first
     simulated = time.perf_counter()

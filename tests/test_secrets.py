@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 from rich.console import Console
 
-import simulator.engine
+import simulator.world
 from devices.sim_card import SimSecrets
 from gateway.mqtt import platform_messages
 from gateway.pcap import write_capture
@@ -39,7 +39,7 @@ def distinctive_secrets(seed: int, indexes: list[int]) -> list[SimSecrets]:
 def test_no_secret_in_any_output(
     path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(simulator.engine, "_secrets_of", distinctive_secrets)
+    monkeypatch.setattr(simulator.world, "secrets_of", distinctive_secrets)
     caplog.set_level(logging.DEBUG)  # what `mgwsim -vv` logs
     scenario = load_scenario(path)
     secrets = {

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ROOT
@@ -79,10 +80,21 @@ def test_wrong_puk_ten_times_kills_the_sim() -> None:
 
 
 def test_attach_back_off_when_the_gateway_is_off() -> None:
+    """T3411 (10 s) between refused attempts, T3402 (12 min) after every fifth: seen on the device's machine."""
+    from devices.device import DeviceEvent
+
     engine = tiny(gateway="power = false")
+    attempts: list[int] = []
+    stepped = engine.step
+
+    def step(device: Any, event: DeviceEvent) -> None:
+        if event is DeviceEvent.ATTACH_REFUSED:
+            attempts.append(int(engine.env.now))
+        stepped(device, event)
+
+    engine.step = step  # type: ignore[method-assign]
     events = trace(engine)
-    attempts = [at for _, at in engine.stats.attach_attempts[:12]]
-    assert attempts == [0, 10, 20, 30, 40, 760, 770, 780, 790, 800, 1520, 1530]
+    assert attempts[:12] == [0, 10, 20, 30, 40, 760, 770, 780, 790, 800, 1520, 1530]
     assert [kind for kind, _ in events].count("session.deleted") == 1, "one refusal diagnostic per cause"
 
 
