@@ -32,8 +32,6 @@ T3402_S: Final = 12 * 60
 """TS 24.301 T3402: seconds to wait once :data:`ATTACH_ATTEMPTS` attempts in a row were refused."""
 ATTACH_ATTEMPTS: Final = 5
 """TS 24.301 attach attempt counter limit: refusals in a row before T3402 instead of T3411."""
-ATTACH_CYCLE_S: Final = T3402_S + (ATTACH_ATTEMPTS - 1) * T3411_S
-"""Seconds of one full cycle of refused attempts' back-off, whatever the phase (760 s)."""
 
 
 class DeviceState(enum.Enum):
@@ -136,6 +134,11 @@ class DeviceMachine:
 def attach_retry_delay(refusals: int) -> int:
     """Seconds to the next attach attempt after ``refusals`` refusals in a row (T3411; T3402 every 5th)."""
     return T3402_S if refusals % ATTACH_ATTEMPTS == 0 else T3411_S
+
+
+def attach_cycle_s() -> int:
+    """Seconds of one full cycle of refused attempts' back-off, whatever its phase (760 s)."""
+    return T3402_S + (ATTACH_ATTEMPTS - 1) * T3411_S
 
 
 def wrong_code(code: str) -> str:

@@ -35,7 +35,7 @@ import numpy.typing as npt
 import simpy
 
 from devices.coverage import NO_OUTAGES, Outages, route_outages
-from devices.device import ATTACH_ATTEMPTS, ATTACH_CYCLE_S, PIN_RETRY_S, PUK_RETRY_S, attach_retry_delay, wrong_code
+from devices.device import ATTACH_ATTEMPTS, PIN_RETRY_S, PUK_RETRY_S, attach_cycle_s, attach_retry_delay, wrong_code
 from devices.sim_card import CardState, Command
 from devices.traffic import DAY, TrafficProfile, all_device_phases, month_starts, session_bursts
 from gateway.mobile_gateway import Admission, MobileGateway
@@ -377,8 +377,8 @@ class FastEngine:
                     failures += 1
                     now += min(attach_retry_delay(failures), self.horizon - now)
                     if now < calm_until:  # whole back-off cycles: 5 attempts in 760 s, whatever the phase
-                        cycles = (calm_until - 1 - now) // ATTACH_CYCLE_S
-                        now += cycles * ATTACH_CYCLE_S
+                        cycles = (calm_until - 1 - now) // attach_cycle_s()
+                        now += cycles * attach_cycle_s()
                         failures += cycles * ATTACH_ATTEMPTS
                     while now < calm_until:
                         failures += 1
