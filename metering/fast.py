@@ -53,7 +53,7 @@ from metering.rules.sms_fee import sms_fee
 from metering.rules.suboption_fee import suboption_fee
 from metering.store import EventStore, StoreError, store_failure
 from metering.tariff import Tariff
-from metering.timeutil import month_sql, month_start
+from metering.timeutil import month_sql, month_start, months_of_instants
 
 LOG: Final = logging.getLogger(__name__)
 STREAM_BATCH: Final = 100_000
@@ -222,13 +222,6 @@ class Evidence:
     def first_ids(self, sims: IntArray, month: int) -> ObjectArray:
         """The first traffic event id of each SIM in ``month`` (object array, ``None`` if none)."""
         return np.array(self.lookup("first_id", sims, np.full(len(sims), month, dtype=np.int64)) or [], dtype=object)
-
-
-def _months_of(instants: IntArray) -> IntArray:
-    """JST month indexes of epoch-microsecond instants (vectorised)."""
-    shifted = (instants + 9 * 3_600_000_000).astype("datetime64[us]")
-    months = shifted.astype("datetime64[M]").astype(np.int64)
-    return months + 1970 * 12
 
 
 @dataclass
@@ -432,8 +425,8 @@ class FastRater:
             sim=sims["sim"],
             start=start,
             end=end,
-            start_month=_months_of(start),
-            end_month=np.where(end == NEVER, NEVER, _months_of(np.minimum(end, 2**53))),
+            start_month=months_of_instants(start),
+            end_month=np.where(end == NEVER, NEVER, months_of_instants(np.minimum(end, 2**53))),
             start_id=sims["start_id"],
         )
         rows = _columns(

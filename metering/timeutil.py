@@ -110,6 +110,14 @@ def month_indexes(jst_seconds: Any) -> Any:
     return months + 1970 * 12
 
 
+def months_of_instants(instants_us: Any) -> Any:
+    """:func:`month_of_instant`, vectorised, of epoch-microsecond instants as a numpy array."""
+    import numpy as np
+
+    seconds = np.floor_divide(np.asarray(instants_us, dtype=np.int64), US_PER_SECOND)
+    return month_indexes(seconds + JST_OFFSET_US // US_PER_SECOND)
+
+
 def month_sql(instant: str = "ts") -> str:
     """The same JST month index in SQL (DuckDB), of an epoch-microsecond expression.
 

@@ -717,10 +717,6 @@ class FastEngine:
             self.writer.session_created(start, device, session_id, admission.route, gateway)
             self.writer.session_deleted(device, session_id, start, end, why)
 
-    def firmware_months(self, profile: TrafficProfile, start: int, end: int) -> list[int]:
-        """Scenario seconds of the month starts whose firmware instant may fall in ``[start, end)``."""
-        return month_starts(self.origin_jst_s, start - 7 * DAY, end, profile.firmware_every_months)
-
     # -- the run --------------------------------------------------------------------------------
 
     def run(self, progress: Any = None) -> Sequence[Event]:
