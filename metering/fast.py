@@ -41,16 +41,12 @@ from metering.invoice import InvoiceDocument, Line, build_invoice, make_line, po
 from metering.money import divide_round, from_minor, priced, to_minor, total
 from metering.rating import Rating
 from metering.rules import Charge, Outcome
-from metering.rules.data_fee import Pool, history_pools, metered_data_fee, metered_note, pack_charges
-from metering.rules.gateway_fee import gateway_fee
-from metering.rules.line_maintenance_fee import line_maintenance_fee, maintenance_note
-from metering.rules.platform_basic_fee import platform_basic_fee
+from metering.rules.data_fee import Pool, data_fee, history_pools, metered_data_fee, metered_note, pack_charges
+from metering.rules.line_maintenance_fee import maintenance_note
+from metering.rules.monthly import MONTHLY_RULES, RuleUnit
 from metering.rules.points import PointsClose, points_charges, points_ledger
 from metering.rules.registrations import registration_note
 from metering.rules.sim_basic_fee import WORDING as SIM_BASIC_WORDING
-from metering.rules.sim_basic_fee import sim_basic_fee
-from metering.rules.sms_fee import sms_fee
-from metering.rules.suboption_fee import suboption_fee
 from metering.store import EventStore, StoreError, store_failure
 from metering.tariff import Tariff
 from metering.timeutil import month_sql, month_start, months_of_instants
@@ -727,19 +723,22 @@ class FastRater:
         close: PointsClose | None,
         simple_pools: dict[tuple[str, str], PoolPart],
     ) -> list[Line]:
-        """Lines of the subjects the reference rule units rate."""
+        """Lines of the subjects the reference rule units rate: the reference's own list of units.
+
+        One unit is replaced: SMC-40 under a data pack pools the SIMs rated here with the SIMs
+        rated in bulk (:meth:`_merge_pools`), which the reference unit cannot see.
+        """
         tariff = self.tariff
-        outcomes: list[Outcome] = []
-        outcomes += sim_basic_fee(history, month, tariff)
-        outcomes += line_maintenance_fee(history, month, tariff)
-        if tariff.data_plan == "metered":
-            outcomes += metered_data_fee(history, month, tariff)
-        else:
-            outcomes += pack_charges(self._merge_pools(history, month, simple_pools), month, tariff)
-        outcomes += gateway_fee(history, month, tariff)
-        outcomes += suboption_fee(history, month, tariff)
-        outcomes += platform_basic_fee(history, month, tariff)
-        outcomes += sms_fee(history, month, tariff)
+
+        def pooled_data_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[Outcome]:
+            if tariff.data_plan == "metered":
+                return metered_data_fee(history, month, tariff)
+            return pack_charges(self._merge_pools(history, month, simple_pools), month, tariff)
+
+        units: dict[RuleUnit, RuleUnit] = {data_fee: pooled_data_fee}
+        outcomes: list[Outcome] = [
+            outcome for rule in MONTHLY_RULES for outcome in units.get(rule, rule)(history, month, tariff)
+        ]
         if close is not None:
             outcomes += points_charges(close, month, tariff)
         return [make_line(outcome, tariff) for outcome in outcomes if isinstance(outcome, Charge)]

@@ -7,35 +7,16 @@ rater (:mod:`metering.fast`) must agree with, and the source of explanations.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from metering.events import Event, EventError
 from metering.history import AccountHistory, processing_order, replay
 from metering.invoice import InvoiceDocument, build_invoice, make_line, points_block, sort_invoices
 from metering.rating import Rating, deduplicate
 from metering.rules import Charge, Outcome
-from metering.rules.data_fee import data_fee
-from metering.rules.gateway_fee import gateway_fee
-from metering.rules.line_maintenance_fee import line_maintenance_fee
-from metering.rules.platform_basic_fee import platform_basic_fee
+from metering.rules.monthly import MONTHLY_RULES
 from metering.rules.points import points_charges, points_ledger
-from metering.rules.sim_basic_fee import sim_basic_fee
-from metering.rules.sms_fee import sms_fee
-from metering.rules.suboption_fee import suboption_fee
 from metering.tariff import Tariff
-
-RuleUnit = Callable[[AccountHistory, int, Tariff], list[Outcome]]
-
-MONTHLY_RULES: tuple[RuleUnit, ...] = (
-    sim_basic_fee,  # SMC-38
-    line_maintenance_fee,  # SMC-39
-    data_fee,  # SMC-40
-    gateway_fee,  # SMC-41
-    suboption_fee,  # SMC-42, MONO-58
-    platform_basic_fee,  # MONO-57
-    sms_fee,  # SMS-71
-)
-"""The rule units applied to every account and month (points are closed separately)."""
 
 
 def histories(events: Iterable[Event], tariff: Tariff) -> tuple[dict[str, AccountHistory], list[EventError]]:

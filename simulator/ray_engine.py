@@ -24,10 +24,10 @@ from typing import Any
 from metering.compact import concatenate_logs
 from metering.rating import merge_ratings
 from metering.store import THREADS_VARIABLE
-from simulator.engine import RunStats
 from simulator.results import ShardResult
 from simulator.scenario import Scenario
 from simulator.shard import simulate_shard
+from simulator.world import RunStats
 
 
 class RayUnavailable(Exception):

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from metering.events import Event
 from metering.invoice import InvoiceDocument
 from metering.rating import Rating
-from simulator.engine import RunStats
 from simulator.scenario import Scenario
+from simulator.world import RunStats
 
 
 @dataclass
