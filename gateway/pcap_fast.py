@@ -472,8 +472,10 @@ def _link_offsets(view: npt.NDArray[np.uint8], start: IntArray, link: int) -> In
         return np.where((byte_at(start + 14) << 8 | byte_at(start + 15)) == 0x0800, 16, -1)
     if link == 276:
         return np.where((byte_at(start) << 8 | byte_at(start + 1)) == 0x0800, 20, -1)
-    if link == 0:
-        return np.where((byte_at(start) == 2) | (byte_at(start + 3) == 2), 4, -1)
+    if link == 0:  # the address family in the capturing host's order: little-endian unless that is > 0xFFFF
+        little = byte_at(start) | byte_at(start + 1) << 8 | byte_at(start + 2) << 16 | byte_at(start + 3) << 24
+        big = byte_at(start) << 24 | byte_at(start + 1) << 16 | byte_at(start + 2) << 8 | byte_at(start + 3)
+        return np.where(np.where(little > 0xFFFF, big, little) == 2, 4, -1)
     return np.full(len(start), -1, dtype=np.int64)
 
 

@@ -706,3 +706,16 @@ def test_classic_pcap_in_both_byte_orders_and_resolutions(tmp_path: Path, order:
         up = sum(sum(session.up.values()) for session in contents.sessions)
         assert up == sum(truth[key] for key in S5_UP)
         assert abs(contents.sessions[0].start_us - (START * 1_000_000 + 10_000)) <= 1  # (the test writes floats)
+
+
+def test_a_loopback_family_is_read_as_a_whole_word(tmp_path: Path) -> None:
+    """Null link type: 2 in the family's first byte is IPv4 only when the whole word is 2 (found by damage)."""
+    capture = tmp_path / "null.pcap"
+    parts = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 0)]
+    for number, (instant, packet) in enumerate(epc_packets() * 20):
+        family = bytes([2, 0, 5, 0]) if number % 7 == 0 else struct.pack("<I", 2)  # 0x00050002: not IPv4
+        frame = family + packet
+        parts.append(struct.pack("<IIII", int(instant), 0, len(frame), len(frame)) + frame)
+    capture.write_bytes(b"".join(parts))
+    assert_readers_agree(capture)
+    assert read_capture(capture).skipped["outer packet not IP"] == len(epc_packets() * 20) // 7 + 1
