@@ -12,9 +12,9 @@ The interpretation switches fix the readings of TARIFF.md where the terms are am
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -22,6 +22,7 @@ from typing import Any, Final
 from metering.money import ROUNDING_MODES
 from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, parse_month
+from metering.toml_table import TomlTable
 
 USAGE_TESTS: Final = ("per_sim_month", "per_registration")
 DELETED_IN_FINAL_MONTH: Final = ("no_fee", "fee")
@@ -165,112 +166,27 @@ class Tariff:
         return best[0]
 
 
-class _Table:
-    """A view of one TOML table that records which keys were read, to reject unknown ones."""
-
-    def __init__(self, source: str, path: str, data: Any) -> None:
-        if not isinstance(data, dict):
-            raise TariffError(f"{source}: [{path}] must be a table")
-        self.source, self.path, self.data = source, path, data
-        self.used: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def fail(self, name: str, reason: str) -> TariffError:
-        return TariffError(f"{self.source}: key '{self.key(name)}': {reason}")
-
-    def raw(self, name: str, default: Any = ...) -> Any:
-        self.used.add(name)
-        if name not in self.data:
-            if default is ...:
-                raise TariffError(f"{self.source}: missing key '{self.key(name)}'")
-            return default
-        return self.data[name]
-
-    def table(self, name: str, required: bool = True) -> _Table:
-        self.used.add(name)
-        if name not in self.data:
-            if required:
-                raise TariffError(f"{self.source}: missing table [{self.key(name)}]")
-            return _Table(self.source, self.key(name), {})
-        return _Table(self.source, self.key(name), self.data[name])
-
-    def money(self, name: str, default: Any = ...) -> Decimal:
-        value = self.raw(name, default)
-        if isinstance(value, float):
-            raise self.fail(name, f'write money as a string like "{value}", not a float')
-        if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
-            raise self.fail(name, "must be a decimal string or an integer")
-        try:
-            amount = Decimal(value)
-        except InvalidOperation:
-            raise self.fail(name, f"{str(value)[:40]!r} is not a decimal number") from None
-        if not amount.is_finite():
-            raise self.fail(name, "must be a finite number")
-        if amount < 0:
-            raise self.fail(name, "must not be negative")
-        if amount.as_tuple().exponent < -8:  # type: ignore[operator]
-            raise self.fail(name, "has more than 8 decimal places")
-        if amount > Decimal("1e12"):
-            raise self.fail(name, "is larger than 10^12")
-        return amount
-
-    def integer(self, name: str, default: Any = ..., minimum: int = 0) -> int:
-        value = self.raw(name, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(name, "must be an integer")
-        if value < minimum:
-            raise self.fail(name, f"must be >= {minimum}")
-        if value > 2**62:
-            raise self.fail(name, "is too large")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: Any = ...) -> str:
-        value = self.raw(name, default)
-        if value not in choices:
-            raise self.fail(name, f"must be one of {', '.join(choices)}")
-        return str(value)
-
-    def boolean(self, name: str, default: Any = ...) -> bool:
-        value = self.raw(name, default)
-        if not isinstance(value, bool):
-            raise self.fail(name, "must be true or false")
-        return value
-
-    def text(self, name: str, default: Any = ...) -> str:
-        value = self.raw(name, default)
-        if not isinstance(value, str) or not value:
-            raise self.fail(name, "must be a non-empty string")
-        return value
-
-    def finish(self) -> None:
-        for name in self.data:
-            if name not in self.used:
-                raise TariffError(f"{self.source}: unknown key '{self.key(name)}'")
-
-
-def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>") -> Tariff:
-    """Validate a decoded tariff document.
+def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines: Sequence[str] = ()) -> Tariff:
+    """Validate a decoded tariff document (``lines``: its file's text, to name the line of a bad key).
 
     Raises:
-        TariffError: Naming the first bad key.
+        TariffError: Naming the file, the line and the first bad key.
     """
-    top = _Table(source, "", dict(data))
-    head = top.table("tariff")
+    top = TomlTable(source, lines, (), dict(data), TariffError)
+    head = top.table("tariff", required=True)
     name, version = head.text("name"), head.text("version")
     illustrative = head.boolean("illustrative", False)
     currency = head.text("currency", "JPY")
     head.finish()
 
-    invoice = top.table("invoice")
+    invoice = top.table("invoice", required=True)
     amount_decimals = invoice.integer("amount_decimals", 0)
     if amount_decimals > 6:
-        raise invoice.fail("amount_decimals", "must be at most 6")
+        raise invoice.error("amount_decimals", "must be at most 6")
     line_rounding = invoice.choice("line_rounding", tuple(ROUNDING_MODES), "half_up")
     tax_rate = invoice.money("tax_rate")
     if tax_rate > 1:
-        raise invoice.fail("tax_rate", 'must be a fraction such as "0.10"')
+        raise invoice.error("tax_rate", 'must be a fraction such as "0.10"')
     tax_rounding = invoice.choice("tax_rounding", tuple(ROUNDING_MODES), "down")
     invoice.finish()
 
@@ -287,21 +203,21 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>") -> Ta
     )
     switches.finish()
 
-    basic = top.table("sim_basic_fee")
+    basic = top.table("sim_basic_fee", required=True)
     sim_basic_fee = basic.money("monthly")
     basic.finish()
 
-    maintenance = top.table("line_maintenance_fee")
+    maintenance = top.table("line_maintenance_fee", required=True)
     line_maintenance_fee = maintenance.money("fee")
     idle_months = maintenance.integer("idle_months", 12, minimum=1)
     transitional_text = maintenance.text("transitional_start", "2022-08")
     try:
         transitional_start = parse_month(transitional_text)
     except TimeFormatError as exc:
-        raise maintenance.fail("transitional_start", str(exc)) from None
+        raise maintenance.error("transitional_start", str(exc)) from None
     maintenance.finish()
 
-    data_table = top.table("data_fee")
+    data_table = top.table("data_fee", required=True)
     data_plan = data_table.choice("plan", DATA_PLANS, "metered")
     data_unit_bytes = data_table.integer("unit_bytes", minimum=1)
     data_unit_price = data_table.money("price_per_unit")
@@ -326,43 +242,43 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>") -> Ta
     for carrier in sorted(carriers_table.data):
         prefixes = carriers_table.raw(carrier)
         if not isinstance(prefixes, list) or not all(isinstance(p, str) and p.isdigit() for p in prefixes):
-            raise carriers_table.fail(carrier, "must be a list of ICCID prefixes (digit strings)")
+            raise carriers_table.error(carrier, "must be a list of ICCID prefixes (digit strings)")
         carriers.append((carrier, tuple(prefixes)))
     carriers_table.finish()
 
-    gateway = top.table("gateway_fee")
+    gateway = top.table("gateway_fee", required=True)
     gateway_fee = gateway.money("monthly")
     gateway.finish()
 
-    options_table = top.table("suboptions")
+    options_table = top.table("suboptions", required=True)
     suboptions: dict[str, SubOption] = {}
     for option in sorted(options_table.data):
-        entry = options_table.table(option)
+        entry = options_table.table(option, required=True)
         rule = entry.choice("rule", ("SMC-42", "MONO-58"), "SMC-42")
         suboptions[option] = SubOption(option, rule, entry.money("monthly"))
         entry.finish()
     options_table.finish()
 
-    platform = top.table("platform_basic_fee")
+    platform = top.table("platform_basic_fee", required=True)
     platform_basic_fee = platform.money("monthly")
     platform.finish()
 
-    sms = top.table("sms_fee")
+    sms = top.table("sms_fee", required=True)
     sms_fee = {kind: sms.money(kind) for kind in ("2fa", "a2p")}
     sms.finish()
 
-    points = top.table("points")
+    points = top.table("points", required=True)
     points_block = points.integer("block", 20_000, minimum=1)
     points_block_price = points.money("block_price")
     points_purchase_max = points.integer("purchase_max", minimum=1)
     if points_purchase_max < points_block:
-        raise points.fail("purchase_max", "must be at least one block")
+        raise points.error("purchase_max", "must be at least one block")
     validity = points.integer("paid_validity_months", 24, minimum=0)
     consumption_table = points.table("consumption", required=True)
     consumption: dict[str, int] = {}
     for event_type in sorted(consumption_table.data):
         if event_type not in ("mono.message", "sms.sent"):
-            raise consumption_table.fail(event_type, "only counted events (mono.message, sms.sent) consume points")
+            raise consumption_table.error(event_type, "only counted events (mono.message, sms.sent) consume points")
         consumption[event_type] = consumption_table.integer(event_type, minimum=0)
     consumption_table.finish()
     points.finish()
@@ -411,7 +327,7 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_toml(path: Path | None, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+def _read_toml(path: Path | None, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str, list[str]]:
     """Read a tariff document, resolving ``[tariff] base`` (``default`` or a path relative to it)."""
     if path is None:
         text = resources.files("metering").joinpath("tariffs/default.toml").read_text(encoding="utf-8")
@@ -429,14 +345,14 @@ def _read_toml(path: Path | None, chain: tuple[str, ...] = ()) -> tuple[dict[str
     head = data.get("tariff")
     base = head.pop("base", None) if isinstance(head, dict) else None
     if base is None:
-        return data, source
+        return data, source, text.splitlines()
     if not isinstance(base, str) or not base:
         raise TariffError(f"{source}: key 'tariff.base': must be \"default\" or a tariff file path")
     if source in chain:
         raise TariffError(f"{source}: key 'tariff.base': tariffs extend each other in a loop")
     base_path = None if base == "default" else (Path(source).parent / base)
-    base_data, _ = _read_toml(base_path, (*chain, source))
-    return _merge(base_data, data), source
+    base_data, _, _ = _read_toml(base_path, (*chain, source))
+    return _merge(base_data, data), source, text.splitlines()
 
 
 def load_tariff(path: Path | None = None) -> Tariff:
@@ -448,5 +364,5 @@ def load_tariff(path: Path | None = None) -> Tariff:
     Raises:
         TariffError: For an unreadable file, bad TOML, or any bad key.
     """
-    data, source = _read_toml(path)
-    return tariff_from_mapping(data, source)
+    data, source, lines = _read_toml(path)
+    return tariff_from_mapping(data, source, lines)

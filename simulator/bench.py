@@ -18,6 +18,7 @@ import simpy
 from rich.table import Table
 
 from metering.bench import _peak_rss_mb, figures_table, in_child_process
+from simulator.operations import DevicePower, FleetOperation
 
 
 def scaled(path: Path, sims: int) -> Any:
@@ -30,8 +31,8 @@ def scaled(path: Path, sims: int) -> Any:
         return scenario
     fleets = tuple(replace(fleet, count=max(1, fleet.count * sims // total)) for fleet in scenario.fleets)
     operations = tuple(
-        replace(op, arguments={**op.arguments, "count": max(1, op.arguments["count"] * sims // total)})
-        if "count" in op.arguments
+        replace(op, arguments=replace(op.arguments, count=max(1, op.arguments.count * sims // total)))
+        if isinstance(op.arguments, FleetOperation | DevicePower)
         else op
         for op in scenario.operations
     )

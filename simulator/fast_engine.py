@@ -45,6 +45,7 @@ from simulator.bulk_traffic import daily_records, piece_traffic
 from simulator.daily_columns import ROUTE_CODES, ColumnarDailyTraffic
 from simulator.engine import DailyTraffic, SessionSteps
 from simulator.heap import keep_freed_blocks
+from simulator.operations import DevicePower
 from simulator.scenario import FleetSpec, Scenario
 from simulator.world import Device, RunStats, SimProcess, World, WorldWatch, record_value, value_at
 
@@ -137,7 +138,7 @@ class FastEngine:
         self.settings_changes: dict[str, list[int]] = {}
         """Per gateway: the instants its own settings changed (see :meth:`change_instants`)."""
         self.usable: dict[int, list[tuple[int, int]]] = {device.index: [] for device in self.devices}
-        powered = {op.arguments["fleet"] for op in scenario.operations if op.action == "device.power"}
+        powered = {op.arguments.fleet for op in scenario.operations if isinstance(op.arguments, DevicePower)}
         self.controlled = [d for d in self.devices if d.fleet.pin != "disabled" or d.fleet.name in powered]
         self.daily_traffic: DailyTraffic = (
             ColumnarDailyTraffic() if scenario.traffic_records == "daily" else DailyTraffic()

@@ -24,23 +24,11 @@ from metering.events import NAME_PATTERN, OPTION_PATTERN
 from metering.tariff import Tariff, TariffError, load_tariff
 from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, month_of_instant, month_start, parse_instant
+from metering.toml_table import TomlTable
+from simulator.operations import OPERATIONS, Arguments, OptionChange, PointsPurchase
 
 PIN_ENTRIES: Final = ("disabled", "correct", "misconfigured")
 PUK_ENTRIES: Final = ("none", "correct", "wrong")
-OPERATIONS: Final = (
-    "gateway.create",
-    "gateway.delete",
-    "gateway.power",
-    "gateway.internet",
-    "gateway.switch",
-    "sim.register",
-    "sim.delete",
-    "device.swap",
-    "device.power",
-    "option.enable",
-    "option.disable",
-    "points.buy",
-)
 MAX_SIMS: Final = 10_000_000
 """The most SIMs a scenario may have in all its fleets."""
 EXPECT_KEYS: Final = ("locked", "dead", "interruptions_min", "sessions_min", "refused_min", "totals")
@@ -110,14 +98,14 @@ class Operation:
 
     Attributes:
         at: Seconds after the scenario start.
-        action: One of :data:`OPERATIONS`.
-        arguments: The operation's own keys (gateway, fleet, count, value, option, target, points …).
+        action: Its name, a key of :data:`~simulator.operations.OPERATIONS`.
+        arguments: Its typed arguments (the record that :data:`~simulator.operations.OPERATIONS` names).
         line: Line in the scenario file (for messages).
     """
 
     at: int
     action: str
-    arguments: Mapping[str, Any]
+    arguments: Arguments
     line: int = 0
 
 
@@ -172,86 +160,6 @@ class Scenario:
         return sum(fleet.count for fleet in self.fleets)
 
 
-class _Reader:
-    """Typed access to a TOML table that names the key and its line on every error."""
-
-    def __init__(self, source: str, lines: list[str], path: tuple[str | int, ...], data: Any) -> None:
-        self.source, self.lines, self.path = source, lines, path
-        if not isinstance(data, dict):
-            raise self.error(None, "must be a table")
-        self.data: dict[str, Any] = data
-        self.used: set[str] = set()
-
-    def name(self, key: str | None) -> str:
-        text = ""
-        for part in self.path + ((key,) if key else ()):
-            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-        return text
-
-    def line_of(self, key: str | None) -> int:
-        """The line of the key in the file (found by scanning headers and assignments)."""
-        parts = [part for part in self.path if isinstance(part, str)]
-        index = next((part for part in self.path if isinstance(part, int)), 0)
-        number = 0
-        for length in range(len(parts), 0, -1):  # the innermost table that has a header of its own
-            dotted = r"\s*\.\s*".join(rf"\"?{re.escape(part)}\"?" for part in parts[:length])
-            pattern = re.compile(rf"^\s*\[\[?\s*{dotted}\s*\]\]?")
-            seen = -1
-            for position, line in enumerate(self.lines):
-                if pattern.match(line):
-                    seen += 1
-                    if seen == index or not line.strip().startswith("[["):
-                        number = position + 1
-                        break
-            if number:
-                break
-        if not number and parts and key is None:  # an inline table or array: the line that assigns it
-            assignment = re.compile(rf"^\s*\"?{re.escape(parts[-1])}\"?\s*=")
-            number = next((position + 1 for position, line in enumerate(self.lines) if assignment.match(line)), 0)
-        if key:
-            assignment = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
-            for position in range(number, len(self.lines)):
-                text = self.lines[position]
-                if position > number and text.strip().startswith("["):
-                    break
-                if assignment.match(text):
-                    return position + 1
-        return max(number, 1)
-
-    def error(self, key: str | None, reason: str) -> ScenarioError:
-        where = f"{self.source}:{self.line_of(key)}"
-        return ScenarioError(f"{where}: key '{self.name(key)}': {reason}" if key or self.path else f"{where}: {reason}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, check: Any = None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is ...:
-                raise self.error(key, "is required")
-            return default
-        value = self.data[key]
-        if isinstance(value, bool) and kind is int:
-            raise self.error(key, "must be an integer")
-        if not isinstance(value, kind):
-            words = {bool: "true or false", int: "an integer", str: "a string", list: "a list", dict: "a table"}
-            kinds = kind if isinstance(kind, tuple) else (kind,)
-            raise self.error(key, "must be " + " or ".join(words.get(k, k.__name__) for k in kinds))
-        if check is not None:
-            reason = check(value)
-            if reason:
-                raise self.error(key, reason)
-        return value
-
-    def table(self, key: str, index: int | None = None, value: Any = None) -> _Reader:
-        self.used.add(key)
-        path = self.path + ((key,) if index is None else (key, index))
-        return _Reader(self.source, self.lines, path, self.data.get(key, {}) if value is None else value)
-
-    def finish(self) -> None:
-        for key in self.data:
-            if key not in self.used:
-                raise self.error(key, "unknown key")
-
-
 def _positive(value: int) -> str | None:
     return None if value > 0 else "must be > 0"
 
@@ -268,7 +176,7 @@ def _named(value: str) -> str | None:
     return None if re.fullmatch(NAME_PATTERN, value) else "must be 1-128 characters of [A-Za-z0-9._:@/-]"
 
 
-def _instant(reader: _Reader, key: str, start_us: int | None = None) -> int:
+def _instant(reader: TomlTable, key: str, start_us: int | None = None) -> int:
     text = reader.get(key, str)
     try:
         instant = parse_instant(text)
@@ -299,7 +207,7 @@ def _within(low: int, high: int) -> Any:
     return lambda value: None if low <= value <= high else f"must be between {low:,} and {high:,}"
 
 
-def _profiles(top: _Reader) -> dict[str, TrafficProfile]:
+def _profiles(top: TomlTable) -> dict[str, TrafficProfile]:
     profiles = dict(PROFILES)
     table = top.table("profiles")
     known = {item.name: item for item in fields(TrafficProfile)}
@@ -335,7 +243,7 @@ def scenario_from_text(text: str, source: str) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise ScenarioError(f"{source}:{match.group(1) if match else 1}: not valid TOML ({exc})") from None
-    top = _Reader(source, lines, (), data)
+    top = TomlTable(source, lines, (), data, ScenarioError)
     head = top.table("scenario")
     name = head.get("name", str, check=_named)
     description = head.get("description", str, "")
@@ -445,30 +353,26 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         reader = top.table("operations", index, entry)
         at = (_instant(reader, "at", start_us) - start_us) // 1_000_000
         action = reader.get("do", str, check=_one_of(OPERATIONS))
-        arguments: dict[str, Any] = {}
-        table_of_needs: dict[str, dict[str, tuple[type, Any]]] = {
-            "gateway.create": {"gateway": (str, _one_of(gateway_ids))},
-            "gateway.delete": {"gateway": (str, _one_of(gateway_ids))},
-            "gateway.power": {"gateway": (str, _one_of(gateway_ids)), "value": (bool, None)},
-            "gateway.internet": {"gateway": (str, _one_of(gateway_ids)), "value": (bool, None)},
-            "gateway.switch": {"gateway": (str, _one_of(gateway_ids)), "value": (bool, None)},
-            "sim.register": {"fleet": (str, _one_of(fleet_names)), "count": (int, _positive)},
-            "sim.delete": {"fleet": (str, _one_of(fleet_names)), "count": (int, _positive)},
-            "device.swap": {"fleet": (str, _one_of(fleet_names)), "count": (int, _positive)},
-            "device.power": {"fleet": (str, _one_of(fleet_names)), "count": (int, _positive), "value": (bool, None)},
-            "option.enable": {"account": (str, _one_of(accounts)), "option": (str, _option), "target": (str, _named)},
-            "option.disable": {"account": (str, _one_of(accounts)), "option": (str, _option), "target": (str, _named)},
-            "points.buy": {"account": (str, _one_of(accounts)), "points": (int, _positive)},
+        kind = OPERATIONS[action]
+        checks = {
+            "gateway": _one_of(gateway_ids),
+            "fleet": _one_of(fleet_names),
+            "account": _one_of(accounts),
+            "positive": _positive,
+            "option": _option,
+            "name": _named,
         }
-        for key, (kind, check) in table_of_needs[action].items():
-            arguments[key] = reader.get(key, kind, check=check)
-        if action == "points.buy":
-            points = arguments["points"]
+        values = {
+            key: reader.get(key, type_, check=checks.get(kind.checks.get(key, ""))) for key, type_ in kind.typed_keys()
+        }
+        arguments = kind.arguments(**values)
+        if isinstance(arguments, PointsPurchase):
+            points = arguments.points
             block, most = tariff.points_block, tariff.points_purchase_max
             if points % block or not block <= points <= most:
                 raise reader.error("points", f"a purchase is a multiple of {block} between {block} and {most} (PT-4)")
-        if action in ("option.enable", "option.disable") and arguments["option"] not in tariff.suboptions:
-            raise reader.error("option", f"the tariff has no sub-option {arguments['option']!r}")
+        if isinstance(arguments, OptionChange) and arguments.option not in tariff.suboptions:
+            raise reader.error("option", f"the tariff has no sub-option {arguments.option!r}")
         operations.append(Operation(at, action, arguments, reader.line_of("do")))
         reader.finish()
     operations.sort(key=lambda operation: operation.at)
@@ -522,7 +426,8 @@ def _check_gateway_lifecycle(source: str, gateways: list[GatewaySpec], operation
     enabled = {("terminal_lock", gateway.id) for gateway in gateways if gateway.terminal_lock and gateway.create}
     for operation in operations:
         if operation.action in ("option.enable", "option.disable"):
-            option = (operation.arguments["option"], operation.arguments["target"])
+            assert isinstance(operation.arguments, OptionChange)
+            option = (operation.arguments.option, operation.arguments.target)
             on = operation.action == "option.enable"
             if (option in enabled) == on:
                 state = "already enabled" if on else "not enabled"
@@ -530,7 +435,7 @@ def _check_gateway_lifecycle(source: str, gateways: list[GatewaySpec], operation
                     f"{source}:{operation.line}: {operation.action}: {option[0]}:{option[1]} is {state} then"
                 )
             (enabled.add if on else enabled.discard)(option)
-        gateway = operation.arguments.get("gateway")
+        gateway = getattr(operation.arguments, "gateway", None)
         if gateway is None:
             continue
         locked = any(spec.terminal_lock for spec in gateways if spec.id == gateway)

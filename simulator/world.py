@@ -18,7 +18,7 @@ import bisect
 import logging
 from collections import Counter
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 import numpy as np
@@ -33,6 +33,14 @@ from devices.traffic import DAY
 from gateway.mobile_gateway import Admission, GatewayCommand, GatewayState, MobileGateway
 from metering.timeutil import format_instant
 from simulator.event_writer import EventWriter
+from simulator.operations import (
+    OPERATIONS,
+    Arguments,
+    DevicePower,
+    FleetOperation,
+    GatewayOperation,
+    GatewaySetting,
+)
 from simulator.scenario import FleetSpec, Scenario
 
 LOG: Final = logging.getLogger("simulator.engine")
@@ -161,9 +169,9 @@ def secrets_of(seed: int, indexes: list[int]) -> list[SimSecrets]:
     return [SimSecrets(pin=digits[:4], puk=digits[4:12], passcode=digits[12:20]) for digits in rows]
 
 
-def described(arguments: Any) -> str:
+def described(arguments: Arguments) -> str:
     """An operation's arguments as ``key=value`` words (none of them is a secret)."""
-    return " ".join(f"{key}={value}" for key, value in sorted(arguments.items()))
+    return " ".join(f"{key}={value}" for key, value in sorted(asdict(arguments).items()))
 
 
 @dataclass
@@ -277,7 +285,7 @@ class World:
         self.gateways[gateway_id] = MobileGateway(
             spec.id, spec.account, mass_traffic=spec.mass_traffic, traffic_control=spec.traffic_control
         )
-        tag = f"{int(now)}.{self.operations_done}"
+        tag = self.tag()
         self.emit(now, "gateway.created", spec.account, f"{spec.id}/created/{tag}", gateway=spec.id)
         for wanted, command in (
             (spec.switch, GatewayCommand.CONNECT_SWITCH),
@@ -381,87 +389,93 @@ class World:
         for operation in self.scenario.operations:
             if operation.at > self.env.now:
                 yield UrgentTimeout(self.env, operation.at - self.env.now)
-            if self.operation_account(operation.action, operation.arguments) in self.accounts:
+            if self.operation_account(operation.arguments) in self.accounts:
                 self.operate(operation.action, operation.arguments)
             else:
                 self.operations_done += 1  # another shard's: numbered all the same
 
-    def operation_account(self, action: str, arguments: Any) -> str:
+    def operation_account(self, arguments: Arguments) -> str:
         """The account an operation concerns."""
-        if action.startswith("gateway."):
-            return next(spec.account for spec in self.scenario.gateways if spec.id == arguments["gateway"])
-        if "fleet" in arguments:
-            return next(fleet.account for fleet in self.scenario.fleets if fleet.name == arguments["fleet"])
-        return str(arguments["account"])
+        if isinstance(arguments, GatewayOperation | GatewaySetting):
+            return next(spec.account for spec in self.scenario.gateways if spec.id == arguments.gateway)
+        if isinstance(arguments, FleetOperation | DevicePower):
+            return next(fleet.account for fleet in self.scenario.fleets if fleet.name == arguments.fleet)
+        return arguments.account
 
-    def operate(self, action: str, arguments: Any) -> None:
-        """Carry out one operation now (its events' ids carry the operation's number)."""
+    def operate(self, action: str, arguments: Arguments) -> None:
+        """Carry out one operation now, by its handler in :data:`~simulator.operations.OPERATIONS`."""
         self.operations_done += 1
-        now = self.env.now
-        tag = f"{int(now)}.{self.operations_done}"
-        LOG.info("%s: %s %s", format_instant(self.writer.instant(now)), action, described(arguments))
-        if action == "gateway.create":
-            self.create_gateway(arguments["gateway"])
-        elif action == "gateway.delete":
-            gateway = self.gateways[arguments["gateway"]]
-            self.command(gateway.id, GatewayCommand.DELETE)
-            self.emit(now, "gateway.deleted", gateway.account, f"{gateway.id}/deleted/{tag}", gateway=gateway.id)
-            if any(spec.terminal_lock for spec in self.scenario.gateways if spec.id == gateway.id):
-                self.emit(
-                    now,
-                    "option.disabled",
-                    gateway.account,
-                    f"{gateway.id}/terminal_lock-off/{tag}",
-                    option="terminal_lock",
-                    target=gateway.id,
-                )
-        elif action in ("gateway.power", "gateway.internet", "gateway.switch"):
-            gateway = self.gateways[arguments["gateway"]]
-            on = bool(arguments["value"])
-            command = {
-                "gateway.power": (GatewayCommand.POWER_ON, GatewayCommand.POWER_OFF),
-                "gateway.internet": (GatewayCommand.ENABLE_INTERNET, GatewayCommand.DISABLE_INTERNET),
-                "gateway.switch": (GatewayCommand.CONNECT_SWITCH, GatewayCommand.DISCONNECT_SWITCH),
-            }[action][0 if on else 1]
-            already = {
-                "gateway.power": gateway.state is GatewayState.ON,
-                "gateway.internet": gateway.internet,
-                "gateway.switch": gateway.switch,
-            }[action]
-            if already != on:  # setting what is already set changes nothing
-                self.command(gateway.id, command)
+        LOG.info("%s: %s %s", format_instant(self.writer.instant(self.env.now)), action, described(arguments))
+        OPERATIONS[action].handler(self, action, arguments)
+
+    def tag(self) -> str:
+        """What makes the ids of the current operation's events unique: its second and number."""
+        return f"{int(self.env.now)}.{self.operations_done}"
+
+    def delete_gateway(self, gateway_id: str) -> None:
+        """Delete a gateway (Art. 41: the fee ends), and its terminal lock."""
+        now, tag = self.env.now, self.tag()
+        gateway = self.gateways[gateway_id]
+        self.command(gateway.id, GatewayCommand.DELETE)
+        self.emit(now, "gateway.deleted", gateway.account, f"{gateway.id}/deleted/{tag}", gateway=gateway.id)
+        if any(spec.terminal_lock for spec in self.scenario.gateways if spec.id == gateway.id):
             self.emit(
                 now,
-                action,
+                "option.disabled",
                 gateway.account,
-                f"{gateway.id}/{action}/{tag}",
-                gateway=gateway.id,
-                state="on" if on else "off",
+                f"{gateway.id}/terminal_lock-off/{tag}",
+                option="terminal_lock",
+                target=gateway.id,
             )
-        elif action == "sim.register":
-            waiting = [device for device in self.fleet_devices(arguments["fleet"]) if not self.registered[device.iccid]]
-            self.register(waiting[: arguments["count"]])
-        elif action == "sim.delete":
-            present = [device for device in self.fleet_devices(arguments["fleet"]) if self.registered[device.iccid]]
-            self.delete(present[: arguments["count"]])
-        elif action == "device.power":
-            for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
-                device.powered = bool(arguments["value"])
-                if self.watch.power_changed is not None:
-                    self.watch.power_changed(device, device.powered)
-                self.notify(device.fleet.gateway)
-        elif action == "device.swap":
-            for device in self.fleet_devices(arguments["fleet"])[: arguments["count"]]:
-                device.swap(int(now), f"36{device.index:013d}")
-                self.notify(device.fleet.gateway)
-        elif action in ("option.enable", "option.disable"):
-            kind = "option.enabled" if action == "option.enable" else "option.disabled"
-            option, target = arguments["option"], arguments["target"]
-            self.emit(now, kind, arguments["account"], f"{option}:{target}/{kind}/{tag}", option=option, target=target)
-        elif action == "points.buy":
-            self.emit(now, "points.purchased", arguments["account"], f"points/{tag}", points=arguments["points"])
 
-    # -- devices --------------------------------------------------------------------------------
+    def set_gateway(self, action: str, gateway_id: str, on: bool) -> None:
+        """``gateway.power``, ``gateway.internet`` or ``gateway.switch`` (setting what is set changes nothing)."""
+        now, tag = self.env.now, self.tag()
+        gateway = self.gateways[gateway_id]
+        command = {
+            "gateway.power": (GatewayCommand.POWER_ON, GatewayCommand.POWER_OFF),
+            "gateway.internet": (GatewayCommand.ENABLE_INTERNET, GatewayCommand.DISABLE_INTERNET),
+            "gateway.switch": (GatewayCommand.CONNECT_SWITCH, GatewayCommand.DISCONNECT_SWITCH),
+        }[action][0 if on else 1]
+        already = {
+            "gateway.power": gateway.state is GatewayState.ON,
+            "gateway.internet": gateway.internet,
+            "gateway.switch": gateway.switch,
+        }[action]
+        if already != on:
+            self.command(gateway.id, command)
+        self.emit(
+            now,
+            action,
+            gateway.account,
+            f"{gateway.id}/{action}/{tag}",
+            gateway=gateway.id,
+            state="on" if on else "off",
+        )
+
+    def power_devices(self, fleet: str, count: int, on: bool) -> None:
+        """Power the first ``count`` devices of a fleet on or off."""
+        for device in self.fleet_devices(fleet)[:count]:
+            device.powered = on
+            if self.watch.power_changed is not None:
+                self.watch.power_changed(device, device.powered)
+            self.notify(device.fleet.gateway)
+
+    def swap_devices(self, fleet: str, count: int) -> None:
+        """Put the first ``count`` SIMs of a fleet into new devices (new IMEIs)."""
+        for device in self.fleet_devices(fleet)[:count]:
+            device.swap(int(self.env.now), f"36{device.index:013d}")
+            self.notify(device.fleet.gateway)
+
+    def change_option(self, enable: bool, account: str, option: str, target: str) -> None:
+        """Enable or disable a sub-option for a target."""
+        kind = "option.enabled" if enable else "option.disabled"
+        event_id = f"{option}:{target}/{kind}/{self.tag()}"
+        self.emit(self.env.now, kind, account, event_id, option=option, target=target)
+
+    def buy_points(self, account: str, points: int) -> None:
+        """An account buys prepaid points."""
+        self.emit(self.env.now, "points.purchased", account, f"points/{self.tag()}", points=points)
 
     def admit(self, device: Device) -> Admission:
         """Ask the device's gateway for a session (Art. 34, terminal lock)."""

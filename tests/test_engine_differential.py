@@ -96,7 +96,9 @@ def scenarios(draw: st.DrawFn) -> str:
                     "sim.register",
                     "sim.delete",
                     "device.swap",
+                    "device.power",
                     "option.enable",
+                    "option.disable",
                     "points.buy",
                 ]
             )
@@ -108,7 +110,10 @@ def scenarios(draw: st.DrawFn) -> str:
                 lines.append(f"value = {quoted(draw(st.booleans()))}")
         elif action in ("sim.register", "sim.delete", "device.swap"):
             lines += [f'fleet = "{draw(st.sampled_from(fleets))}"', f"count = {draw(st.integers(1, 3))}"]
-        elif action == "option.enable":
+        elif action == "device.power":
+            lines += [f'fleet = "{draw(st.sampled_from(fleets))}"', f"count = {draw(st.integers(1, 3))}"]
+            lines.append(f"value = {quoted(draw(st.booleans()))}")
+        elif action in ("option.enable", "option.disable"):
             lines += ['account = "a1"', 'option = "ip_address"', f'target = "{draw(st.sampled_from(gateways))}"']
         else:
             lines += ['account = "a1"', "points = 20000"]
