@@ -11,8 +11,9 @@ The history is the input of the reference rules in :mod:`metering.rules`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from metering.events import Event, EventError
 from metering.tariff import Tariff
@@ -155,8 +156,120 @@ def _period_at(periods: Sequence[Period] | None, instant: int) -> int | None:
     return None
 
 
+ReplayStep = Callable[[AccountHistory, Event, Tariff], "str | EventError | None"]
+"""Adds one event to a history. Returns ``None``; an :class:`EventError` (an inconsistency, kept
+with the event counted); or a reason (the event is refused: not counted, and it consumes no points)."""
+
+
+def _sim_registered(history: AccountHistory, event: Event, _tariff: Tariff) -> EventError | None:
+    return _open(history.sims, event.sim or "", event, f"SIM {event.sim}")
+
+
+def _sim_deleted(history: AccountHistory, event: Event, _tariff: Tariff) -> EventError | None:
+    return _close(history.sims, event.sim or "", event, f"SIM {event.sim}")
+
+
+def _sim_traffic(history: AccountHistory, event: Event, _tariff: Tariff) -> str | None:
+    sim = event.sim or ""
+    period = _period_at(history.sims.get(sim), event.ts)
+    if period is None:
+        return f"SIM {sim} is not registered at {format_instant(event.ts)}"
+    usage = Usage(event.ts, (event.up_bytes or 0) + (event.down_bytes or 0), event.id, period)
+    history.traffic.setdefault(sim, []).append(usage)
+    history.communication.setdefault(sim, []).append(usage)
+    return None
+
+
+def _gateway_created(history: AccountHistory, event: Event, _tariff: Tariff) -> EventError | None:
+    return _open(history.gateways, event.gateway or "", event, f"gateway {event.gateway}")
+
+
+def _gateway_deleted(history: AccountHistory, event: Event, _tariff: Tariff) -> EventError | None:
+    return _close(history.gateways, event.gateway or "", event, f"gateway {event.gateway}")
+
+
+def _option(history: AccountHistory, event: Event, tariff: Tariff) -> str | EventError | None:
+    option = event.option or ""
+    if option not in tariff.suboptions:
+        return f"sub-option {option!r} has no entry in the tariff's [suboptions]"
+    key = f"{option}:{event.target}"
+    change = _open if event.type == "option.enabled" else _close
+    return change(history.options, key, event, f"sub-option {key}")
+
+
+def _device_registered(history: AccountHistory, event: Event, _tariff: Tariff) -> EventError | None:
+    return _open(history.devices, event.sim or "", event, f"device ID of SIM {event.sim}")
+
+
+def _device_deleted(history: AccountHistory, event: Event, _tariff: Tariff) -> EventError | None:
+    return _close(history.devices, event.sim or "", event, f"device ID of SIM {event.sim}")
+
+
+def _message(history: AccountHistory, event: Event, _tariff: Tariff) -> None:
+    """Never refused: points are consumed whatever the SIM's state (PT-3)."""
+    sim, count = event.sim or "", event.count or 1
+    registration = _period_at(history.sims.get(sim), event.ts)
+    if registration is not None:
+        history.communication.setdefault(sim, []).append(Usage(event.ts, count, event.id, registration))
+    device = _period_at(history.devices.get(sim), event.ts)
+    if device is None:
+        history.deviceless.setdefault(sim, []).append(Usage(event.ts, count, event.id, 0))
+    else:
+        history.messages.setdefault(sim, []).append(Usage(event.ts, count, event.id, device))
+
+
+def _sms(history: AccountHistory, event: Event, _tariff: Tariff) -> None:
+    history.sms.setdefault(event.kind or "", []).append(Usage(event.ts, event.count or 1, event.id, 0))
+
+
+def _points_purchased(history: AccountHistory, event: Event, tariff: Tariff) -> str | None:
+    points = event.points or 0
+    if points < tariff.points_block or points % tariff.points_block or points > tariff.points_purchase_max:
+        return (
+            f"a purchase must be a multiple of {tariff.points_block} points between "
+            f"{tariff.points_block} and {tariff.points_purchase_max} (PT-4), got {points}"
+        )
+    expires = month_start(month_of_instant(event.ts) + tariff.points_paid_validity_months + 1)
+    history.grants.append(PointGrant(event.ts, points, expires, True, event.id))
+    return None
+
+
+def _points_granted(history: AccountHistory, event: Event, _tariff: Tariff) -> str | None:
+    expires = event.expires or 0
+    if expires <= event.ts:
+        return "free points expire before they are granted"
+    history.grants.append(PointGrant(event.ts, event.points or 0, expires, False, event.id))
+    return None
+
+
+def _account_deleted(history: AccountHistory, event: Event, _tariff: Tariff) -> None:
+    history.deletions.append((event.ts, event.id))
+
+
+REPLAY_STEPS: Final[dict[str, ReplayStep]] = {
+    "sim.registered": _sim_registered,
+    "sim.deleted": _sim_deleted,
+    "sim.traffic": _sim_traffic,
+    "gateway.created": _gateway_created,
+    "gateway.deleted": _gateway_deleted,
+    "option.enabled": _option,
+    "option.disabled": _option,
+    "mono.device.registered": _device_registered,
+    "mono.device.deleted": _device_deleted,
+    "mono.message": _message,
+    "sms.sent": _sms,
+    "points.purchased": _points_purchased,
+    "points.granted": _points_granted,
+    "account.deleted": _account_deleted,
+}
+"""How each billed event type enters a history (other types are diagnostics: only their month counts)."""
+
+
 def replay(account: str, events: Sequence[Event], tariff: Tariff) -> tuple[AccountHistory, list[EventError]]:
     """Build the history of one account from its events (already in processing order).
+
+    Each event goes through its step in :data:`REPLAY_STEPS`, then consumes points if the tariff
+    says it does (PT-3).
 
     Args:
         account: The account.
@@ -168,80 +281,16 @@ def replay(account: str, events: Sequence[Event], tariff: Tariff) -> tuple[Accou
     """
     history = AccountHistory(account)
     errors: list[EventError] = []
-
-    def fail(event: Event, reason: str) -> None:
-        errors.append(EventError(f"{event.type}: {reason}", event.source, event.line))
-
     for event in events:
         history.event_months.add(month_of_instant(event.ts))
-        kind = event.type
-        error: EventError | None = None
-        if kind == "sim.registered":
-            error = _open(history.sims, event.sim or "", event, f"SIM {event.sim}")
-        elif kind == "sim.deleted":
-            error = _close(history.sims, event.sim or "", event, f"SIM {event.sim}")
-        elif kind == "sim.traffic":
-            sim = event.sim or ""
-            period = _period_at(history.sims.get(sim), event.ts)
-            if period is None:
-                fail(event, f"SIM {sim} is not registered at {format_instant(event.ts)}")
-                continue
-            volume = (event.up_bytes or 0) + (event.down_bytes or 0)
-            usage = Usage(event.ts, volume, event.id, period)
-            history.traffic.setdefault(sim, []).append(usage)
-            history.communication.setdefault(sim, []).append(usage)
-        elif kind == "gateway.created":
-            error = _open(history.gateways, event.gateway or "", event, f"gateway {event.gateway}")
-        elif kind == "gateway.deleted":
-            error = _close(history.gateways, event.gateway or "", event, f"gateway {event.gateway}")
-        elif kind in ("option.enabled", "option.disabled"):
-            option = event.option or ""
-            if option not in tariff.suboptions:
-                fail(event, f"sub-option {option!r} has no entry in the tariff's [suboptions]")
-                continue
-            key = f"{option}:{event.target}"
-            if kind == "option.enabled":
-                error = _open(history.options, key, event, f"sub-option {key}")
-            else:
-                error = _close(history.options, key, event, f"sub-option {key}")
-        elif kind == "mono.device.registered":
-            error = _open(history.devices, event.sim or "", event, f"device ID of SIM {event.sim}")
-        elif kind == "mono.device.deleted":
-            error = _close(history.devices, event.sim or "", event, f"device ID of SIM {event.sim}")
-        elif kind == "mono.message":  # never an error: points are consumed whatever the SIM's state (PT-3)
-            sim, count = event.sim or "", event.count or 1
-            registration = _period_at(history.sims.get(sim), event.ts)
-            if registration is not None:
-                history.communication.setdefault(sim, []).append(Usage(event.ts, count, event.id, registration))
-            device = _period_at(history.devices.get(sim), event.ts)
-            if device is None:
-                history.deviceless.setdefault(sim, []).append(Usage(event.ts, count, event.id, 0))
-            else:
-                history.messages.setdefault(sim, []).append(Usage(event.ts, count, event.id, device))
-        elif kind == "sms.sent":
-            history.sms.setdefault(event.kind or "", []).append(Usage(event.ts, event.count or 1, event.id, 0))
-        elif kind == "points.purchased":
-            points = event.points or 0
-            if points < tariff.points_block or points % tariff.points_block or points > tariff.points_purchase_max:
-                fail(
-                    event,
-                    f"a purchase must be a multiple of {tariff.points_block} points between "
-                    f"{tariff.points_block} and {tariff.points_purchase_max} (PT-4), got {points}",
-                )
-                continue
-            expires = month_start(month_of_instant(event.ts) + tariff.points_paid_validity_months + 1)
-            history.grants.append(PointGrant(event.ts, points, expires, True, event.id))
-        elif kind == "points.granted":
-            expires = event.expires or 0
-            if expires <= event.ts:
-                fail(event, "free points expire before they are granted")
-                continue
-            history.grants.append(PointGrant(event.ts, event.points or 0, expires, False, event.id))
-        elif kind == "account.deleted":
-            history.deletions.append((event.ts, event.id))
-        if tariff.points_consumption.get(kind):
-            per = tariff.points_consumption[kind]
+        step = REPLAY_STEPS.get(event.type)
+        outcome = step(history, event, tariff) if step is not None else None
+        if isinstance(outcome, str):
+            errors.append(EventError(f"{event.type}: {outcome}", event.source, event.line))
+            continue
+        per = tariff.points_consumption.get(event.type)
+        if per:
             history.consumption.append(Usage(event.ts, (event.count or 1) * per, event.id, 0))
-        if error is not None:
-            errors.append(error)
+        if outcome is not None:
+            errors.append(outcome)
     return history, errors
