@@ -231,33 +231,8 @@ def _profiles(top: TomlTable) -> dict[str, TrafficProfile]:
     return profiles
 
 
-def scenario_from_text(text: str, source: str) -> Scenario:
-    """Validate a scenario document.
-
-    Raises:
-        ScenarioError: For the first bad key.
-    """
-    lines = text.splitlines()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise ScenarioError(f"{source}:{match.group(1) if match else 1}: not valid TOML ({exc})") from None
-    top = TomlTable(source, lines, (), data, ScenarioError)
-    head = top.table("scenario")
-    name = head.get("name", str, check=_named)
-    description = head.get("description", str, "")
-    start_us = _instant(head, "start")
-    months = head.get("months", int, check=lambda v: None if 1 <= v <= 120 else "must be between 1 and 120")
-    seed = head.get("seed", int, 0, check=_non_negative)
-    tariff_name = head.get("tariff", str, "default")
-    traffic_records = head.get("traffic_records", str, "session", check=_one_of(("session", "daily")))
-    try:
-        tariff = load_tariff(None if tariff_name == "default" else Path(source).parent / tariff_name)
-    except TariffError as exc:
-        raise head.error("tariff", str(exc)) from None
-    head.finish()
-
+def _accounts(top: TomlTable) -> list[str]:
+    """``[[accounts]]``: their ids, each once."""
     account_list = top.get("accounts", list)
     accounts: list[str] = []
     for index, entry in enumerate(account_list):
@@ -270,6 +245,11 @@ def scenario_from_text(text: str, source: str) -> Scenario:
     if not accounts:
         raise top.error("accounts", "needs at least one account")
 
+    return accounts
+
+
+def _gateways(top: TomlTable, accounts: list[str]) -> list[GatewaySpec]:
+    """``[[gateways]]``: each with its account, settings and policies."""
     gateways: list[GatewaySpec] = []
     for index, entry in enumerate(top.get("gateways", list, [])):
         reader = top.table("gateways", index, entry)
@@ -307,6 +287,11 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         )
         reader.finish()
 
+    return gateways
+
+
+def _fleets(top: TomlTable, accounts: list[str], gateways: list[GatewaySpec]) -> list[FleetSpec]:
+    """``[[fleets]]`` (with the ``[profiles]`` they name), within the bounds of a scenario."""
     profiles = _profiles(top)
     fleets: list[FleetSpec] = []
     gateway_ids = {gateway.id: gateway for gateway in gateways}
@@ -347,6 +332,19 @@ def scenario_from_text(text: str, source: str) -> Scenario:
     if sum(fleet.count for fleet in fleets) > MAX_SIMS:
         raise top.error("fleets", f"at most {MAX_SIMS:,} SIMs in all")
 
+    return fleets
+
+
+def _operations(
+    top: TomlTable,
+    start_us: int,
+    accounts: list[str],
+    gateways: list[GatewaySpec],
+    fleets: list[FleetSpec],
+    tariff: Tariff,
+) -> list[Operation]:
+    """``[[operations]]``: each read into its typed record (:data:`~simulator.operations.OPERATIONS`), by time."""
+    gateway_ids = {gateway.id: gateway for gateway in gateways}
     operations: list[Operation] = []
     fleet_names = {fleet.name for fleet in fleets}
     for index, entry in enumerate(top.get("operations", list, [])):
@@ -376,8 +374,11 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         operations.append(Operation(at, action, arguments, reader.line_of("do")))
         reader.finish()
     operations.sort(key=lambda operation: operation.at)
-    _check_gateway_lifecycle(source, gateways, operations)
+    return operations
 
+
+def _expectations(top: TomlTable) -> Expectations:
+    """``[expect]``: what the run must show (checked after it)."""
     expect = top.table("expect")
     totals: dict[str, Decimal] = {}
     if "totals" in expect.data:
@@ -402,6 +403,42 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         totals=totals,
     )
     expect.finish()
+    return expectations
+
+
+def scenario_from_text(text: str, source: str) -> Scenario:
+    """Validate a scenario document.
+
+    Raises:
+        ScenarioError: For the first bad key.
+    """
+    lines = text.splitlines()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise ScenarioError(f"{source}:{match.group(1) if match else 1}: not valid TOML ({exc})") from None
+    top = TomlTable(source, lines, (), data, ScenarioError)
+    head = top.table("scenario")
+    name = head.get("name", str, check=_named)
+    description = head.get("description", str, "")
+    start_us = _instant(head, "start")
+    months = head.get("months", int, check=lambda v: None if 1 <= v <= 120 else "must be between 1 and 120")
+    seed = head.get("seed", int, 0, check=_non_negative)
+    tariff_name = head.get("tariff", str, "default")
+    traffic_records = head.get("traffic_records", str, "session", check=_one_of(("session", "daily")))
+    try:
+        tariff = load_tariff(None if tariff_name == "default" else Path(source).parent / tariff_name)
+    except TariffError as exc:
+        raise head.error("tariff", str(exc)) from None
+    head.finish()
+
+    accounts = _accounts(top)
+    gateways = _gateways(top, accounts)
+    fleets = _fleets(top, accounts, gateways)
+    operations = _operations(top, start_us, accounts, gateways, fleets, tariff)
+    _check_gateway_lifecycle(source, gateways, operations)
+    expectations = _expectations(top)
     top.finish()
     return Scenario(
         name=name,
