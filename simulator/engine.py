@@ -112,7 +112,6 @@ class Engine:
         fleet, account = device.fleet, device.fleet.account
         self.step(device, DeviceEvent.POWER_ON)
         device.card, _ = device.card.apply(Command.POWER_ON)
-        device.power_cycles += 1
         if device.card.state is CardState.READY:
             self.step(device, DeviceEvent.CARD_READY)
             return True

@@ -214,7 +214,6 @@ class FastEngine:
         fleet, account, iccid = device.fleet, device.fleet.account, device.iccid
         now = int(self.env.now)
         device.card, _ = device.card.apply(Command.POWER_ON)
-        device.power_cycles += 1
         if device.card.state is not CardState.PIN_REQUIRED:
             return device.card.state is CardState.READY
         secrets = device.card.secrets

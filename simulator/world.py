@@ -80,7 +80,6 @@ class Device:
     sessions: int = 0
     registrations: int = 0
     powered: bool = True
-    power_cycles: int = 0
     power_changed: simpy.Event | None = None
     imeis: list[tuple[int, str]] = field(default_factory=list)
 

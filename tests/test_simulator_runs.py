@@ -114,15 +114,31 @@ fleet = "f"
 count = 1
 value = true
 """
+    from devices.device import DeviceEvent, DeviceState
+
     engine = Engine(
         scenario_from_text(TINY.format(gateway="", fleet='pin = "correct"', profile="telemetry") + operations, "t.toml")
     )
+    steps: list[tuple[int, DeviceEvent]] = []
+    stepped = engine.step
+
+    def step(device: Any, event: DeviceEvent) -> None:
+        steps.append((int(engine.env.now), event))
+        stepped(device, event)
+
+    engine.step = step  # type: ignore[method-assign]
     events = engine.run()
     closed = [json.loads(event.extra)["cause"] for event in events if event.type == "session.deleted"]
     assert closed == ["power_off", "end_of_run"]
     opened = [(event.ts - engine.scenario.start_us) // 1_000_000 for event in events if event.type == "session.created"]
     assert opened == [0, 2 * 86_400]
-    assert engine.devices[0].power_cycles == 2, "the card was powered on twice and the PIN verified twice"
+    powered = [(at, event) for at, event in steps if event in (DeviceEvent.POWER_ON, DeviceEvent.CARD_READY)]
+    on_again = 2 * 86_400
+    expected = [(0, DeviceEvent.POWER_ON), (0, DeviceEvent.CARD_READY)]
+    expected += [(on_again, DeviceEvent.POWER_ON), (on_again, DeviceEvent.CARD_READY)]
+    assert powered == expected, "the card was powered on twice and the PIN verified twice"
+    assert (86_400, DeviceEvent.POWER_OFF) in steps
+    assert engine.devices[0].machine.state is DeviceState.SEARCHING, "the last session closed at the end of the run"
     assert engine.devices[0].card.state.value == "ready"
 
 
