@@ -10,7 +10,7 @@ down proportionally (every fleet keeps at least one device).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +18,17 @@ import simpy
 from rich.table import Table
 
 from metering.bench import _peak_rss_mb, figures_table, in_child_process
-from simulator.operations import DevicePower, FleetOperation
 
 
 def scaled(path: Path, sims: int) -> Any:
     """The scenario at ``path`` with its fleets scaled to about ``sims`` SIMs in all."""
-    from simulator.scenario import load_scenario
+    from simulator.scenario import load_scenario, scale_scenario
 
     scenario = load_scenario(path)
     total = scenario.sim_count
     if sims >= total:
         return scenario
-    fleets = tuple(replace(fleet, count=max(1, fleet.count * sims // total)) for fleet in scenario.fleets)
-    operations = tuple(
-        replace(op, arguments=replace(op.arguments, count=max(1, op.arguments.count * sims // total)))
-        if isinstance(op.arguments, FleetOperation | DevicePower)
-        else op
-        for op in scenario.operations
-    )
-    return replace(scenario, fleets=fleets, operations=operations)
+    return scale_scenario(scenario, sims / total)
 
 
 def bare_simpy(processes: int, events: int) -> float:

@@ -296,6 +296,18 @@ def _scenario(path: Path) -> Scenario:
         fail(str(exc))
 
 
+def _scaled(scenario: Scenario, factor: float) -> Scenario:
+    from simulator.scenario import ScenarioError, scale_scenario
+
+    try:
+        scaled = scale_scenario(scenario, factor)
+    except ScenarioError as exc:
+        fail(str(exc))
+    dropped = f"; its {len(scenario.expect.totals)} expected totals are not checked" if scenario.expect.totals else ""
+    note(f"{scenario.name} scaled by {factor:g}: {scaled.sim_count:,} SIMs instead of {scenario.sim_count:,}{dropped}")
+    return scaled
+
+
 def _simulate(scenario: Scenario, rater: str, engine: str = "fast", ray_address: str | None = None) -> RunResult:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -363,6 +375,14 @@ def run(
     mqtt_ca: MqttCaOpt = None,
     mqtt_retries: MqttRetriesOpt = 5,
     mqtt_backoff: MqttBackoffOpt = 0.25,
+    scale: Annotated[
+        float | None,
+        typer.Option(
+            help="Scale every fleet (and fleet operation) by this factor, keeping at least one SIM each, "
+            "e.g. 0.02 for a quick run of a load scenario. The [expect] floors and PIN outcomes scale "
+            "with it; invoice totals are checked at full size only.",
+        ),
+    ] = None,
 ) -> None:
     """Simulate a scenario, meter it in-process, print a summary; exit 1 if a check of its expect table fails.
 
@@ -383,6 +403,8 @@ def run(
         fail("--pcap-sims: only with --pcap")
     broker = _broker(mqtt, mqtt_username, mqtt_ca, mqtt_retries, mqtt_backoff) if mqtt is not None else None
     scenario = _scenario(scenario_path)
+    if scale is not None and scale != 1:
+        scenario = _scaled(scenario, scale)
     if pcap is not None and scenario.traffic_records != "session":
         fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
     sim_map = pcap.with_name(pcap.name + ".sims.csv") if pcap is not None else None

@@ -68,9 +68,15 @@ def check_expectations(result: RunResult) -> list[str]:
     """The ``[expect]`` checks that failed, in words (empty: all passed)."""
     expect, failures = result.scenario.expect, []
     states, stats = result.sim_states, result.stats
-    for name, wanted, got in (("locked", expect.locked, states["locked"]), ("dead", expect.dead, states["dead"])):
+    ever_locked = states["locked"] + states["unlocked"] + states["dead"]
+    for name, wanted, got in (
+        ("locked at the end", expect.locked_at_end, states["locked"]),
+        ("unlocked at the end", expect.unlocked_at_end, states["unlocked"]),
+        ("ever locked", expect.ever_locked, ever_locked),
+        ("dead", expect.dead, states["dead"]),
+    ):
         if wanted is not None and wanted != got:
-            failures.append(f"expected {wanted} {name} SIMs, got {got}")
+            failures.append(f"expected {wanted} SIMs {name}, got {got}")
     for name, floor, got in (
         ("interruptions", expect.interruptions_min, stats.interruptions),
         ("sessions", expect.sessions_min, stats.sessions),

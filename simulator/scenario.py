@@ -25,13 +25,22 @@ from metering.tariff import Tariff, TariffError, load_tariff
 from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, month_of_instant, month_start, parse_instant
 from metering.toml_table import TomlTable
-from simulator.operations import OPERATIONS, Arguments, OptionChange, PointsPurchase
+from simulator.operations import OPERATIONS, Arguments, DevicePower, FleetOperation, OptionChange, PointsPurchase
 
 PIN_ENTRIES: Final = ("disabled", "correct", "misconfigured")
 PUK_ENTRIES: Final = ("none", "correct", "wrong")
 MAX_SIMS: Final = 10_000_000
 """The most SIMs a scenario may have in all its fleets."""
-EXPECT_KEYS: Final = ("locked", "dead", "interruptions_min", "sessions_min", "refused_min", "totals")
+EXPECT_KEYS: Final = (
+    "locked_at_end",
+    "unlocked_at_end",
+    "ever_locked",
+    "dead",
+    "interruptions_min",
+    "sessions_min",
+    "refused_min",
+    "totals",
+)
 
 
 class ScenarioError(Exception):
@@ -111,9 +120,22 @@ class Operation:
 
 @dataclass(frozen=True, slots=True)
 class Expectations:
-    """``[expect]``: checks a run must pass (``mgwsim run`` exits 1 otherwise)."""
+    """``[expect]``: checks a run must pass (``mgwsim run`` exits 1 otherwise).
 
-    locked: int | None = None
+    Attributes:
+        locked_at_end: SIMs whose PIN is blocked when the run ends (no PUK came, or it was due too late).
+        unlocked_at_end: SIMs rescued by their PUK, in use when the run ends.
+        ever_locked: SIMs whose PIN was blocked at some time (locked, unlocked or dead at the end).
+        dead: SIMs killed by wrong PUKs (a dead SIM stays dead).
+        interruptions_min: At least this many sessions cut for mass traffic (Art. 49(2)).
+        sessions_min: At least this many sessions.
+        refused_min: At least this many refused attaches (first of each streak).
+        totals: Invoice totals, by ``YYYY-MM/account``.
+    """
+
+    locked_at_end: int | None = None
+    unlocked_at_end: int | None = None
+    ever_locked: int | None = None
     dead: int | None = None
     interruptions_min: int | None = None
     sessions_min: int | None = None
@@ -394,8 +416,12 @@ def _expectations(top: TomlTable) -> Expectations:
                 raise table.error(key, "must be a finite decimal amount")
             totals[key] = total
         table.finish()
+    if "locked" in expect.data:
+        raise expect.error("locked", "says neither when nor how: write locked_at_end or ever_locked")
     expectations = Expectations(
-        locked=expect.get("locked", int, None, check=_non_negative),
+        locked_at_end=expect.get("locked_at_end", int, None, check=_non_negative),
+        unlocked_at_end=expect.get("unlocked_at_end", int, None, check=_non_negative),
+        ever_locked=expect.get("ever_locked", int, None, check=_non_negative),
         dead=expect.get("dead", int, None, check=_non_negative),
         interruptions_min=expect.get("interruptions_min", int, None, check=_non_negative),
         sessions_min=expect.get("sessions_min", int, None, check=_non_negative),
@@ -507,3 +533,59 @@ def load_scenario(path: Path) -> Scenario:
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
     return scenario_from_text(text, str(path))
+
+
+def scale_scenario(scenario: Scenario, factor: float) -> Scenario:
+    """The scenario with every fleet (and every fleet operation's count) scaled by ``factor``.
+
+    Each fleet keeps at least one SIM, so the mix of fleets is kept; the expectations follow:
+
+    * the floors (``*_min``) are scaled and rounded down;
+    * the PIN outcomes (``locked_at_end``, ``unlocked_at_end``, ``ever_locked``, ``dead``), which
+      only misconfigured-PIN fleets produce, are scaled by how much those fleets were scaled (exact
+      when those fleets are alike, as in the shipped load scenarios);
+    * invoice ``totals``, which do not scale, are dropped (they are checked at full size).
+
+    Raises:
+        ScenarioError: If the factor is not positive, or the scaled fleets exceed :data:`MAX_SIMS`.
+    """
+    if not factor > 0:
+        raise ScenarioError(f"{scenario.source}: --scale must be > 0, got {factor}")
+
+    def scaled(count: int) -> int:
+        return max(1, round(count * factor))
+
+    fleets = tuple(replace(fleet, count=scaled(fleet.count)) for fleet in scenario.fleets)
+    if sum(fleet.count for fleet in fleets) > MAX_SIMS:
+        raise ScenarioError(f"{scenario.source}: scaled by {factor}, the fleets exceed {MAX_SIMS:,} SIMs")
+    operations = tuple(
+        replace(op, arguments=replace(op.arguments, count=scaled(op.arguments.count)))
+        if isinstance(op.arguments, FleetOperation | DevicePower)
+        else op
+        for op in scenario.operations
+    )
+    misconfigured = [
+        (before, after) for before, after in zip(scenario.fleets, fleets, strict=True) if before.pin == "misconfigured"
+    ]
+    pin_ratio = sum(after.count for _, after in misconfigured) / max(
+        1, sum(before.count for before, _ in misconfigured)
+    )
+
+    def pin_outcome(value: int | None) -> int | None:
+        return None if value is None else round(value * pin_ratio)
+
+    def floor(value: int | None) -> int | None:
+        return None if value is None else int(value * factor)
+
+    expect = scenario.expect
+    expectations = Expectations(
+        locked_at_end=pin_outcome(expect.locked_at_end),
+        unlocked_at_end=pin_outcome(expect.unlocked_at_end),
+        ever_locked=pin_outcome(expect.ever_locked),
+        dead=pin_outcome(expect.dead),
+        interruptions_min=floor(expect.interruptions_min),
+        sessions_min=floor(expect.sessions_min),
+        refused_min=floor(expect.refused_min),
+        totals={},
+    )
+    return replace(scenario, fleets=fleets, operations=operations, expect=expectations)

@@ -1,0 +1,57 @@
+"""Every shipped scenario runs clean as a user runs it: `mgwsim run` exits 0, its [expect] checks hold.
+
+The load scenarios run through `--scale 0.02` (the same mix, one SIM at least per fleet, the
+expectations scaled with it), so a regression in them fails CI without the full run's minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_cli import mgwsim
+
+from simulator.runner import check_expectations, run_scenario
+from simulator.scenario import ScenarioError, load_scenario, scale_scenario, scenario_from_text
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))
+LOADS = {path for path in SHIPPED if path.stem.startswith("load-")}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[path.stem for path in SHIPPED])
+def test_every_shipped_scenario_runs_clean(path: Path, tmp_path: Path) -> None:
+    scale = ["--scale", "0.02"] if path in LOADS else []
+    done = mgwsim("run", path, *scale, "--out", tmp_path / "out", columns=200)
+    assert done.returncode == 0, done.stderr
+    assert "expectation failed" not in done.stderr
+    if scale:
+        assert "scaled by 0.02" in done.stderr
+
+
+def test_the_load_scenario_scales_its_mix_and_its_expectations() -> None:
+    full = load_scenario(ROOT / "scenarios/load-100k.toml")
+    small = scale_scenario(full, 0.02)
+    assert len(small.fleets) == len(full.fleets) and all(fleet.count >= 1 for fleet in small.fleets)
+    assert 1_900 <= small.sim_count <= 2_100
+    misconfigured = sum(fleet.count for fleet in small.fleets if fleet.pin == "misconfigured")
+    assert small.expect.ever_locked == misconfigured == 20, "10 accounts: one rescued and one dead SIM each"
+    assert small.expect.dead == small.expect.unlocked_at_end == 10
+    assert small.expect.interruptions_min == 20 and not small.expect.totals
+    result = run_scenario(small)
+    assert check_expectations(result) == []
+
+
+def test_locked_is_refused_for_saying_neither_when_nor_how() -> None:
+    text = (ROOT / "scenarios/pin-lockout.toml").read_text().replace("locked_at_end = 2", "locked = 2")
+    with pytest.raises(ScenarioError, match=r"pin-lockout.toml:\d+: key 'expect.locked': says neither when nor how"):
+        scenario_from_text(text, "pin-lockout.toml")
+
+
+def test_a_failed_pin_expectation_says_what_it_counted() -> None:
+    text = (ROOT / "scenarios/pin-lockout.toml").read_text().replace("locked_at_end = 2", "ever_locked = 2")
+    scenario = scenario_from_text(text, str(ROOT / "scenarios/pin-lockout.toml"))
+    failures = check_expectations(run_scenario(scenario))
+    assert failures == [f"expected 2 SIMs ever locked, got {2 + 2}"] or failures[0].startswith(
+        "expected 2 SIMs ever locked"
+    )
