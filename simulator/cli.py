@@ -102,6 +102,14 @@ class OutputFormat(StrEnum):
     table = "table"
 
 
+class LogFormat(StrEnum):
+    """The format of a run folder's event log."""
+
+    auto = "auto"
+    jsonl = "jsonl"
+    parquet = "parquet"
+
+
 class EngineName(StrEnum):
     """Which simulation engine runs a scenario."""
 
@@ -337,8 +345,16 @@ def _simulate(scenario: Scenario, rater: str, engine: str = "fast", ray_address:
 def run(
     scenario_path: ScenarioArg,
     out: Annotated[
-        Path | None, typer.Option(help="Write events.jsonl, invoices/YYYY-MM.json, report.png, summary.json here.")
+        Path | None,
+        typer.Option(
+            help="Write the event log (events.jsonl; events.parquet above 1,000,000 events, see --log-format), "
+            "invoices/YYYY-MM.json, report.png, summary.json here."
+        ),
     ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(help="The format of --out's event log: auto (Parquet above 1,000,000 events), jsonl, parquet."),
+    ] = LogFormat.auto,
     events: Annotated[
         Path | None, typer.Option("--events", help="Also write the event log here (.jsonl, .jsonl.gz or .parquet).")
     ] = None,
@@ -388,13 +404,13 @@ def run(
 
     Example: mgwsim run scenarios/quickstart.toml --out out/quickstart
     """
-    from metering.eventlog import log_format
+    from metering.eventlog import log_format as event_log_format
     from simulator.runner import check_expectations, write_outputs
     from simulator.summary import summary_tables
 
     if events is not None:
         try:
-            log_format(events)
+            event_log_format(events)
         except EventLogError as exc:
             fail(f"--events: {exc}")
     if ray_address is not None and engine is not EngineName.ray:
@@ -410,7 +426,7 @@ def run(
     sim_map = pcap.with_name(pcap.name + ".sims.csv") if pcap is not None else None
     _prepare_outputs(out, [path for path in (events, pcap, sim_map) if path is not None])
     result = _simulate(scenario, rater.value, engine.value, ray_address)
-    written = write_outputs(result, out, events)
+    written = write_outputs(result, out, events, log_format.value)
     if pcap is not None:
         written += _write_capture(result, pcap, pcap_sims)
     if broker is not None:
