@@ -23,8 +23,9 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metering.eventlog import ARROW_SCHEMA, events_to_arrow
+from metering.eventlog import ARROW_SCHEMA, event_line, events_to_arrow
 from metering.events import EVENT_COLUMNS, ROUTES, Event
+from metering.timeutil import JST_OFFSET_US
 
 IntArray = npt.NDArray[np.int64]
 CHUNK_ROWS: Final = 1_000_000
@@ -132,6 +133,50 @@ class CompactTraffic:
         ]
         return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
 
+    def jsonl(self, start: int = 0, stop: int | None = None) -> bytes:
+        """Rows ``start:stop`` as lines of a JSONL log, built column by column (vectorised).
+
+        Byte for byte what :func:`metering.eventlog.event_line` writes for each row's event: the
+        same keys in the same order, the time in JST (traffic rows fall on whole seconds), and no
+        escaping, which the values never need (ICCIDs, names of :data:`~metering.events.NAME_PATTERN`,
+        the routes); a test holds the two writers to the same bytes.
+        """
+        rows = slice(start, len(self) if stop is None else stop)
+        if rows.start >= rows.stop:
+            return b""
+        codes = pa.array(self.sim[rows])
+        iccid = pa.array(self.iccids, type=pa.string()).take(codes)
+        jst = (self.origin_us + JST_OFFSET_US) // 1_000_000 + self.second[rows].astype(np.int64)
+        # "YYYY-MM-DD HH:MM:SS" as Arrow casts a timestamp (years 1970..2999: always four digits), then the T
+        stamp = pc.binary_replace_slice(
+            pc.cast(pa.array(jst.astype("datetime64[s]")), pa.string()), start=10, stop=11, replacement="T"
+        )
+        parts = [
+            '{"ts": "',
+            stamp,
+            '+09:00", "type": "sim.traffic", "account": "',
+            pa.array(self.accounts, type=pa.string()).take(codes),
+            '", "id": "',
+            iccid,
+            self.id_infix,
+            pc.cast(pa.array(self.key[rows]), pa.string()),
+            '", "sim": "',
+            iccid,
+            '", "gateway": "',
+            pa.array(self.gateways, type=pa.string()).take(codes),
+            '", "up_bytes": ',
+            pc.cast(pa.array(self.up_bytes[rows]), pa.string()),
+            ', "down_bytes": ',
+            pc.cast(pa.array(self.down_bytes[rows]), pa.string()),
+            ', "route": "',
+            pa.array(ROUTES, type=pa.string()).take(pa.array(self.route[rows])),
+            '"}\n',
+        ]
+        lines = pc.binary_join_element_wise(*parts, "")
+        offsets, data = lines.buffers()[1], lines.buffers()[2]
+        first, last = np.frombuffer(offsets, dtype=np.int32)[[lines.offset, lines.offset + len(lines)]].tolist()
+        return bytes(memoryview(data)[first:last])
+
     def store_tables(self) -> tuple[pa.Table, pa.Table]:
         """The rows (with their position) and the per-SIM table, for the store's bulk insert."""
         rows = pa.table(
@@ -216,6 +261,27 @@ class CompactLog(Sequence[Event]):
             yield events_to_arrow(pending)
         for first in range(row, len(traffic), CHUNK_ROWS):
             yield traffic.to_arrow(first, min(len(traffic), first + CHUNK_ROWS))
+
+    def jsonl_chunks(self) -> Iterator[bytes]:
+        """The log as JSONL, in order, a bounded number of lines at a time (traffic rows vectorised)."""
+        traffic = self._ordered
+        times = traffic.ts()
+        row = 0
+        pending: list[str] = []
+        for event in self.events:
+            until = int(np.searchsorted(times, event.ts, side="left"))
+            if until > row:
+                if pending:
+                    yield ("\n".join(pending) + "\n").encode()
+                    pending = []
+                for first in range(row, until, CHUNK_ROWS):
+                    yield traffic.jsonl(first, min(until, first + CHUNK_ROWS))
+                row = until
+            pending.append(event_line(event))
+        if pending:
+            yield ("\n".join(pending) + "\n").encode()
+        for first in range(row, len(traffic), CHUNK_ROWS):
+            yield traffic.jsonl(first, min(len(traffic), first + CHUNK_ROWS))
 
 
 def traffic_insert_sql(id_infix: str, origin_us: int, first_seq: int) -> str:

@@ -121,3 +121,52 @@ def test_compact_rows_are_idempotent_and_checked(small_load_log: CompactLog) -> 
 
 def test_the_load_scenario_file_is_valid() -> None:
     assert load_scenario(ROOT / "scenarios/load-100k.toml").sim_count == 100_000
+
+
+def test_the_vectorised_jsonl_is_byte_for_byte_the_event_writer(small_load_log: CompactLog, tmp_path: Path) -> None:
+    """The column-built JSONL of a compact log equals event_line of every event, in the same order."""
+    from metering.eventlog import event_line
+
+    expected = "".join(event_line(event) + "\n" for event in small_load_log).encode()
+    assert b"".join(small_load_log.jsonl_chunks()) == expected
+    path = tmp_path / "events.jsonl"
+    assert write_event_log(small_load_log, path) == len(small_load_log)
+    assert path.read_bytes() == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 2**31 - 1),
+            st.integers(0, 2),
+            st.integers(0, 2**62),
+            st.integers(0, 2**62),
+            st.integers(0, 3),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([0, 1_767_193_200_000_000, 32_503_647_600_000_000]),
+)
+def test_compact_rows_as_jsonl_match_their_events_at_any_value(rows: list[tuple[int, ...]], origin: int) -> None:
+    """Any second (to year 2999), volume up to 2^62, route and SIM: the same bytes as event_line."""
+    from metering.compact import CompactTraffic
+    from metering.eventlog import event_line
+    from metering.timeutil import MAX_INSTANT
+
+    seconds = [min(second, (MAX_INSTANT - origin) // 1_000_000) for second, *_ in rows]
+    traffic = CompactTraffic(
+        origin_us=origin,
+        second=np.array(seconds, dtype=np.int32),
+        sim=np.array([sim for _, sim, *_ in rows], dtype=np.int32),
+        up_bytes=np.array([up for _, _, up, _, _ in rows], dtype=np.int64),
+        down_bytes=np.array([down for *_, down, _ in rows], dtype=np.int64),
+        route=np.array([route % 2 for *_, route in rows], dtype=np.int8),
+        key=np.array([number * 7 for number in range(len(rows))], dtype=np.int32),
+        iccids=("8981200000010000001", "8981300000020000002", "898120000003000000033"[:20]),
+        accounts=("acct-1", "a:b@c/d", "x.y_z-9"),
+        gateways=("gw-1", "gw/2", "g"),
+        id_infix="/d/",
+    )
+    assert traffic.jsonl() == "".join(event_line(event) + "\n" for event in traffic.events()).encode()
