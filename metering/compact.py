@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -30,6 +31,13 @@ from metering.timeutil import JST_OFFSET_US
 IntArray = npt.NDArray[np.int64]
 CHUNK_ROWS: Final = 1_000_000
 """Rows turned into events or Arrow at a time, so that memory stays bounded."""
+_TRAFFIC_TYPE: Final = pa.array(["sim.traffic"], type=pa.string())
+
+
+@functools.lru_cache(maxsize=32)
+def _nulls(count: int, kind: pa.DataType) -> pa.Array:
+    """A column of ``count`` nulls (immutable, so the columns a traffic row never has are built once a size)."""
+    return pa.nulls(count, type=kind)
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,7 +127,7 @@ class CompactTraffic:
         count = len(codes)
         columns: dict[str, pa.Array] = {
             "ts": pa.array(self.ts(rows.start, rows.stop)).cast(pa.timestamp("us", tz="UTC")),
-            "type": pa.array(["sim.traffic"] * count, type=pa.string()),
+            "type": _TRAFFIC_TYPE.take(pa.array(np.zeros(count, dtype=np.int32))),
             "account": pa.array(self.accounts, type=pa.string()).take(codes),
             "id": pc.binary_join_element_wise(iccid, pc.cast(pa.array(self.key[rows]), pa.string()), self.id_infix),
             "sim": iccid,
@@ -128,13 +136,15 @@ class CompactTraffic:
             "down_bytes": pa.array(self.down_bytes[rows]),
             "route": pa.array(ROUTES, type=pa.string()).take(pa.array(self.route[rows])),
         }
-        arrays = [
-            columns[field.name] if field.name in columns else pa.nulls(count, type=field.type) for field in ARROW_SCHEMA
-        ]
+        arrays = [columns[field.name] if field.name in columns else _nulls(count, field.type) for field in ARROW_SCHEMA]
         return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
 
     def jsonl(self, start: int = 0, stop: int | None = None) -> bytes:
-        """Rows ``start:stop`` as lines of a JSONL log, built column by column (vectorised).
+        """Rows ``start:stop`` as the bytes of JSONL lines (see :meth:`jsonl_lines`)."""
+        return _joined(self.jsonl_lines(start, stop))
+
+    def jsonl_lines(self, start: int = 0, stop: int | None = None) -> pa.StringArray:
+        """Rows ``start:stop`` as lines of a JSONL log (each with its newline), built column by column.
 
         Byte for byte what :func:`metering.eventlog.event_line` writes for each row's event: the
         same keys in the same order, the time in JST (traffic rows fall on whole seconds), and no
@@ -143,7 +153,7 @@ class CompactTraffic:
         """
         rows = slice(start, len(self) if stop is None else stop)
         if rows.start >= rows.stop:
-            return b""
+            return pa.array([], type=pa.string())
         codes = pa.array(self.sim[rows])
         iccid = pa.array(self.iccids, type=pa.string()).take(codes)
         jst = (self.origin_us + JST_OFFSET_US) // 1_000_000 + self.second[rows].astype(np.int64)
@@ -172,10 +182,8 @@ class CompactTraffic:
             pa.array(ROUTES, type=pa.string()).take(pa.array(self.route[rows])),
             '"}\n',
         ]
-        lines = pc.binary_join_element_wise(*parts, "")
-        offsets, data = lines.buffers()[1], lines.buffers()[2]
-        first, last = np.frombuffer(offsets, dtype=np.int32)[[lines.offset, lines.offset + len(lines)]].tolist()
-        return bytes(memoryview(data)[first:last])
+        lines: pa.StringArray = pc.binary_join_element_wise(*parts, "")
+        return lines
 
     def store_tables(self) -> tuple[pa.Table, pa.Table]:
         """The rows (with their position) and the per-SIM table, for the store's bulk insert."""
@@ -241,47 +249,67 @@ class CompactLog(Sequence[Event]):
             yield event
         yield from traffic.events(row)
 
+    def _merged_chunks(self) -> Iterator[tuple[int, int, list[Event], npt.NDArray[np.int64]]]:
+        """The log in chunks of about :data:`CHUNK_ROWS` traffic rows, each with the ordinary events among them.
+
+        Yields ``(first, last, events, order)``: traffic rows ``first:last``, the ordinary events that
+        fall among them, and the positions that put ``events + rows`` in log order (an event before
+        the traffic of its instant). Few, large chunks: a log with an ordinary event at every other
+        instant is not cut into thousands of small ones.
+        """
+        traffic = self._ordered
+        times = traffic.ts()
+        places = np.searchsorted(times, np.array([event.ts for event in self.events], dtype=np.int64), side="left")
+        total = len(traffic)
+        starts = list(range(0, total, CHUNK_ROWS)) or [0]
+        for number, first in enumerate(starts):
+            last = min(total, first + CHUNK_ROWS)
+            low = int(np.searchsorted(places, first, side="left")) if number else 0
+            high = len(places) if number == len(starts) - 1 else int(np.searchsorted(places, last, side="left"))
+            keys = np.concatenate([places[low:high] * 2, np.arange(first, last, dtype=np.int64) * 2 + 1])
+            yield first, last, self.events[low:high], np.argsort(keys, kind="stable")
+
     def to_arrow_batches(self) -> Iterator[pa.Table]:
         """The log in the columnar layout, in order, a bounded number of rows at a time."""
         traffic = self._ordered
-        times = traffic.ts()
-        row = 0
-        pending: list[Event] = []
-        for event in self.events:
-            until = int(np.searchsorted(times, event.ts, side="left"))
-            if until > row:
-                if pending:
-                    yield events_to_arrow(pending)
-                    pending = []
-                for first in range(row, until, CHUNK_ROWS):
-                    yield traffic.to_arrow(first, min(until, first + CHUNK_ROWS))
-                row = until
-            pending.append(event)
-        if pending:
-            yield events_to_arrow(pending)
-        for first in range(row, len(traffic), CHUNK_ROWS):
-            yield traffic.to_arrow(first, min(len(traffic), first + CHUNK_ROWS))
+        for first, last, events, _ in self._merged_chunks():
+            rows = traffic.to_arrow(first, last)
+            if not events:
+                yield rows
+                continue
+            # the rows cut where the events fall, the events put between them: slices, nothing copied
+            # (the Parquet writer takes the chunked columns as they are)
+            table = events_to_arrow(events)
+            places = np.searchsorted(
+                traffic.ts(first, last), table.column("ts").cast(pa.int64()).to_numpy(), side="left"
+            )
+            pieces, done = [], 0
+            for place, group in itertools.groupby(range(len(events)), key=lambda index: int(places[index])):
+                members = list(group)
+                pieces += [rows.slice(done, place - done), table.slice(members[0], len(members))]
+                done = place
+            pieces.append(rows.slice(done))
+            yield pa.concat_tables(pieces)
 
     def jsonl_chunks(self) -> Iterator[bytes]:
         """The log as JSONL, in order, a bounded number of lines at a time (traffic rows vectorised)."""
         traffic = self._ordered
-        times = traffic.ts()
-        row = 0
-        pending: list[str] = []
-        for event in self.events:
-            until = int(np.searchsorted(times, event.ts, side="left"))
-            if until > row:
-                if pending:
-                    yield ("\n".join(pending) + "\n").encode()
-                    pending = []
-                for first in range(row, until, CHUNK_ROWS):
-                    yield traffic.jsonl(first, min(until, first + CHUNK_ROWS))
-                row = until
-            pending.append(event_line(event))
-        if pending:
-            yield ("\n".join(pending) + "\n").encode()
-        for first in range(row, len(traffic), CHUNK_ROWS):
-            yield traffic.jsonl(first, min(len(traffic), first + CHUNK_ROWS))
+        for first, last, events, order in self._merged_chunks():
+            rows = traffic.jsonl_lines(first, last)
+            if events:
+                lines = pa.array([event_line(event) + "\n" for event in events], type=pa.string())
+                rows = pa.concat_arrays([lines, rows]).take(pa.array(order))
+            yield _joined(rows)
+
+
+def _joined(lines: pa.StringArray) -> bytes:
+    """The concatenation of a string array's values (each already ends with its newline)."""
+    if not len(lines):
+        return b""
+    lines = pa.concat_arrays([lines])  # (a taken array is laid out afresh: offsets from its own start)
+    offsets, data = lines.buffers()[1], lines.buffers()[2]
+    first, last = np.frombuffer(offsets, dtype=np.int32)[[lines.offset, lines.offset + len(lines)]].tolist()
+    return bytes(memoryview(data)[first:last]) if data is not None else b""
 
 
 def traffic_insert_sql(id_infix: str, origin_us: int, first_seq: int) -> str:

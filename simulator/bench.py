@@ -47,8 +47,9 @@ def bare_simpy(processes: int, events: int) -> float:
     return (time.perf_counter() - start) / (per_process * processes)
 
 
-def _simulate(path: str, sims: int, engine: str, queue: Any) -> None:
-    from simulator.runner import run_scenario
+def _simulate(path: str, sims: int, engine: str, outputs: str | None, queue: Any) -> None:
+    """One run in this (child) process; with ``outputs``, the run folder written there too, in the time."""
+    from simulator.runner import folder_log_name, run_scenario, write_outputs
 
     scenario = scaled(Path(path), sims)
     ray_start = 0.0
@@ -59,7 +60,12 @@ def _simulate(path: str, sims: int, engine: str, queue: Any) -> None:
         start_ray(None, num_cpus=RAY_CPUS)  # timed apart: a cluster that is already up costs nothing
         ray_start = time.perf_counter() - began
     start = time.perf_counter()
-    result = run_scenario(scenario, engine_name=engine, keep_events=False)
+    result = run_scenario(scenario, engine_name=engine, keep_events=outputs is not None)
+    computed = time.perf_counter() - start
+    log_name = ""
+    if outputs is not None:
+        log_name = folder_log_name(result)[0]
+        write_outputs(result, Path(outputs) / "run", None)
     wall = time.perf_counter() - start
     queue.put(
         {
@@ -72,6 +78,11 @@ def _simulate(path: str, sims: int, engine: str, queue: Any) -> None:
             "rate": result.rate_seconds,
             "peak_mb": _peak_rss_mb(),
             "ray_start": ray_start,
+            "outputs": wall - computed if outputs is not None else None,
+            "log": log_name,
+            "bytes": sum(item.stat().st_size for item in (Path(outputs) / "run").rglob("*") if item.is_file())
+            if outputs
+            else 0,
         }
     )
 
@@ -105,10 +116,14 @@ class SimBenchReport:
     def table(self) -> Table:
         """The report as a rich table."""
         run, bare = self.run, self.bare
-        per_session = run["simulate"] / max(1, run["sessions"])
+        sessions = max(1, run["sessions"])
+        per_session = run["simulate"] / sessions
         title = f"mgwsim bench sim: {self.scenario}, {run['sims']:,} SIMs, engine {self.engine}"
         rows = [
-            ("wall time (simulate + meter 12 months)", f"{run['wall']:.1f} s"),
+            (
+                "wall time (simulate + meter 12 months" + (" + write the run folder)" if run["outputs"] else ")"),
+                f"{run['wall']:.1f} s",
+            ),
             (
                 "of which simulating / metering" + (" (summed over tasks)" if self.engine == "ray" else ""),
                 f"{run['simulate']:.1f} s / {run['rate']:.1f} s",
@@ -121,8 +136,20 @@ class SimBenchReport:
             (f"bare SimPy, {bare['processes']:,} processes: cost per event", f"{bare['per_event'] * 1e6:.2f} µs"),
             ("cost per simulated session (simulating time / sessions)", f"{per_session * 1e6:.3f} µs"),
             ("session cost / bare SimPy event cost", f"{per_session / bare['per_event']:.3f}"),
-            ("the same, counting metering too", f"{run['wall'] / max(1, run['sessions']) / bare['per_event']:.3f}"),
+            (
+                "the same, counting metering too",
+                f"{(run['simulate'] + run['rate']) / max(1, run['sessions']) / bare['per_event']:.3f}",
+            ),
         ]
+        if run["outputs"] is not None:
+            rows += [
+                (f"of which writing the run folder ({run['log']}, invoices, report)", f"{run['outputs']:.1f} s"),
+                ("run folder size", f"{run['bytes'] / 1e6:,.0f} MB"),
+                (
+                    "the same, with the outputs (wall time / sessions / bare event)",
+                    f"{run['wall'] / max(1, run['sessions']) / bare['per_event']:.3f}",
+                ),
+            ]
         if self.serial is not None:
             rows += [
                 ("serial fast engine: wall time", f"{self.serial['wall']:.1f} s"),
@@ -137,17 +164,27 @@ class SimBenchReport:
         return figures_table(title, rows)
 
 
-def run_sim_bench(path: Path, sims: int, engine: str, progress: Any) -> SimBenchReport:
+def run_sim_bench(
+    path: Path, sims: int, engine: str, progress: Any, outputs: bool = False, directory: Path | None = None
+) -> SimBenchReport:
     """Run the benchmark, each part in its own child process.
 
-    The engine's run; with ``ray``, the serial fast engine too; then the bare SimPy loop.
+    The engine's run (with ``outputs``, as ``mgwsim run --out`` does: the run folder written to a
+    temporary folder in ``directory``, in the time); with ``ray``, the serial fast engine too;
+    then the bare SimPy loop.
     """
+    import tempfile
+
     serial = None
     if engine == "ray":
         progress(f"simulating {path.name} at {sims:,} SIMs with the serial fast engine …")
-        serial = in_child_process(_simulate, str(path), sims, "fast")
+        serial = in_child_process(_simulate, str(path), sims, "fast", None)
     progress(f"simulating {path.name} at {sims:,} SIMs with the {engine} engine …")
-    run = in_child_process(_simulate, str(path), sims, engine)
+    if outputs:
+        with tempfile.TemporaryDirectory(dir=directory) as scratch:
+            run = in_child_process(_simulate, str(path), sims, engine, scratch)
+    else:
+        run = in_child_process(_simulate, str(path), sims, engine, None)
     progress("bare SimPy loop …")
     bare = in_child_process(_bare, run["sims"], max(1_000_000, run["sims"] * 20))
     return SimBenchReport(path.stem, engine, run, bare, serial)

@@ -729,11 +729,23 @@ def bench_sim(
     scenario_path: Annotated[Path, typer.Argument(help="Load scenario.")] = Path("scenarios/load-100k.toml"),
     sims: Annotated[int, typer.Option(help="Scale the fleets to about this many SIMs.")] = 100_000,
     engine: Annotated[EngineName, typer.Option(help="Simulation engine.")] = EngineName.fast,
+    outputs: Annotated[
+        bool,
+        typer.Option(
+            help="Also write the run folder as `mgwsim run --out` does (events, invoices, report, summary), "
+            "in the time, to a temporary folder."
+        ),
+    ] = False,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="With --outputs: write the run folder here (default: $TMPDIR).")
+    ] = None,
 ) -> None:
     """Simulate a load scenario; compare the cost per session with a bare SimPy loop's cost per event."""
     from simulator.bench import run_sim_bench
 
-    report = run_sim_bench(scenario_path, sims, engine.value, lambda text: stderr.print(text, markup=False))
+    report = run_sim_bench(
+        scenario_path, sims, engine.value, lambda text: stderr.print(text, markup=False), outputs, directory
+    )
     Console().print(report.table())
 
 

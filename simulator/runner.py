@@ -145,12 +145,14 @@ def _run_files(result: RunResult, folder: Path, log_format: str) -> list[Path]:
     log = folder / name
     LOG.info("writing %s (%s)", name, why)
     write_event_log(result.events, log)
+    LOG.info("wrote %s; writing the invoices", name)
     written = [log]
     for document in result.documents:
         path = folder / "invoices" / f"{format_month(document.month)}.json"
         with AtomicWriter(path) as temporary:
             temporary.write_text(document.dumps() + "\n", encoding="utf-8")
         written.append(path)
+    LOG.info("wrote %d invoice documents; drawing the report", len(result.documents))
     report = folder / "report.png"
     write_report(result, report)
     summary = folder / "summary.json"

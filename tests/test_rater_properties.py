@@ -279,3 +279,24 @@ def test_plain_lines_are_packed_as_a_few_texts() -> None:
     )
     count, columns = pack_lines(plain)  # type: ignore[misc]
     assert count == 1000 and len(columns) == 8 and all(isinstance(column, str) for column in columns)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.one_of(texts, st.just("\x00lines 1")), st.lists(lines, max_size=5)), max_size=4),
+    st.sampled_from(["default@2026-11", 't"\\\u3042']),
+)
+def test_an_invoice_document_is_laid_out_as_the_json_encoder_lays_it_out(
+    drawn: list[tuple[str, list[Line]]], tariff: str
+) -> None:
+    """The fast layout of a document's lines is byte for byte json.dumps(to_json(), indent=1): any text, any count."""
+    import json
+
+    from metering.invoice import InvoiceDocument
+
+    invoices = tuple(
+        Invoice(account, "JPY", tuple(found), Decimal("1.5"), Decimal(0), Decimal("1.5"), PointsBlock(1, 2))
+        for account, found in drawn
+    )
+    document = InvoiceDocument(24_314, tariff, invoices)
+    assert document.dumps() == json.dumps(document.to_json(), ensure_ascii=False, indent=1)
