@@ -29,6 +29,8 @@ from simulator.operations import OPERATIONS, Arguments, DevicePower, FleetOperat
 
 PIN_ENTRIES: Final = ("disabled", "correct", "misconfigured")
 PUK_ENTRIES: Final = ("none", "correct", "wrong")
+MAX_ACCOUNTS: Final = 100
+"""The most accounts a scenario may have: an account's number is two digits of its SIMs' ICCIDs (00-99)."""
 MAX_SIMS: Final = 10_000_000
 """The most SIMs a scenario may have in all its fleets."""
 EXPECT_KEYS: Final = (
@@ -349,8 +351,8 @@ def _fleets(top: TomlTable, accounts: list[str], gateways: list[GatewaySpec]) ->
             )
         )
         reader.finish()
-    if len(fleets) > 999 or len(accounts) > 99:
-        raise top.error("fleets", "at most 999 fleets and 99 accounts")
+    if len(fleets) > 999 or len(accounts) > MAX_ACCOUNTS:
+        raise top.error("fleets", f"at most 999 fleets and {MAX_ACCOUNTS} accounts")
     if sum(fleet.count for fleet in fleets) > MAX_SIMS:
         raise top.error("fleets", f"at most {MAX_SIMS:,} SIMs in all")
 

@@ -55,3 +55,22 @@ def test_a_failed_pin_expectation_says_what_it_counted() -> None:
     assert failures == [f"expected 2 SIMs ever locked, got {2 + 2}"] or failures[0].startswith(
         "expected 2 SIMs ever locked"
     )
+
+
+@pytest.mark.parametrize(("accounts", "valid"), [(100, True), (101, False)])
+def test_a_scenario_has_up_to_100_accounts(accounts: int, valid: bool) -> None:
+    """A million SIMs over 100 accounts (the load-1m mix) is a valid scenario; account numbers are 00-99."""
+    text = '[scenario]\nname = "many"\nstart = "2026-01-01T00:00:00+09:00"\nmonths = 1\n'
+    for number in range(accounts):
+        text += f'\n[[accounts]]\nid = "acct-{number:03d}"\n'
+    for number in range(accounts):
+        text += f'\n[[gateways]]\nid = "gw-{number:03d}"\naccount = "acct-{number:03d}"\n'
+        text += f'\n[[fleets]]\nname = "f-{number:03d}"\naccount = "acct-{number:03d}"\n'
+        text += f'gateway = "gw-{number:03d}"\ncount = 1\n'
+    if valid:
+        scenario = scenario_from_text(text, "many.toml")
+        iccids = {fleet.iccid(0, number) for number, fleet in enumerate(scenario.fleets)}
+        assert len(iccids) == accounts and all(len(iccid) == 19 for iccid in iccids)
+    else:
+        with pytest.raises(ScenarioError, match="at most 999 fleets and 100 accounts"):
+            scenario_from_text(text, "many.toml")
