@@ -9,6 +9,20 @@ registrations of SIMs that never change. DuckDB reduces both in a few passes:
 * ``traffic_month``: per SIM and JST month, bytes, event count and the evidence ids (first event,
   first and last communication, ordered by ``(ts, seq)`` like the reference's processing order).
 
+The stages, in the order :meth:`FastRater.rate` runs them, and what each hands to the next:
+
+1. ``_aggregate`` builds the temporary tables in dependency order: ``sim_life`` and
+   ``traffic_month`` from ``events``; ``simple_sims`` from both; ``message_month`` from
+   ``simple_sims`` (a simple SIM's messages inside its registration) and ``usage_month`` (messages
+   and SMS per subject and month) from ``events``;
+2. ``_simple_sims`` reads ``simple_sims``, ``traffic_month`` and ``message_month`` into numpy
+   columns (:class:`SimpleSims`, :class:`SimTraffic`);
+3. ``_histories`` replays every subject that is not simple from its raw events, with
+   ``usage_month`` for the usage of simple SIMs;
+4. ``_vector_rules`` rates the simple SIMs month by month, one unit per rule (``_sim_basic_block``,
+   ``_maintenance_block``, ``_metered_block``; data packs pool with the replayed SIMs), and the
+   reference rule units (:data:`~metering.rules.monthly.MONTHLY_RULES`) rate the histories.
+
 Simple SIMs are rated for SMC-38, SMC-39 and SMC-40 by numpy rules over SIM x month arrays and
 their lines stay columnar. Everything else — re-registered SIMs, traffic outside a registration (an
 error), gateways, sub-options, device IDs, SMS, points — is replayed by the reference code and
@@ -218,6 +232,65 @@ class Evidence:
     def first_ids(self, sims: IntArray, month: int) -> ObjectArray:
         """The first traffic event id of each SIM in ``month`` (object array, ``None`` if none)."""
         return np.array(self.lookup("first_id", sims, np.full(len(sims), month, dtype=np.int64)) or [], dtype=object)
+
+
+@dataclass(frozen=True)
+class _MonthColumns:
+    """One month of the simple SIMs, as columns (one entry per SIM): what the month's rule units read."""
+
+    month: int
+    sims: IntArray
+    in_month: npt.NDArray[np.bool_]
+    rows: IntArray
+    volume: IntArray
+    used: npt.NDArray[np.bool_]
+    covers: npt.NDArray[np.bool_]
+    edge: npt.NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, simple: SimpleSims, traffic: SimTraffic, month: int, sims: IntArray) -> _MonthColumns:
+        """The month's volume, communication (traffic or messages) and registration of every simple SIM."""
+        in_month = traffic.month == month
+        rows = traffic.sim[in_month]
+        volume = np.zeros(len(sims), dtype=np.int64)
+        volume[rows] = traffic.volume[in_month]
+        used = volume > 0
+        used[traffic.message_sim[traffic.message_month == month]] = True
+        covers = (simple.start_month <= month) & (simple.end_month >= month)
+        edge = (simple.start_month == month) | (simple.end_month == month)
+        return cls(month, sims, in_month, rows, volume, used, covers, edge)
+
+
+@dataclass(frozen=True)
+class _IdleInputs:
+    """What SMC-39 needs across months: when each SIM communicated, and from when idle months count."""
+
+    comm_keys: IntArray
+    """Sorted (SIM << 24 | month) keys of the months with communication (a repeated key changes no search)."""
+    span: int
+    counted_from: IntArray
+    transitional: int
+    transitional_at: int
+
+    @classmethod
+    def of(cls, simple: SimpleSims, traffic: SimTraffic, tariff: Tariff) -> _IdleInputs:
+        """The inputs of the simple SIMs under ``tariff`` (its transitional start, I-3)."""
+        span = 1 << 24
+        communicated = traffic.volume > 0
+        comm_keys = np.sort(
+            np.concatenate(
+                [
+                    traffic.sim[communicated] * span + traffic.month[communicated],
+                    traffic.message_sim * span + traffic.message_month,
+                ]
+            )
+        )
+        transitional = tariff.transitional_start
+        transitional_at = month_start(transitional)
+        counted_from = simple.start_month.copy()
+        before = (simple.start < transitional_at) & (simple.end >= transitional_at)
+        counted_from[before] = np.maximum(counted_from[before], transitional)
+        return cls(comm_keys, span, counted_from, transitional, transitional_at)
 
 
 @dataclass
@@ -593,27 +666,11 @@ class FastRater:
     def _vector_rules(
         self, simple: SimpleSims, traffic: SimTraffic, months: Sequence[int], evidence: Evidence | None
     ) -> tuple[dict[int, list[LineBlock]], dict[int, dict[tuple[str, str], PoolPart]]]:
-        """SMC-38, SMC-39 and SMC-40 for the simple SIMs, month by month, as column blocks."""
+        """SMC-38, SMC-39 and SMC-40 for the simple SIMs, month by month, as column blocks (one unit each)."""
         tariff = self.tariff
-        switches = tariff.interpretations
         count = len(simple)
         sims = np.arange(count, dtype=np.int64)
-        span = 1 << 24
-        communicated = traffic.volume > 0
-        comm_keys = np.sort(
-            np.concatenate(
-                [
-                    traffic.sim[communicated] * span + traffic.month[communicated],
-                    traffic.message_sim * span + traffic.message_month,
-                ]
-            )
-        )  # sorted (SIM, month) keys with communication; a repeated key changes no search below
-        transitional = tariff.transitional_start
-        transitional_at = month_start(transitional)
-        counted_from = simple.start_month.copy()
-        before = (simple.start < transitional_at) & (simple.end >= transitional_at)
-        counted_from[before] = np.maximum(counted_from[before], transitional)
-        length = tariff.idle_months
+        idle = _IdleInputs.of(simple, traffic, tariff)
         carriers: ObjectArray = np.array(
             [tariff.carrier_of(sim) for sim in simple.sim.tolist()] if tariff.data_plan != "metered" else [],
             dtype=object,
@@ -621,77 +678,75 @@ class FastRater:
         blocks: dict[int, list[LineBlock]] = {}
         pools: dict[int, dict[tuple[str, str], PoolPart]] = {}
         for month in months:
-            in_month = traffic.month == month
-            rows = traffic.sim[in_month]
-            volume = np.zeros(count, dtype=np.int64)
-            volume[rows] = traffic.volume[in_month]
-            used = volume > 0
-            used[traffic.message_sim[traffic.message_month == month]] = True
-            covers = (simple.start_month <= month) & (simple.end_month >= month)
-            edge = (simple.start_month == month) | (simple.end_month == month)
-            basic = covers & (used | (edge & (not switches.exempt_first_and_last_month)))
-            charged = sims[basic]
-            month_blocks = [
-                self._block(
-                    "sim_basic_fee",
-                    "SMC-38",
-                    charged,
-                    np.ones(len(charged), np.int64),
-                    tariff.sim_basic_fee,
-                    {"used": used[basic]},
-                ),
-            ]
-            # SMC-39: the idle run starts at max(counted_from, month after the last communication)
-            if len(comm_keys):
-                position = np.searchsorted(comm_keys, sims * span + month, side="right") - 1
-                safe = np.maximum(position, 0)
-                same = (position >= 0) & (comm_keys[safe] // span == sims)
-                last_month = np.where(same, comm_keys[safe] % span, -(10**9))
-            else:
-                safe = np.zeros(count, dtype=np.int64)
-                same = np.zeros(count, dtype=bool)
-                last_month = np.full(count, -(10**9), dtype=np.int64)
-            after_use = same & (last_month + 1 >= counted_from)
-            anchor = np.where(after_use, last_month + 1, counted_from)
-            idle = np.maximum(0, month - anchor + 1)
-            fee = covers & (idle >= length) & (idle % length == 0)
-            if switches.deleted_in_final_month == "no_fee":
-                fee &= simple.end >= month_start(month + 1)
-            charged = sims[fee]
-            month_blocks.append(
-                self._block(
-                    "line_maintenance_fee",
-                    "SMC-39",
-                    charged,
-                    np.ones(len(charged), np.int64),
-                    tariff.line_maintenance_fee,
-                    {
-                        "last_month": np.where(after_use, last_month, -1)[fee],
-                        "idle": idle[fee],
-                        "transitional": ((anchor == transitional) & (simple.start < transitional_at))[fee],
-                    },
-                )
-            )
+            columns = _MonthColumns.of(simple, traffic, month, sims)
+            month_blocks = [self._sim_basic_block(columns), self._maintenance_block(simple, columns, idle)]
             if tariff.data_plan == "metered":
-                events = np.zeros(count, dtype=np.int64)
-                events[rows] = traffic.events[in_month]
-                units = self._units(volume)
-                metered = covers & (units > 0)
-                month_blocks.append(
-                    self._block(
-                        "data_fee",
-                        "SMC-40",
-                        sims[metered],
-                        units[metered],
-                        tariff.data_unit_price,
-                        {"volume": volume[metered], "events": events[metered]},
-                    )
-                )
+                month_blocks.append(self._metered_block(traffic, columns))
             else:
                 assert evidence is not None, "data packs cite evidence while rating"
-                pools[month] = self._pools(simple, covers, volume, evidence.first_ids(sims, month), carriers)
+                first_ids = evidence.first_ids(sims, month)
+                pools[month] = self._pools(simple, columns.covers, columns.volume, first_ids, carriers)
             blocks[month] = month_blocks
         return blocks, pools
+
+    def _sim_basic_block(self, columns: _MonthColumns) -> LineBlock:
+        """SMC-38 (Art. 38): a SIM registered in the month that communicated (or in a first or last month)."""
+        exempt = self.tariff.interpretations.exempt_first_and_last_month
+        basic = columns.covers & (columns.used | (columns.edge & (not exempt)))
+        charged = columns.sims[basic]
+        ones = np.ones(len(charged), np.int64)
+        return self._block(
+            "sim_basic_fee", "SMC-38", charged, ones, self.tariff.sim_basic_fee, {"used": columns.used[basic]}
+        )
+
+    def _maintenance_block(self, simple: SimpleSims, columns: _MonthColumns, inputs: _IdleInputs) -> LineBlock:
+        """SMC-39 (Art. 39): the idle run starts at max(counted from, the month after the last communication)."""
+        tariff, month, sims, span = self.tariff, columns.month, columns.sims, inputs.span
+        count = len(sims)
+        if len(inputs.comm_keys):
+            position = np.searchsorted(inputs.comm_keys, sims * span + month, side="right") - 1
+            safe = np.maximum(position, 0)
+            same = (position >= 0) & (inputs.comm_keys[safe] // span == sims)
+            last_month = np.where(same, inputs.comm_keys[safe] % span, -(10**9))
+        else:
+            same = np.zeros(count, dtype=bool)
+            last_month = np.full(count, -(10**9), dtype=np.int64)
+        after_use = same & (last_month + 1 >= inputs.counted_from)
+        anchor = np.where(after_use, last_month + 1, inputs.counted_from)
+        idle = np.maximum(0, month - anchor + 1)
+        length = tariff.idle_months
+        fee = columns.covers & (idle >= length) & (idle % length == 0)
+        if tariff.interpretations.deleted_in_final_month == "no_fee":
+            fee &= simple.end >= month_start(month + 1)
+        charged = sims[fee]
+        transitional = (anchor == inputs.transitional) & (simple.start < inputs.transitional_at)
+        return self._block(
+            "line_maintenance_fee",
+            "SMC-39",
+            charged,
+            np.ones(len(charged), np.int64),
+            tariff.line_maintenance_fee,
+            {
+                "last_month": np.where(after_use, last_month, -1)[fee],
+                "idle": idle[fee],
+                "transitional": transitional[fee],
+            },
+        )
+
+    def _metered_block(self, traffic: SimTraffic, columns: _MonthColumns) -> LineBlock:
+        """SMC-40 (Art. 40), metered: the month's volume in units of the tariff."""
+        events = np.zeros(len(columns.sims), dtype=np.int64)
+        events[columns.rows] = traffic.events[columns.in_month]
+        units = self._units(columns.volume)
+        metered = columns.covers & (units > 0)
+        return self._block(
+            "data_fee",
+            "SMC-40",
+            columns.sims[metered],
+            units[metered],
+            self.tariff.data_unit_price,
+            {"volume": columns.volume[metered], "events": events[metered]},
+        )
 
     @staticmethod
     def _pools(
