@@ -166,19 +166,18 @@ class Tariff:
         return best[0]
 
 
-def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines: Sequence[str] = ()) -> Tariff:
-    """Validate a decoded tariff document (``lines``: its file's text, to name the line of a bad key).
-
-    Raises:
-        TariffError: Naming the file, the line and the first bad key.
-    """
-    top = TomlTable(source, lines, (), dict(data), TariffError)
+def _head(top: TomlTable) -> dict[str, Any]:
+    """[tariff]: name, version, currency."""
     head = top.table("tariff", required=True)
     name, version = head.text("name"), head.text("version")
     illustrative = head.boolean("illustrative", False)
     currency = head.text("currency", "JPY")
     head.finish()
+    return {"name": name, "version": version, "illustrative": illustrative, "currency": currency}
 
+
+def _invoice(top: TomlTable) -> dict[str, Any]:
+    """[invoice]: amount decimals, rounding, tax (tax rate as a fraction)."""
     invoice = top.table("invoice", required=True)
     amount_decimals = invoice.integer("amount_decimals", 0)
     if amount_decimals > 6:
@@ -189,7 +188,16 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines
         raise invoice.error("tax_rate", 'must be a fraction such as "0.10"')
     tax_rounding = invoice.choice("tax_rounding", tuple(ROUNDING_MODES), "down")
     invoice.finish()
+    return {
+        "amount_decimals": amount_decimals,
+        "line_rounding": line_rounding,
+        "tax_rate": tax_rate,
+        "tax_rounding": tax_rounding,
+    }
 
+
+def _interpretations(top: TomlTable) -> dict[str, Any]:
+    """[interpretations]: the switches I-1 … I-6 (TARIFF.md)."""
     switches = top.table("interpretations", required=False)
     interpretations = Interpretations(
         usage_test=switches.choice("usage_test", USAGE_TESTS, "per_sim_month"),
@@ -202,11 +210,19 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines
         ),
     )
     switches.finish()
+    return {"interpretations": interpretations}
 
+
+def _sim_basic(top: TomlTable) -> dict[str, Any]:
+    """[sim_basic_fee] (SMC-38)."""
     basic = top.table("sim_basic_fee", required=True)
     sim_basic_fee = basic.money("monthly")
     basic.finish()
+    return {"sim_basic_fee": sim_basic_fee}
 
+
+def _maintenance(top: TomlTable) -> dict[str, Any]:
+    """[line_maintenance_fee] (SMC-39): fee, idle months, transitional start."""
     maintenance = top.table("line_maintenance_fee", required=True)
     line_maintenance_fee = maintenance.money("fee")
     idle_months = maintenance.integer("idle_months", 12, minimum=1)
@@ -216,7 +232,15 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines
     except TimeFormatError as exc:
         raise maintenance.error("transitional_start", str(exc)) from None
     maintenance.finish()
+    return {
+        "line_maintenance_fee": line_maintenance_fee,
+        "idle_months": idle_months,
+        "transitional_start": transitional_start,
+    }
 
+
+def _data_fee(top: TomlTable) -> dict[str, Any]:
+    """[data_fee] (SMC-40): metered units or a data pack."""
     data_table = top.table("data_fee", required=True)
     data_plan = data_table.choice("plan", DATA_PLANS, "metered")
     data_unit_bytes = data_table.integer("unit_bytes", minimum=1)
@@ -236,7 +260,17 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines
         pack_table.integer("free_bytes", 0)
     pack_table.finish()
     data_table.finish()
+    return {
+        "data_plan": data_plan,
+        "data_unit_bytes": data_unit_bytes,
+        "data_unit_price": data_unit_price,
+        "data_unit_rounding": data_unit_rounding,
+        "data_pack": data_pack,
+    }
 
+
+def _carriers(top: TomlTable) -> dict[str, Any]:
+    """[carriers]: ICCID prefixes per carrier."""
     carriers_table = top.table("carriers", required=False)
     carriers: list[tuple[str, tuple[str, ...]]] = []
     for carrier in sorted(carriers_table.data):
@@ -245,11 +279,19 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines
             raise carriers_table.error(carrier, "must be a list of ICCID prefixes (digit strings)")
         carriers.append((carrier, tuple(prefixes)))
     carriers_table.finish()
+    return {"carriers": tuple(carriers)}
 
+
+def _gateway(top: TomlTable) -> dict[str, Any]:
+    """[gateway_fee] (SMC-41)."""
     gateway = top.table("gateway_fee", required=True)
     gateway_fee = gateway.money("monthly")
     gateway.finish()
+    return {"gateway_fee": gateway_fee}
 
+
+def _suboptions(top: TomlTable) -> dict[str, Any]:
+    """[suboptions] (SMC-42, MONO-58)."""
     options_table = top.table("suboptions", required=True)
     suboptions: dict[str, SubOption] = {}
     for option in sorted(options_table.data):
@@ -258,15 +300,27 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines
         suboptions[option] = SubOption(option, rule, entry.money("monthly"))
         entry.finish()
     options_table.finish()
+    return {"suboptions": suboptions}
 
+
+def _platform(top: TomlTable) -> dict[str, Any]:
+    """[platform_basic_fee] (MONO-57)."""
     platform = top.table("platform_basic_fee", required=True)
     platform_basic_fee = platform.money("monthly")
     platform.finish()
+    return {"platform_basic_fee": platform_basic_fee}
 
+
+def _sms(top: TomlTable) -> dict[str, Any]:
+    """[sms_fee] (SMS-71)."""
     sms = top.table("sms_fee", required=True)
     sms_fee = {kind: sms.money(kind) for kind in ("2fa", "a2p")}
     sms.finish()
+    return {"sms_fee": sms_fee}
 
+
+def _points(top: TomlTable) -> dict[str, Any]:
+    """[points] (PT-1 … PT-6): blocks, purchases, validity, what consumes points."""
     points = top.table("points", required=True)
     points_block = points.integer("block", 20_000, minimum=1)
     points_block_price = points.money("block_price")
@@ -282,38 +336,44 @@ def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines
         consumption[event_type] = consumption_table.integer(event_type, minimum=0)
     consumption_table.finish()
     points.finish()
-    top.finish()
+    return {
+        "points_block": points_block,
+        "points_block_price": points_block_price,
+        "points_purchase_max": points_purchase_max,
+        "points_paid_validity_months": validity,
+        "points_consumption": consumption,
+    }
 
-    return Tariff(
-        name=name,
-        version=version,
-        illustrative=illustrative,
-        currency=currency,
-        amount_decimals=amount_decimals,
-        line_rounding=line_rounding,
-        tax_rate=tax_rate,
-        tax_rounding=tax_rounding,
-        interpretations=interpretations,
-        sim_basic_fee=sim_basic_fee,
-        line_maintenance_fee=line_maintenance_fee,
-        idle_months=idle_months,
-        transitional_start=transitional_start,
-        data_plan=data_plan,
-        data_unit_bytes=data_unit_bytes,
-        data_unit_price=data_unit_price,
-        data_unit_rounding=data_unit_rounding,
-        data_pack=data_pack,
-        carriers=tuple(carriers),
-        gateway_fee=gateway_fee,
-        suboptions=suboptions,
-        platform_basic_fee=platform_basic_fee,
-        sms_fee=sms_fee,
-        points_block=points_block,
-        points_block_price=points_block_price,
-        points_purchase_max=points_purchase_max,
-        points_paid_validity_months=validity,
-        points_consumption=consumption,
-    )
+
+_SECTIONS: Final = (
+    _head,
+    _invoice,
+    _interpretations,
+    _sim_basic,
+    _maintenance,
+    _data_fee,
+    _carriers,
+    _gateway,
+    _suboptions,
+    _platform,
+    _sms,
+    _points,
+)
+"""The tariff's sections, read in this order (a bad key is reported in the order of the file's sections)."""
+
+
+def tariff_from_mapping(data: Mapping[str, Any], source: str = "<tariff>", lines: Sequence[str] = ()) -> Tariff:
+    """Validate a decoded tariff document (``lines``: its file's text, to name the line of a bad key).
+
+    Raises:
+        TariffError: Naming the file, the line and the first bad key.
+    """
+    top = TomlTable(source, lines, (), dict(data), TariffError)
+    fields: dict[str, Any] = {}
+    for section in _SECTIONS:
+        fields.update(section(top))
+    top.finish()
+    return Tariff(**fields)
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
