@@ -121,24 +121,18 @@ def _pcap_chunks(
             position += step
             run = run + 1 if captured == previous else 0
             previous = captured
-            while run >= 3:  # predict the run's next records, as long as the prediction holds
-                ahead = min(reach, (limit - position) // step, CHUNK - taken)
-                if ahead < 2:
+            while run >= 3:  # predict the run's next records (this captured length), while predictions hold
+                end = min(limit, position + step * (CHUNK - taken))
+                held, reach, broken = _run_ahead(view, u32, position, step, end, reach, 8, (captured,))
+                if held is None:
                     break
-                predicted = position + step * np.arange(ahead, dtype=np.int64)
-                lengths = view[(predicted + 8)[:, None] + _FOUR].view(u32).ravel()
-                wrong = np.flatnonzero(lengths != captured)
-                good = int(wrong[0]) if len(wrong) else ahead
-                if good:
-                    segments.append(np.array(singles, dtype=np.int64))
+                if len(held):
+                    segments += [np.array(singles, dtype=np.int64), held]
                     singles.clear()
-                    segments.append(predicted[:good])
-                    taken += good
-                    position += good * step
-                if good < ahead:
-                    reach, run = 64, 0
-                else:
-                    reach = min(reach * 2, 1 << 16)
+                    taken += len(held)
+                    position += len(held) * step
+                if broken:
+                    run = 0
         segments.append(np.array(singles, dtype=np.int64))
         heads = np.concatenate(segments)
         fields = view[heads[:, None] + _SIXTEEN].view(u32).astype(np.int64)
@@ -157,6 +151,37 @@ def _pcap_chunks(
             odd=odd,
         )
         number += count + len(bad)
+
+
+def _run_ahead(
+    view: npt.NDArray[np.uint8],
+    u32: np.dtype[Any],
+    position: int,
+    step: int,
+    limit: int,
+    reach: int,
+    offset: int,
+    expected: tuple[int, ...],
+) -> tuple[IntArray | None, int, bool]:
+    """The records of a run of equal sizes predicted from ``position``, checked at once with numpy.
+
+    Up to ``reach`` records of ``step`` bytes that end by ``limit`` are predicted; a prediction
+    holds where the 32-bit words at ``offset`` in the record are ``expected`` (a length, a block
+    type). Returns the positions that held (up to the first that did not; ``None`` if fewer than
+    two could be predicted), the next reach (twice as far while predictions hold, back to 64 when
+    one fails) and whether the run broke.
+    """
+    ahead = min(reach, (limit - position) // step)
+    if ahead < 2:
+        return None, reach, False
+    predicted = position + step * np.arange(ahead, dtype=np.int64)
+    words = np.arange(4 * len(expected), dtype=np.int64)[None, :]
+    found = view[(predicted + offset)[:, None] + words].view(u32).reshape(ahead, len(expected))
+    wrong = np.flatnonzero((found != np.array(expected, dtype=np.int64)).any(axis=1))
+    good = int(wrong[0]) if len(wrong) else ahead
+    if good < ahead:
+        return predicted[:good], 64, True
+    return predicted, min(reach * 2, 1 << 16), False
 
 
 _CUT: Final = "packet cut by the capture's snap length"
@@ -219,25 +244,19 @@ def _pcapng_chunks(path: Path, data: Any, view: npt.NDArray[np.uint8]) -> Genera
                 position += length
                 run = run + 1 if length == previous else 0
                 previous = length
-                while run >= 3:  # predict the run's next blocks, as long as the prediction holds
-                    ahead = min(reach, (limit - position) // length, CHUNK - taken)
-                    if ahead < 2:
+                while run >= 3:  # predict the run's next blocks (type 6, this length), while predictions hold
+                    end = min(limit, position + length * (CHUNK - taken))
+                    held, reach, broken = _run_ahead(view, u32, position, length, end, reach, 0, (6, length))
+                    if held is None:
                         break
-                    predicted = position + length * np.arange(ahead, dtype=np.int64)
-                    heads = view[predicted[:, None] + _EIGHT].view(u32).reshape(-1, 2)
-                    wrong = np.flatnonzero((heads[:, 0] != 6) | (heads[:, 1] != length))
-                    good = int(wrong[0]) if len(wrong) else ahead
-                    if good:
-                        segments.append(np.array(singles, dtype=np.int64))
+                    if len(held):
+                        segments += [np.array(singles, dtype=np.int64), held]
                         singles.clear()
-                        segments.append(predicted[:good])
-                        taken += good
-                        number += good
-                        position += good * length
-                    if good < ahead:
-                        reach, run = 64, 0
-                    else:
-                        reach = min(reach * 2, 1 << 16)
+                        taken += len(held)
+                        number += len(held)
+                        position += len(held) * length
+                    if broken:
+                        run = 0
                 continue
             previous, run = -1, 0
             body = bytes(data[position + 8 : position + length - 4])
@@ -306,11 +325,9 @@ def _packet_columns(
     )
 
 
-_FOUR: Final = np.arange(4, dtype=np.int64)[None, :]
 _HEADERS: Final = np.arange(40, dtype=np.int64)[None, :]
 """Bytes gathered from each frame's network header: outer IPv4 (20), UDP (8), GTP-U with its options (12)."""
 _SIXTEEN: Final = np.arange(16, dtype=np.int64)[None, :]
-_EIGHT: Final = np.arange(8, dtype=np.int64)[None, :]
 
 
 def _be16(view: npt.NDArray[np.uint8], at: IntArray) -> IntArray:
