@@ -525,7 +525,14 @@ def meter_mqtt(
     ],
     topic: Annotated[str, typer.Option(help="Topic filter, e.g. 'mono/#'.")],
     out: Annotated[Path, typer.Option(help="Write the mono.message events here (.jsonl, .jsonl.gz, .parquet).")],
-    expect: Annotated[int | None, typer.Option(min=1, help="Stop after this many distinct messages.")] = None,
+    expect: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Stop after this many distinct messages; exit 1 if --idle seconds pass without one before "
+            "(what arrived is written all the same).",
+        ),
+    ] = None,
     idle: Annotated[float, typer.Option(min=0.5, help="Stop after this many seconds without a message.")] = 10.0,
     client_id: Annotated[
         str, typer.Option(help="Client identifier of the persistent session (messages wait for it).")
@@ -594,6 +601,13 @@ def meter_mqtt(
         f"{got.reconnections:,} reconnections)",
         markup=False,
     )
+    if expect is not None and not stopped and len(got.seen) < expect:
+        stderr.print(
+            f"mgwsim: expectation failed: expected {expect:,} distinct messages, got {len(got.seen):,} "
+            f"(none arrived for {idle:g} s)",
+            markup=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command("meter-pcap", epilog=EXIT_STATUSES)
