@@ -411,21 +411,30 @@ async def subscribe_messages(
                     ready()
                     ready = None
                 messages = client.messages.__aiter__()
-                while not enough():
-                    try:
-                        message = await asyncio.wait_for(messages.__anext__(), timeout=0.2)
-                    except TimeoutError:
-                        acknowledge()
-                        if time.monotonic() - last > idle_s:
-                            return got
-                        continue
-                    last = time.monotonic()
-                    got.take(message.payload, str(message.topic))
-                    taken.append(message)
-                    if len(taken) >= ACK_EVERY or client._queue.empty():
-                        acknowledge()
-                acknowledge()
-                return got
+                # one pending read, waited on with a timeout but never cancelled by it: cancelling a
+                # read that has just taken a message (asyncio.wait_for in Python 3.11) loses it
+                pending: asyncio.Future[Any] | None = None
+                try:
+                    while not enough():
+                        if pending is None:
+                            pending = asyncio.ensure_future(messages.__anext__())
+                        done, _ = await asyncio.wait({pending}, timeout=0.2)
+                        if not done:
+                            acknowledge()
+                            if time.monotonic() - last > idle_s:
+                                return got
+                            continue
+                        message, pending = pending.result(), None
+                        last = time.monotonic()
+                        got.take(message.payload, str(message.topic))
+                        taken.append(message)
+                        if len(taken) >= ACK_EVERY or client._queue.empty():
+                            acknowledge()
+                    acknowledge()
+                    return got
+                finally:
+                    if pending is not None:  # (a message it holds is unacknowledged: the broker sends it again)
+                        pending.cancel()
         except aiomqtt.MqttError as exc:
             # what was taken is journaled (the broker sends the unacknowledged again; they are dropped
             # as redeliveries); what still waits in the client's queue is left to the redelivery
