@@ -283,7 +283,13 @@ def ingest(
 
 
 ScenarioArg = Annotated[
-    Path, typer.Argument(help="Scenario file (TOML), e.g. scenarios/quickstart.toml.", readable=False)
+    Path,
+    typer.Argument(
+        help="Scenario file (TOML), e.g. scenarios/quickstart.toml, or the name of a shipped scenario "
+        "(quickstart, pin-lockout, tunnel-coverage, mass-traffic, idle-fleet, internet-toggle, load-100k), "
+        "which runs the copy installed with mgwsim when no such file is at hand.",
+        readable=False,
+    ),
 ]
 MqttUsernameOpt = Annotated[str | None, typer.Option(help="MQTT user name.")]
 MqttCaOpt = Annotated[Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.")]
@@ -297,10 +303,14 @@ MqttBackoffOpt = Annotated[
 
 def _scenario(path: Path) -> Scenario:
     from simulator.scenario import ScenarioError, load_scenario
+    from simulator.shipped import shipped_names, shipped_path
 
+    path = shipped_path(path) or path
     try:
         return load_scenario(path)
     except ScenarioError as exc:
+        if not path.exists() and len(path.parts) == 1:
+            fail(f"{exc} (and no shipped scenario is called so; shipped: {', '.join(shipped_names())})")
         fail(str(exc))
 
 

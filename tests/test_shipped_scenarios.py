@@ -74,3 +74,36 @@ def test_a_scenario_has_up_to_100_accounts(accounts: int, valid: bool) -> None:
     else:
         with pytest.raises(ScenarioError, match="at most 999 fleets and 100 accounts"):
             scenario_from_text(text, "many.toml")
+
+
+def test_after_pip_install_the_quickstart_runs_anywhere_by_name(tmp_path: Path) -> None:
+    """The wheel carries the scenarios: `mgwsim run quickstart` outside the repository meters the golden invoices."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = wheels.glob("mgwsim-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
+    environment = {**os.environ, "PYTHONPATH": str(site), "COLUMNS": "200"}
+    command = [sys.executable, "-m", "simulator.cli", "run", "quickstart", "--out", "out"]
+    done = subprocess.run(command, cwd=elsewhere, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    where = subprocess.run(
+        [sys.executable, "-c", "import simulator; print(simulator.__file__)"],
+        cwd=elsewhere, env=environment, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert where.startswith(str(site)), "the installed copy ran, not the repository's"
+    for golden in sorted((ROOT / "scenarios/golden/quickstart").glob("*.json")):
+        written = json.loads((elsewhere / "out/invoices" / golden.name).read_text())
+        assert written == json.loads(golden.read_text()), golden.name
+    missing = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "run", "quickstrat"], cwd=elsewhere, env=environment,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "quickstrat: no such file" in missing.stderr
+    assert "shipped: idle-fleet, internet-toggle, load-100k" in missing.stderr

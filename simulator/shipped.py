@@ -1,0 +1,30 @@
+"""The scenarios shipped with mgwsim, found by name wherever mgwsim is installed.
+
+``mgwsim run quickstart`` runs the installed copy of ``scenarios/quickstart.toml`` when no file
+of that name is at hand (a path that exists always wins), so the README's first command works
+after ``pip install`` outside the repository too.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+
+def shipped_names() -> list[str]:
+    """The names of the shipped scenarios (``quickstart``, ``load-100k``, …), sorted."""
+    folder = resources.files("mgwsim_scenarios")
+    return sorted(item.name.removesuffix(".toml") for item in folder.iterdir() if item.name.endswith(".toml"))
+
+
+def shipped_path(argument: Path) -> Path | None:
+    """The installed file of a shipped scenario named by ``argument`` (``quickstart`` or ``quickstart.toml``).
+
+    ``None`` when ``argument`` names a file that exists, has a folder in it, or is not a shipped name.
+    """
+    if argument.exists() or len(argument.parts) != 1:
+        return None
+    name = argument.name.removesuffix(".toml")
+    if name not in shipped_names():
+        return None
+    return Path(str(resources.files("mgwsim_scenarios").joinpath(f"{name}.toml")))
