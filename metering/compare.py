@@ -182,6 +182,19 @@ def _add(before: tuple[int, Decimal] | None, value: tuple[int, Decimal]) -> tupl
     return value if before is None else (before[0] + value[0], before[1] + value[1])
 
 
+def charges_of(documents: Iterable[Mapping[str, Any]], source: str) -> Charges:
+    """A side from invoice documents in their JSON form (``InvoiceDocument.to_json()``).
+
+    Raises:
+        CompareInputError: If one is not an mgwsim invoice document.
+    """
+    merged: dict[Key, tuple[int, Decimal]] = {}
+    for document in documents:
+        for key, value in _document_lines(document, source).items():
+            merged[key] = _add(merged.get(key), value)
+    return Charges(source, merged)
+
+
 def _document(path: Path) -> dict[Key, tuple[int, Decimal]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
@@ -189,6 +202,10 @@ def _document(path: Path) -> dict[Key, tuple[int, Decimal]]:
         raise CompareInputError(f"{path}: cannot be read ({exc})") from None
     except json.JSONDecodeError as exc:
         raise CompareInputError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    return _document_lines(data, str(path))
+
+
+def _document_lines(data: Any, path: str) -> dict[Key, tuple[int, Decimal]]:
     if not isinstance(data, dict) or data.get("schema") != "mgwsim.invoice/1":
         raise CompareInputError(f"{path}: not an mgwsim invoice document (schema mgwsim.invoice/1)")
     try:

@@ -698,12 +698,18 @@ def check(
     golden: Annotated[Path, typer.Option(help="Directory of golden invoices (one YYYY-MM.json per month).")],
     update: Annotated[bool, typer.Option("--update", help="Rewrite the golden files from this run.")] = False,
     engine: Annotated[EngineName, typer.Option(help="Simulation engine.")] = EngineName.fast,
+    junit: Annotated[
+        Path | None,
+        typer.Option(help="Also write JUnit XML here: one test case per account and month, as mgwsim diff."),
+    ] = None,
 ) -> None:
     """Rerun a scenario and compare its invoices with golden files; exit 1 on any drift."""
     from simulator.runner import compare_golden
 
     scenario = _scenario(scenario_path)
     result = _simulate(scenario, "fast", engine.value)
+    if junit is not None and not update:
+        _check_junit(golden, result.documents, junit)
     differences = compare_golden(result, golden, update)
     if update:
         stderr.print(f"{golden}: {len(result.documents)} golden invoice file(s) written", markup=False)
@@ -714,6 +720,20 @@ def check(
         stderr.print(f"mgwsim: {len(differences)} difference(s) from {golden}", markup=False)
         raise typer.Exit(1)
     stderr.print(f"{golden}: {len(result.documents)} month(s) match", markup=False)
+
+
+def _check_junit(golden: Path, documents: Any, junit: Path) -> None:
+    """``check --junit``: the golden invoices beside this run's, one test case per account and month."""
+    from metering.atomic import AtomicWriter
+    from metering.compare import CompareInputError, charges_of, compare, read_charges
+
+    try:
+        expected = read_charges(golden)
+    except CompareInputError as exc:
+        fail(f"--golden: {exc}")
+    found = compare(expected, charges_of((document.to_json() for document in documents), "this run"))
+    with AtomicWriter(junit) as temporary:
+        temporary.write_text(found.junit(), encoding="utf-8")
 
 
 class DiffFormat(StrEnum):

@@ -99,3 +99,21 @@ def test_the_readme_example_shows_where_two_readings_of_i1_differ(tmp_path: Path
     assert done.returncode == 1
     (difference,) = json.loads(done.stdout)["differences"]
     assert difference["item"] == "sim_basic_fee" and difference["kind"] == "differs"
+
+
+def test_check_writes_junit_one_case_per_account_month(tmp_path: Path) -> None:
+    """mgwsim check --junit: the golden files beside the rerun, a failed case where a golden line drifted."""
+    golden = tmp_path / "golden"
+    golden.mkdir()
+    for document in GOLDEN.glob("*.json"):
+        (golden / document.name).write_text(document.read_text())
+    junit = tmp_path / "check.xml"
+    assert mgwsim("check", ROOT / "scenarios/quickstart.toml", "--golden", golden, "--junit", junit).returncode == 0
+    assert ElementTree.parse(junit).getroot().get("failures") == "0"
+    data = json.loads((golden / "2026-01.json").read_text())
+    data["invoices"][0]["lines"][0]["amount"] = "1"
+    (golden / "2026-01.json").write_text(json.dumps(data))
+    assert mgwsim("check", ROOT / "scenarios/quickstart.toml", "--golden", golden, "--junit", junit).returncode == 1
+    suite = ElementTree.parse(junit).getroot()
+    assert suite.get("failures") == "1"
+    assert [case.get("name") for case in suite if case.find("failure") is not None] == ["2026-01/acct-1"]
