@@ -199,6 +199,21 @@ def packet_block(kind: int, body: bytes, order: str, interfaces: list[Interface]
     return offset * 1_000_000 + stamp * 1_000_000 // units, link, frame
 
 
+def block_record(kind: int, body: bytes, order: str, interfaces: list[Interface]) -> Frame | str | None:
+    """A pcapng block as a record of the capture: a packet's frame or why there is none; ``None`` for no record.
+
+    An Interface Description Block is added to ``interfaces`` (a record only when its link type
+    is not read); section headers, statistics, name resolution and custom blocks carry no packet.
+    """
+    if kind == 1:
+        interface = interface_block(body, order)
+        interfaces.append(interface)
+        return f"interface with link type {interface.link} (not read)" if interface.link not in LINK_TYPES else None
+    if kind in PCAPNG_PACKETS:
+        return packet_block(kind, body, order, interfaces)
+    return None
+
+
 def _pcapng_frames(path: Path, data: bytes | mmap.mmap) -> Iterator[Frame | str]:
     position, size = 0, len(data)
     order = "<"
@@ -215,16 +230,10 @@ def _pcapng_frames(path: Path, data: bytes | mmap.mmap) -> Iterator[Frame | str]
         if length < 12 or length % 4 or position + length > size:
             yield "truncated pcapng block"
             return
-        body = bytes(data[position + 8 : position + length - 4])
+        record = block_record(kind, bytes(data[position + 8 : position + length - 4]), order, interfaces)
         position += length
-        if kind == 1:
-            interface = interface_block(body, order)
-            interfaces.append(interface)
-            if interface.link not in LINK_TYPES:
-                yield f"interface with link type {interface.link} (not read)"
-        elif kind in PCAPNG_PACKETS:
-            yield packet_block(kind, body, order, interfaces)
-        # other blocks (section header, statistics, name resolution, custom …) carry no packet
+        if record is not None:
+            yield record
 
 
 def network_packet(link: int, frame: bytes) -> tuple[int, bytes] | str:

@@ -33,11 +33,10 @@ import numpy.typing as npt
 from gateway.capture_file import (
     LINK_TYPES,
     PCAP_MAGICS,
-    PCAPNG_PACKETS,
     PCAPNG_SHB,
     Frame,
     Interface,
-    interface_block,
+    block_record,
     link_names,
     open_capture,
     packet_block,
@@ -259,16 +258,10 @@ def _pcapng_chunks(path: Path, data: Any, view: npt.NDArray[np.uint8]) -> Genera
                         run = 0
                 continue
             previous, run = -1, 0
-            body = bytes(data[position + 8 : position + length - 4])
+            record = block_record(kind, bytes(data[position + 8 : position + length - 4]), order, interfaces)
             position += length
-            if kind == 1:
-                interface = interface_block(body, order)
-                interfaces.append(interface)
-                if interface.link not in LINK_TYPES:
-                    odd.append((number, f"interface with link type {interface.link} (not read)"))
-                    number += 1
-            elif kind in PCAPNG_PACKETS:
-                odd.append((number, packet_block(kind, body, order, interfaces)))
+            if record is not None:
+                odd.append((number, record))
                 number += 1
         segments.append(np.array(singles, dtype=np.int64))
         yield _packet_columns(data, view, np.concatenate(segments), base, number, odd, order, interfaces)
