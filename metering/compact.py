@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -249,13 +248,13 @@ class CompactLog(Sequence[Event]):
             yield event
         yield from traffic.events(row)
 
-    def _merged_chunks(self) -> Iterator[tuple[int, int, list[Event], npt.NDArray[np.int64]]]:
+    def _merged_chunks(self) -> Iterator[tuple[int, int, list[Event], IntArray]]:
         """The log in chunks of about :data:`CHUNK_ROWS` traffic rows, each with the ordinary events among them.
 
-        Yields ``(first, last, events, order)``: traffic rows ``first:last``, the ordinary events that
-        fall among them, and the positions that put ``events + rows`` in log order (an event before
-        the traffic of its instant). Few, large chunks: a log with an ordinary event at every other
-        instant is not cut into thousands of small ones.
+        Yields ``(first, last, events, places)``: traffic rows ``first:last``, the ordinary events
+        that fall among them, and for each event the row of the chunk it goes before (an event
+        before the traffic of its instant). Few, large chunks: a log with an ordinary event at
+        every other instant is not cut into thousands of small ones.
         """
         traffic = self._ordered
         times = traffic.ts()
@@ -266,47 +265,49 @@ class CompactLog(Sequence[Event]):
             last = min(total, first + CHUNK_ROWS)
             low = int(np.searchsorted(places, first, side="left")) if number else 0
             high = len(places) if number == len(starts) - 1 else int(np.searchsorted(places, last, side="left"))
-            keys = np.concatenate([places[low:high] * 2, np.arange(first, last, dtype=np.int64) * 2 + 1])
-            yield first, last, self.events[low:high], np.argsort(keys, kind="stable")
+            yield first, last, self.events[low:high], places[low:high] - first
 
     def to_arrow_batches(self) -> Iterator[pa.Table]:
-        """The log in the columnar layout, in order, a bounded number of rows at a time."""
+        """The log in the columnar layout, in order, a bounded number of rows at a time.
+
+        A chunk's columns are slices of its traffic rows and events, not copies: the Parquet
+        writer takes chunked columns as they are.
+        """
         traffic = self._ordered
-        for first, last, events, _ in self._merged_chunks():
+        for first, last, events, places in self._merged_chunks():
             rows = traffic.to_arrow(first, last)
-            if not events:
-                yield rows
-                continue
-            # the rows cut where the events fall, the events put between them: slices, nothing copied
-            # (the Parquet writer takes the chunked columns as they are)
-            table = events_to_arrow(events)
-            places = np.searchsorted(
-                traffic.ts(first, last), table.column("ts").cast(pa.int64()).to_numpy(), side="left"
-            )
-            pieces, done = [], 0
-            for place, group in itertools.groupby(range(len(events)), key=lambda index: int(places[index])):
-                members = list(group)
-                pieces += [rows.slice(done, place - done), table.slice(members[0], len(members))]
-                done = place
-            pieces.append(rows.slice(done))
-            yield pa.concat_tables(pieces)
+            yield pa.concat_tables(_interleaved(rows, events_to_arrow(events), places)) if events else rows
 
     def jsonl_chunks(self) -> Iterator[bytes]:
         """The log as JSONL, in order, a bounded number of lines at a time (traffic rows vectorised)."""
         traffic = self._ordered
-        for first, last, events, order in self._merged_chunks():
+        for first, last, events, places in self._merged_chunks():
             rows = traffic.jsonl_lines(first, last)
             if events:
                 lines = pa.array([event_line(event) + "\n" for event in events], type=pa.string())
-                rows = pa.concat_arrays([lines, rows]).take(pa.array(order))
+                rows = pa.concat_arrays(_interleaved(rows, lines, places))
             yield _joined(rows)
+
+
+def _interleaved(rows: Any, inserted: Any, places: IntArray) -> list[Any]:
+    """Slices of ``rows`` with the entries of ``inserted`` put before row ``places[i]`` each (tables or arrays).
+
+    ``places`` is in order; entries with the same place keep their order.
+    """
+    pieces, done = [], 0
+    starts = np.flatnonzero(np.diff(places, prepend=-1)).tolist()  # where a new place begins in ``inserted``
+    for start, stop in zip(starts, [*starts[1:], len(places)], strict=True):
+        place = int(places[start])
+        pieces += [rows.slice(done, place - done), inserted.slice(start, stop - start)]
+        done = place
+    pieces.append(rows.slice(done))
+    return pieces
 
 
 def _joined(lines: pa.StringArray) -> bytes:
     """The concatenation of a string array's values (each already ends with its newline)."""
     if not len(lines):
         return b""
-    lines = pa.concat_arrays([lines])  # (a taken array is laid out afresh: offsets from its own start)
     offsets, data = lines.buffers()[1], lines.buffers()[2]
     first, last = np.frombuffer(offsets, dtype=np.int32)[[lines.offset, lines.offset + len(lines)]].tolist()
     return bytes(memoryview(data)[first:last]) if data is not None else b""
