@@ -166,16 +166,21 @@ def read_charges(path: Path) -> Charges:
         documents = sorted(path.glob("*.json"))
         if not documents:
             raise CompareInputError(f"{path}: a folder without invoice documents (*.json)")
-        merged: dict[Key, tuple[int, Decimal]] = {}
-        for document in documents:
-            for key, value in _document(document).items():
-                merged[key] = _add(merged.get(key), value)
-        return Charges(str(path), merged)
+        return Charges(str(path), _merged(_document(document) for document in documents))
     if not path.exists():
         raise CompareInputError(f"{path}: no such file")
     if path.suffix.lower() == ".csv":
         return Charges(str(path), _csv(path))
     return Charges(str(path), _document(path))
+
+
+def _merged(parts: Iterable[Mapping[Key, tuple[int, Decimal]]]) -> dict[Key, tuple[int, Decimal]]:
+    """The lines of several documents together (a key in two of them is summed)."""
+    merged: dict[Key, tuple[int, Decimal]] = {}
+    for part in parts:
+        for key, value in part.items():
+            merged[key] = _add(merged.get(key), value)
+    return merged
 
 
 def _add(before: tuple[int, Decimal] | None, value: tuple[int, Decimal]) -> tuple[int, Decimal]:
@@ -188,11 +193,7 @@ def charges_of(documents: Iterable[Mapping[str, Any]], source: str) -> Charges:
     Raises:
         CompareInputError: If one is not an mgwsim invoice document.
     """
-    merged: dict[Key, tuple[int, Decimal]] = {}
-    for document in documents:
-        for key, value in _document_lines(document, source).items():
-            merged[key] = _add(merged.get(key), value)
-    return Charges(source, merged)
+    return Charges(source, _merged(_document_lines(document, source) for document in documents))
 
 
 def _document(path: Path) -> dict[Key, tuple[int, Decimal]]:
@@ -242,13 +243,12 @@ def _csv(path: Path) -> dict[Key, tuple[int, Decimal]]:
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        found.update(_csv_row(path, number, row, where, found))
+        key, value = _csv_row(path, number, row, where)
+        found[key] = _add(found.get(key), value)
     return found
 
 
-def _csv_row(
-    path: Path, number: int, row: Sequence[str], where: Mapping[str, int], found: Mapping[Key, tuple[int, Decimal]]
-) -> dict[Key, tuple[int, Decimal]]:
+def _csv_row(path: Path, number: int, row: Sequence[str], where: Mapping[str, int]) -> tuple[Key, tuple[int, Decimal]]:
     if len(row) <= max(where.values()):
         raise CompareInputError(f"{path}:{number}: {len(row)} columns, the header has more")
     cell = {name: row[index].strip() for name, index in where.items()}
@@ -269,5 +269,4 @@ def _csv_row(
     for name in ("account", "item", "subject"):
         if not cell[name]:
             raise CompareInputError(f"{path}:{number}: {name} is empty")
-    key = (month, cell["account"], cell["item"], cell["subject"])
-    return {key: _add(found.get(key), (quantity, amount))}
+    return (month, cell["account"], cell["item"], cell["subject"]), (quantity, amount)
