@@ -303,13 +303,13 @@ MqttBackoffOpt = Annotated[
 
 def _scenario(path: Path) -> Scenario:
     from simulator.scenario import ScenarioError, load_scenario
-    from simulator.shipped import shipped_names, shipped_path
+    from simulator.shipped import names_shipped_scenario, shipped_names, shipped_path
 
     path = shipped_path(path) or path
     try:
         return load_scenario(path)
     except ScenarioError as exc:
-        if not path.exists() and len(path.parts) == 1:
+        if names_shipped_scenario(path):
             fail(f"{exc} (and no shipped scenario is called so; shipped: {', '.join(shipped_names())})")
         fail(str(exc))
 

@@ -17,12 +17,17 @@ def shipped_names() -> list[str]:
     return sorted(item.name.removesuffix(".toml") for item in folder.iterdir() if item.name.endswith(".toml"))
 
 
+def names_shipped_scenario(argument: Path) -> bool:
+    """Whether ``argument`` is read as a shipped scenario's name: a bare name, and no file of that name here."""
+    return not argument.exists() and len(argument.parts) == 1
+
+
 def shipped_path(argument: Path) -> Path | None:
     """The installed file of a shipped scenario named by ``argument`` (``quickstart`` or ``quickstart.toml``).
 
     ``None`` when ``argument`` names a file that exists, has a folder in it, or is not a shipped name.
     """
-    if argument.exists() or len(argument.parts) != 1:
+    if not names_shipped_scenario(argument):
         return None
     name = argument.name.removesuffix(".toml")
     if name not in shipped_names():
