@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -273,13 +273,45 @@ def _bill_jsonl(path: str, queue: Any) -> None:
     )
 
 
+JSONL_COLUMNS: Final = (
+    "{'ts': 'VARCHAR', 'type': 'VARCHAR', 'account': 'VARCHAR', 'id': 'VARCHAR', 'sim': 'VARCHAR', "
+    "'up_bytes': 'BIGINT', 'down_bytes': 'BIGINT', 'route': 'VARCHAR'}"
+)
+"""The columns of :func:`write_jsonl_log`'s lines, declared to DuckDB's reader as the bare read does."""
+
+
+def _bare_jsonl(path: str, queue: Any) -> None:
+    """DuckDB alone: read the log with declared columns, JST month of ``ts``, GROUP BY sim, month (3 runs)."""
+    import duckdb
+
+    connection = duckdb.connect()
+    literal = path.replace("'", "''")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        connection.sql(
+            f"SELECT sim, {month_sql('epoch_us(ts::TIMESTAMPTZ)')} AS month, sum(up_bytes + down_bytes) "
+            f"FROM read_json('{literal}', format = 'newline_delimited', columns = {JSONL_COLUMNS}) "
+            "WHERE type = 'sim.traffic' GROUP BY ALL"
+        ).to_arrow_table()
+        times.append(time.perf_counter() - start)
+    queue.put({"times": times, "peak_mb": _peak_rss_mb()})
+
+
 def run_jsonl_bench(lines: int, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    """Write a JSONL log of ``lines`` lines, then bill 12 months of it in a child process."""
+    """Write a JSONL log of ``lines`` lines; bill 12 months of it, then DuckDB's bare read + GROUP BY.
+
+    Each in a fresh child process, one after the other on the same file (in the page cache for both).
+    """
     path = workdir / f"bench-{lines}.jsonl"
     progress(f"writing {lines:,} JSONL lines to {path} …")
     write_jsonl_log(path, lines)
-    progress("billing it (12 months) in a fresh process …")
-    found = in_child_process(_bill_jsonl, str(path))
-    found.update(lines=lines, megabytes=path.stat().st_size / 1e6)
-    path.unlink()
+    try:
+        progress("billing it (12 months) in a fresh process …")
+        found = in_child_process(_bill_jsonl, str(path))
+        progress("DuckDB's bare read_json + GROUP BY sim, JST month (3 runs) …")
+        found["bare"] = in_child_process(_bare_jsonl, str(path))
+        found.update(lines=lines, megabytes=path.stat().st_size / 1e6)
+    finally:
+        path.unlink()
     return found

@@ -71,7 +71,15 @@ def log_format(path: Path) -> str:
     raise EventLogError(f"{path}: unknown event log format (expected {', '.join(SUFFIXES)})")
 
 
-def _decode_line(raw: bytes, path: Path, number: int) -> Event | None:
+def decode_line(raw: bytes, path: Path, number: int) -> Event | None:
+    """Decode and validate one line of a JSONL log; ``None`` for a blank line.
+
+    The one place a JSONL line is judged: the row reader and the columnar path
+    (:mod:`metering.jsonl_ingest`) both call it, so both name a bad line in the same words.
+
+    Raises:
+        EventLogError: Naming ``path:number`` and the reason.
+    """
     text = raw.strip()
     if not text:
         return None
@@ -101,7 +109,7 @@ def _read_jsonl(path: Path, compressed: bool) -> Iterator[Event]:
     try:
         with opener(path, "rb") as stream:
             for number, raw in enumerate(stream, start=1):
-                event = _decode_line(raw, path, number)
+                event = decode_line(raw, path, number)
                 if event is not None:
                     yield event
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:

@@ -344,6 +344,17 @@ def encode_extra(fields: Mapping[str, Any]) -> str:
     return json.dumps(dict(fields), sort_keys=True, separators=(",", ":")) if fields else ""
 
 
+def _is_unicode(text: str) -> bool:
+    """Whether a string is Unicode text UTF-8 can hold (a JSON escape of a lone surrogate makes one that is not)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _scalar_problem(name: str, value: Any) -> str | None:
     """Why a diagnostic field's value is not allowed (``None`` when it is)."""
     if isinstance(value, bool) or value is None:
@@ -382,6 +393,8 @@ def event_from_mapping(
             )
         if isinstance(value, str) and len(value) > MAX_TEXT:
             return EventError(f"field {text[:60]!r} is longer than {MAX_TEXT:,} characters")
+        if not _is_unicode(text) or (isinstance(value, str) and not _is_unicode(value)):
+            return EventError(f"field {text[:60]!r} holds a lone surrogate (\\ud800-\\udfff): not Unicode text")
     event_type = record.get("type")
     if event_type is None:
         return EventError("missing required field 'type'")

@@ -48,7 +48,6 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from metering.compact import CompactLog
-from metering.eventlog import log_format, read_event_log
 from metering.events import EVENT_COLUMNS, Event, EventError
 from metering.history import AccountHistory, Usage, processing_order, replay
 from metering.invoice import InvoiceDocument, Line, build_invoice, make_line, points_block, sort_invoices
@@ -900,10 +899,8 @@ def _rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: S
         try:
             for path in paths:
                 LOG.info("reading %s", path)
-                if log_format(path) == "parquet":
-                    memory.ingest_file(path, STREAM_BATCH, validate_first=False)
-                else:  # streamed, and checked for reused ids once at the end
-                    memory.append_unchecked(read_event_log(path), STREAM_BATCH)
+                # streamed, and checked for reused ids once at the end
+                memory.ingest_file(path, STREAM_BATCH, validate_first=False)
             memory.settle_duplicates()
         except StoreError as exc:
             return Rating({}, {}, (EventError(str(exc)),))

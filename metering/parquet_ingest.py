@@ -71,8 +71,6 @@ def _valid_sql() -> str:
                 continue
             check = _CHECKS[spec.kind].replace("{c}", name)
             parts.append(f"{name} IS NOT NULL AND {check}" if spec.required else f"({name} IS NULL OR {check})")
-        if event_type == "points.granted":
-            parts.append("expires > ts")
         branches.append(f"WHEN '{event_type}' THEN " + " AND ".join(parts))
     common = (
         f"ts IS NOT NULL AND {_IN_RANGE.replace('{c}', 'ts')} "
@@ -101,10 +99,17 @@ def _source_sql(path: Path, schema: pa.Schema) -> str | None:
             kind = schema.field(name).type
             if not pa.types.is_timestamp(kind) or kind.tz is None:
                 return None
-    columns = ["file_row_number", "epoch_us(ts) AS ts", "type", "account", "id"]
+    columns = ["file_row_number + 1 AS line", "epoch_us(ts) AS ts", "type", "account", "id"]
     for name in EVENT_COLUMNS:
         if name == "expires":
             columns.append("epoch_us(expires) AS expires" if name in names else "NULL::BIGINT AS expires")
+        elif name == "count" and name in names:  # absent counts are 1, as the row reader makes them
+            counted = "coalesce(CAST(count AS BIGINT), 1)"
+            columns.append(
+                f"CASE WHEN type IN ('sms.sent', 'mono.message') THEN {counted} ELSE CAST(count AS BIGINT) END AS count"
+            )
+        elif name == "count":
+            columns.append("CASE WHEN type IN ('sms.sent', 'mono.message') THEN 1::BIGINT END AS count")
         elif name in names:
             columns.append(f"CAST({name} AS {_TYPES.get(name, 'VARCHAR')}) AS {name}")
         else:
@@ -144,53 +149,64 @@ def ingest_parquet(connection: duckdb.DuckDBPyConnection, path: Path, first_seq:
     try:
         checked = connection.execute(
             f"SELECT count(*) FILTER (WHERE type NOT IN ({billed}) OR extra IS NOT NULL), "
-            f"min(file_row_number) FILTER (WHERE NOT coalesce({VALID_SQL}, false)), "
-            f"count(*), count(DISTINCT (account, id)) FROM ({source})"
+            f"min(line) FILTER (WHERE NOT coalesce({VALID_SQL}, false)) FROM ({source})"
         ).fetchall()[0]
     except duckdb.Error:
         return None
-    ineligible, bad, rows, distinct = (int(value) if value is not None else None for value in checked)
+    ineligible, bad = (int(value) if value is not None else None for value in checked)
     if ineligible:
         return None
     if bad is not None:
-        raise _exact_error(path, bad + 1)
-    assert rows is not None and distinct is not None
+        raise _exact_error(path, bad)
+    return append_checked(connection, path, source, first_seq)
+
+
+def append_checked(connection: duckdb.DuckDBPyConnection, path: Path, source: str, first_seq: int) -> tuple[int, int]:
+    """Append validated rows of one log, skipping events already stored; return ``(added, skipped)``.
+
+    ``source`` is a ``SELECT`` of the log's rows: ``line`` (1-based), the event columns and
+    ``extra``. An event is stored with ``seq = first_seq + line - 1``, so the file's order is kept.
+    A row repeated in the file is stored once; an id used by two different events, in the file or
+    against a stored event, is an error naming both places. Runs inside the caller's transaction.
+
+    Raises:
+        EventLogError: For an id reused with a different content.
+    """
     literal = str(path).replace("'", "''")
     content = ", ".join(("ts", "type", *EVENT_COLUMNS, "extra"))
+    rows, distinct = connection.execute(f"SELECT count(*), count(DISTINCT (account, id)) FROM ({source})").fetchall()[0]
     if distinct < rows:
         clash = connection.execute(
-            f"SELECT id, min(file_row_number), max(file_row_number) FROM ({source}) GROUP BY account, id "
+            f"SELECT id, min(line), max(line) FROM ({source}) GROUP BY account, id "
             f"HAVING count(DISTINCT ({content})) > 1 ORDER BY 2 LIMIT 1"
         ).fetchall()
         if clash:
             event_id, first, second = clash[0]
             raise EventLogError(
-                f"{path}:{second + 1}: event id {event_id!r} was already used by a different event at "
-                f"{path}:{first + 1}"
+                f"{path}:{second}: event id {event_id!r} was already used by a different event at {path}:{first}"
             )
-        source = (
-            f"SELECT * FROM ({source}) "
-            "QUALIFY row_number() OVER (PARTITION BY account, id ORDER BY file_row_number) = 1"
-        )
+        source = f"SELECT * FROM ({source}) QUALIFY row_number() OVER (PARTITION BY account, id ORDER BY line) = 1"
     stored = int(connection.execute("SELECT count(*) FROM events").fetchall()[0][0])
     selection = (
-        f"SELECT {first_seq} + i.file_row_number, i.ts, i.type, i.account, i.id, "
+        f"SELECT {first_seq - 1} + i.line, i.ts, i.type, i.account, i.id, "
         + ", ".join(f"i.{name}" for name in EVENT_COLUMNS)
-        + f", i.extra, '{literal}', i.file_row_number + 1 FROM ({source}) i"
+        + f", i.extra, '{literal}', i.line FROM ({source}) i"
     )
     if stored:
-        different = " OR ".join(f"i.{name} IS DISTINCT FROM e.{name}" for name in ("ts", "type", *EVENT_COLUMNS))
+        different = " OR ".join(
+            f"i.{name} IS DISTINCT FROM e.{name}" for name in ("ts", "type", *EVENT_COLUMNS, "extra")
+        )
         clash = connection.execute(
-            f"SELECT i.file_row_number, i.id, e.source, e.line FROM ({source}) i JOIN events e "
+            f"SELECT i.line, i.id, e.source, e.line FROM ({source}) i JOIN events e "
             f"ON i.account = e.account AND i.id = e.id WHERE {different} ORDER BY 1 LIMIT 1"
         ).fetchall()
         if clash:
-            row, event_id, other, line = clash[0]
+            line, event_id, other, other_line = clash[0]
             raise EventLogError(
-                f"{path}:{row + 1}: event id {event_id!r} is already stored with a different content "
-                f"(from {other}:{line})"
+                f"{path}:{line}: event id {event_id!r} is already stored with a different content "
+                f"(from {other}:{other_line})"
             )
         selection += " ANTI JOIN events e ON i.account = e.account AND i.id = e.id"
     connection.execute(f"INSERT INTO events {selection}").fetchall()
     added = int(connection.execute("SELECT count(*) FROM events").fetchall()[0][0]) - stored
-    return added, rows - added
+    return added, int(rows) - added

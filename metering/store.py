@@ -361,7 +361,8 @@ class EventStore:
         of events is held in memory. Parquet logs are validated and appended in bulk, as one
         transaction (see :mod:`metering.parquet_ingest`); other logs are read row by row.
         """
-        if log_format(path) == "parquet" and path.is_file():
+        fmt = log_format(path)
+        if fmt == "parquet" and path.is_file():
             from metering.parquet_ingest import ingest_parquet
 
             self.connection.begin()
@@ -374,6 +375,8 @@ class EventStore:
                 self.connection.commit()
                 return result
             self.connection.rollback()
+        elif path.is_file():
+            return self._ingest_jsonl(path, fmt == "jsonl.gz", validate_first)
         if validate_first:
             for _ in read_event_log(path):
                 pass
@@ -383,6 +386,37 @@ class EventStore:
             added, skipped = added + batch_added, skipped + batch_skipped
             LOG.info("%s: %s events added, %s already stored", path, f"{added:,}", f"{skipped:,}")
         return added, skipped
+
+    def _ingest_jsonl(self, path: Path, compressed: bool, checked: bool) -> tuple[int, int]:
+        """A JSONL log through the columnar path (:mod:`metering.jsonl_ingest`), in one transaction.
+
+        ``checked`` (``mgwsim ingest``): the file is read into a temporary table, and only a file
+        with no bad line and no reused id is appended, skipping events already stored. Otherwise
+        (a throw-away store) the events go straight into the store, to be settled once with
+        :meth:`settle_duplicates`.
+        """
+        from metering.jsonl_ingest import ingest_jsonl
+        from metering.parquet_ingest import append_checked
+
+        connection = self.connection
+        first_seq = self._next_seq()
+        connection.begin()
+        try:
+            if not checked:
+                added = ingest_jsonl(connection, path, compressed, first_seq, "events")
+                connection.commit()
+                return added, 0
+            connection.execute(f"CREATE OR REPLACE TEMP TABLE jsonl_incoming ({COLUMNS_SQL})")
+            ingest_jsonl(connection, path, compressed, first_seq, "jsonl_incoming")
+            named = ", ".join(("line", "ts", "type", "account", "id", *EVENT_COLUMNS, "extra"))
+            result = append_checked(connection, path, f"SELECT {named} FROM jsonl_incoming", first_seq)
+            connection.execute("DROP TABLE jsonl_incoming")
+            connection.commit()
+        except BaseException:
+            _rollback(connection)
+            raise
+        LOG.info("%s: %s events added, %s already stored", path, f"{result[0]:,}", f"{result[1]:,}")
+        return result
 
     def append_unchecked(self, events: Iterable[Event], batch_events: int = BATCH_EVENTS) -> None:
         """Append events in batches without looking for stored ids: a throw-away store's fast path.
@@ -408,28 +442,38 @@ class EventStore:
             StoreError: If an id was used by two different events (both places named).
         """
         content = ", ".join(CONTENT_COLUMNS)
-        clash = self.connection.execute(
-            "SELECT account, id FROM events GROUP BY account, id "
-            f"HAVING count(*) > 1 AND count(DISTINCT ({content})) > 1 ORDER BY min(seq) LIMIT 1"
-        ).fetchall()
-        if clash:
-            account, event_id = clash[0]
-            rows = self.connection.execute(
-                f"SELECT source, line, ({content}) FROM events WHERE account = ? AND id = ? ORDER BY seq",
-                [account, event_id],
-            ).fetchall()
-            first = rows[0]
-            other = next(row for row in rows if row[2] != first[2])
-            raise StoreError(
-                f"{other[0]}:{other[1]}: event id {event_id!r} was already used by a different event at "
-                f"{first[0]}:{first[1]}"
-            )
-        before = self.count()
         self.connection.execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM (SELECT seq, row_number() OVER "
-            "(PARTITION BY account, id ORDER BY seq) AS position FROM events) WHERE position > 1)"
-        ).fetchall()
-        return before - self.count()
+            "CREATE OR REPLACE TEMP TABLE repeated_ids AS "
+            "SELECT account, id FROM events GROUP BY account, id HAVING count(*) > 1"
+        )
+        try:
+            if not self.scalar("SELECT count(*) FROM repeated_ids"):  # the usual case: one cheap aggregate
+                return 0
+            clash = self.connection.execute(
+                "SELECT account, id FROM events SEMI JOIN repeated_ids USING (account, id) GROUP BY account, id "
+                f"HAVING count(DISTINCT ({content})) > 1 ORDER BY min(seq) LIMIT 1"
+            ).fetchall()
+            if clash:
+                account, event_id = clash[0]
+                rows = self.connection.execute(
+                    f"SELECT source, line, ({content}) FROM events WHERE account = ? AND id = ? ORDER BY seq",
+                    [account, event_id],
+                ).fetchall()
+                first = rows[0]
+                other = next(row for row in rows if row[2] != first[2])
+                raise StoreError(
+                    f"{other[0]}:{other[1]}: event id {event_id!r} was already used by a different event at "
+                    f"{first[0]}:{first[1]}"
+                )
+            before = self.count()
+            self.connection.execute(
+                "DELETE FROM events WHERE seq IN (SELECT seq FROM (SELECT seq, row_number() OVER "
+                "(PARTITION BY account, id ORDER BY seq) AS position FROM events SEMI JOIN repeated_ids "
+                "USING (account, id)) WHERE position > 1)"
+            ).fetchall()
+            return before - self.count()
+        finally:
+            self.connection.execute("DROP TABLE IF EXISTS repeated_ids")
 
     def read_events(self) -> list[Event]:
         """All stored events in ingest order, read at once.

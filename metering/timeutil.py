@@ -176,3 +176,30 @@ def parse_month_range(text: str) -> list[int]:
     if last - first >= 1200:
         raise TimeFormatError(f"month range {text!r} is longer than 100 years")
     return list(range(first, last + 1))
+
+
+STRICT_INSTANT_PATTERN = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+"""The RFC 3339 forms :func:`instant_sql` converts: ASCII digits, at most 6 fraction digits, upper case.
+
+Every text of this form that names a real date and time is one :func:`parse_instant` accepts;
+any other text (other digits, finer fractions, ``t`` or ``z``, an impossible date) is left to it.
+"""
+
+
+def instant_sql(text: str) -> str:
+    """SQL (DuckDB): epoch microseconds of an RFC 3339 text, as :func:`parse_instant` gives them, or NULL.
+
+    The text must have :data:`STRICT_INSTANT_PATTERN`'s form; DuckDB's own ``TIMESTAMPTZ`` cast
+    then reads it, and refuses impossible dates (30 February, second 60). Where that cast is
+    more lenient than Python's ``datetime`` — year 0, hour 24, an offset of 24 hours or 60
+    minutes — the text is refused here. NULL means "not decided here": the row goes to
+    :func:`parse_instant`, which gives the exact answer or the reason.
+    """
+    offset = f"right({text}, 6)"
+    return (
+        f"(CASE WHEN regexp_full_match({text}, '{STRICT_INSTANT_PATTERN}') AND substr({text}, 1, 4) <> '0000' "
+        f"AND substr({text}, 12, 2) <= '23' AND (ends_with({text}, 'Z') OR (substr({offset}, 2, 2) <= '23' "
+        f"AND substr({offset}, 5, 2) <= '59')) THEN epoch_us(TRY_CAST({text} AS TIMESTAMPTZ)) END)"
+    )

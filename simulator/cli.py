@@ -256,13 +256,18 @@ def ingest(
     events: Annotated[list[Path], typer.Argument(help="Event logs to append to the store.", readable=False)],
     db: Annotated[Path, typer.Option("--db", help="DuckDB file; created when missing.")],
     batch: Annotated[
-        int, typer.Option(min=1, help="Events per transaction: an interrupted ingest keeps whole batches.")
+        int,
+        typer.Option(
+            min=1,
+            help="Events per transaction for a log read row by row (a Parquet log with diagnostic events).",
+        ),
     ] = 500_000,
 ) -> None:
     """Append event logs to a DuckDB store; events already stored are skipped (idempotent).
 
-    Each batch is one transaction: if the ingest is killed, the store holds whole batches only,
-    and running the same command again completes it.
+    Each log is checked whole and appended in one transaction (a Parquet log with diagnostic
+    events: in transactions of --batch events). If the ingest is killed, the store holds whole
+    logs (whole batches) only, and running the same command again completes it.
     """
     import duckdb
 
@@ -836,17 +841,27 @@ def bench_jsonl(
     lines: Annotated[int, typer.Option(min=1, help="Lines of the JSONL log.")] = 10_000_000,
     workdir: Annotated[Path, typer.Option(help="Where the log is written (and removed after).")] = Path("."),
 ) -> None:
-    """Bill a large JSONL log: it is streamed, so peak memory stays bounded (reported)."""
+    """Bill a large JSONL log (12 months), beside DuckDB's bare read_json + GROUP BY sim, month of it.
+
+    The log is read in chunks through the columnar path with every check of the row reader, so
+    peak memory stays bounded (reported). The ratio is the figure to compare across machines.
+    """
+    import statistics
+
     from metering.bench import figures_table, run_jsonl_bench
 
     found = run_jsonl_bench(lines, workdir, lambda text: stderr.print(text, markup=False))
+    bare = statistics.median(found["bare"]["times"])
     rows = [
-        ("bill, 12 months: wall time", f"{found['seconds']:.1f} s"),
-        ("lines per second", f"{found['lines'] / found['seconds']:,.0f}"),
-        ("peak memory", f"{found['peak_mb']:,.0f} MB"),
-        ("errors", str(found["errors"])),
+        ("bill, 12 months: wall time", f"{found['seconds']:.1f} s", "≤ 30 s"),
+        ("lines per second", f"{found['lines'] / found['seconds']:,.0f}", ""),
+        ("peak memory", f"{found['peak_mb']:,.0f} MB", "< 1,024 MB"),
+        ("errors", str(found["errors"]), "0"),
+        ("DuckDB bare read + GROUP BY (median of 3)", f"{bare:.2f} s", ""),
+        ("bill / bare", f"{found['seconds'] / bare:.1f}x", "≤ 3x"),
     ]
-    Console().print(figures_table(f"mgwsim bench jsonl: {found['lines']:,} lines ({found['megabytes']:,.0f} MB)", rows))
+    title = f"mgwsim bench jsonl: {found['lines']:,} lines ({found['megabytes']:,.0f} MB)"
+    Console().print(figures_table(title, rows, goals=True))
 
 
 @bench_app.command("sim", epilog=EXIT_STATUSES)

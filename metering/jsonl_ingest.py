@@ -1,0 +1,392 @@
+"""Columnar ingest of JSONL event logs: parsed and checked by DuckDB, exactly as the row reader checks them.
+
+A JSONL log is read in chunks of whole lines. Each chunk becomes one Arrow string column without
+a copy (the line offsets are found with numpy), and DuckDB parses every line's JSON, converts it
+into the store's columns and checks it with :data:`metering.parquet_ingest.VALID_SQL` — the rules
+of :func:`metering.events.event_from_mapping` — on every core.
+
+DuckDB's JSON reader is more lenient than the event format (it takes ``NaN``, trailing commas and
+repeated keys) and a few events need Python anyway (diagnostic events with their extra fields, an
+event without an id whose id is its content hash). So a line is taken by the columnar path only
+when it is *plain*: a JSON object of a billed type whose keys are that type's fields, each once,
+each value of the JSON type the field needs, with an instant of :data:`~metering.timeutil.STRICT_INSTANT_PATTERN`.
+Every other line — rare in a real log — is read by the row reader's own line decoder
+(:func:`metering.eventlog.decode_line`), which accepts it or names the reason. A plain line that
+fails the checks is decoded there too, so the message is the row reader's, word for word, and the
+first bad line of the file is the one reported.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from metering.eventlog import ARROW_SCHEMA, EventLogError, decode_line, events_to_arrow
+from metering.events import BILLED_TYPES, COMMON_FIELDS, EVENT_COLUMNS, FIELD_SPECS, Event
+from metering.parquet_ingest import VALID_SQL
+from metering.timeutil import instant_sql
+
+LOG: Final = logging.getLogger(__name__)
+"""Progress of long logs at INFO (``mgwsim -v``), one line per chunk."""
+CHUNK_BYTES: Final = 64 << 20
+"""About how much of the log is read, parsed and checked at once (whole lines)."""
+_WHITESPACE: Final = " \t\r\n\x0b\x0c"
+"""What ``bytes.strip`` removes: a line of only these is skipped, as the row reader skips it."""
+_SPACE_BYTES: Final = np.frombuffer(_WHITESPACE.encode(), dtype=np.uint8)
+_STRING_KINDS: Final = frozenset({"iccid", "name", "option", "route", "sms_kind", "instant"})
+_INTEGER_KINDS: Final = frozenset({"count", "positive"})
+_FIELDS: Final = (*COMMON_FIELDS, *EVENT_COLUMNS)
+
+
+def _field_kinds() -> dict[str, str]:
+    """Each field's JSON kind: ``string``, ``integer`` or ``boolean`` (one kind per name, checked)."""
+    kinds = {name: "string" for name in COMMON_FIELDS}
+    for specs in FIELD_SPECS.values():
+        for name, spec in specs.items():
+            kind = "string" if spec.kind in _STRING_KINDS else "integer" if spec.kind in _INTEGER_KINDS else "boolean"
+            if kinds.setdefault(name, kind) != kind:
+                raise AssertionError(f"field {name!r} has two JSON kinds")
+    return kinds
+
+
+_KINDS: Final = _field_kinds()
+
+
+def _string_sql(value: str) -> str:
+    """The string a JSON value's text holds (NULL unless it is a string); escapes only through DuckDB's parser."""
+    return (
+        f"CASE WHEN starts_with({value}, '\"') THEN (CASE WHEN contains({value}, '\\') THEN {value} ->> '$' "
+        f"ELSE substr({value}, 2, length({value}) - 2) END) END"
+    )
+
+
+def _integer_sql(value: str) -> str:
+    """The integer a JSON value's text holds (NULL unless it is an integer within 64 bits).
+
+    DuckDB's cast would also read ``1.0``, ``1e3`` and ``0x10``; a JSON integer has none of ``.eE``
+    (the hexadecimal form cannot come out of the JSON parser).
+    """
+    return (
+        f"CASE WHEN NOT (contains({value}, '.') OR contains({value}, 'e') OR contains({value}, 'E')) "
+        f"THEN TRY_CAST({value} AS BIGINT) END"
+    )
+
+
+def _chunk_sql(careful: bool) -> str:
+    """``SELECT`` over the registered chunk ``jsonl_chunk(line, text)``: the store's columns and two flags.
+
+    ``plain`` says the line may be taken here (see the module); ``valid`` that it also passes
+    :data:`~metering.parquet_ingest.VALID_SQL`. With ``careful``, lines that are not JSON at all are
+    left to the row reader instead of failing the statement (slower: DuckDB parses them twice).
+    """
+    structure = "{" + ", ".join(f'"{name}": "JSON"' for name in _FIELDS) + "}"
+    guard = "json_valid(text)" if careful else "true"
+    unpacked = ", ".join(f"v.{name}::VARCHAR AS j_{name}" for name in _FIELDS)
+    columns = []
+    for name in ("type", "account", "id", *EVENT_COLUMNS):
+        if name == "expires":
+            continue
+        kind = _KINDS[name]
+        value = f"j_{name}"
+        if kind == "string":
+            columns.append(f"{_string_sql(value)} AS {name}")
+        elif kind == "integer":
+            columns.append(f"{_integer_sql(value)} AS {name}")
+        else:
+            columns.append(f"CASE {value} WHEN 'true' THEN true WHEN 'false' THEN false END AS {name}")
+    for name in ("ts", "expires"):
+        text = "(" + _string_sql(f"j_{name}") + ")"
+        columns.append(f"{instant_sql(text)} AS {name}")
+    # a field that is present (even as null) must be of its kind; a value NULL after conversion
+    # while its text is not 'null' is of the wrong kind (or an integer beyond 64 bits)
+    typed = " AND ".join(
+        f"(j_{name} IS NULL OR j_{name} = 'null' OR {name} IS NOT NULL)" for name in ("account", *EVENT_COLUMNS)
+    )
+    present = " + ".join(f"(j_{name} IS NOT NULL)::INTEGER" for name in _FIELDS)
+    outside = " ".join(
+        f"WHEN '{event_type}' THEN " + " AND ".join(f"j_{name} IS NULL" for name in EVENT_COLUMNS if name not in specs)
+        for event_type, specs in FIELD_SPECS.items()
+    )
+    plain = (
+        f"type IN ({', '.join(repr(name) for name in BILLED_TYPES)}) AND id IS NOT NULL AND ts IS NOT NULL "
+        f"AND closed AND key_count = {present} AND (CASE type {outside} END) AND {typed}"
+    )
+    counted = " ".join(f"WHEN '{event_type}' THEN coalesce(count, 1)" for event_type in ("sms.sent", "mono.message"))
+    stored = ", ".join(("ts", "type", "account", "id", *EVENT_COLUMNS))
+    raw = ", ".join(f"j_{name}" for name in _FIELDS)
+    return f"""
+WITH parsed AS (
+    SELECT line, closed, CASE WHEN {guard} THEN len(json_keys(text)) END AS key_count,
+        CASE WHEN {guard} THEN json_transform(text, '{structure}') END AS v
+    FROM jsonl_chunk
+), fields AS (
+    SELECT line, closed, key_count, {unpacked} FROM parsed
+), converted AS (
+    SELECT * EXCLUDE (count), CASE type {counted} ELSE count END AS count
+    FROM (SELECT line, closed, key_count, {raw}, {", ".join(columns)} FROM fields)
+), flagged AS (
+    SELECT line, {stored}, coalesce({plain}, false) AS plain FROM converted
+)
+SELECT line, {stored}, plain, plain AND coalesce({VALID_SQL}, false) AS valid FROM flagged
+"""
+
+
+FAST_SQL: Final = _chunk_sql(careful=False)
+CAREFUL_SQL: Final = _chunk_sql(careful=True)
+
+
+class _Damaged(Exception):
+    """The compressed stream broke after ``lines`` whole lines were handed out."""
+
+    def __init__(self, lines: int, reason: str) -> None:
+        super().__init__(reason)
+        self.lines = lines
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Whole lines of a log: their bytes, where each starts, and the number of the first.
+
+    ``data`` is a view of the reader's buffer, valid until the next chunk is read.
+    """
+
+    data: memoryview
+    starts: np.ndarray
+    first_line: int
+
+    @property
+    def lines(self) -> int:
+        """How many lines the chunk holds."""
+        return len(self.starts) - 1
+
+    def raw(self, line: int) -> bytes:
+        """The bytes of line ``line`` (a file line number), its newline included."""
+        index = line - self.first_line
+        return bytes(self.data[int(self.starts[index]) : int(self.starts[index + 1])])
+
+    def table(self) -> pa.Table:
+        """The chunk's lines that are not blank, for :data:`FAST_SQL`: ``line``, ``text`` and ``closed``.
+
+        ``text`` shares the chunk's bytes (each line with its newline). ``closed`` says, found with
+        numpy, that the line starts with ``{`` and ends with ``}`` right after a character that is
+        neither a comma nor a space: the only way DuckDB's parser, which takes a trailing comma,
+        and Python's, which does not, could differ on a line of scalar fields.
+        """
+        data = np.frombuffer(self.data, dtype=np.uint8)
+        starts, ends = self.starts[:-1], self.starts[1:]
+        last = ends - 1 - (data[ends - 1] == 0x0A)
+        last = last - ((data[np.maximum(last, starts)] == 0x0D) & (last > starts))
+        before = np.maximum(last - 1, starts)
+        closed = (
+            (last - starts >= 1)
+            & (data[starts] == ord("{"))
+            & (data[np.maximum(last, starts)] == ord("}"))
+            & (data[before] != ord(","))
+            & ~np.isin(data[before], _SPACE_BYTES)
+        )
+        lines = np.arange(self.first_line, self.first_line + self.lines, dtype=np.int64)
+        offsets = self.starts.astype(np.int64)
+        texts = pa.LargeStringArray.from_buffers(self.lines, pa.py_buffer(offsets.tobytes()), pa.py_buffer(self.data))
+        table = pa.table({"line": lines, "text": texts, "closed": closed})
+        odd = np.flatnonzero(data[starts] != ord("{"))
+        blank = [index for index in odd if not self.raw(self.first_line + int(index)).strip()]
+        if blank:
+            keep = np.ones(self.lines, dtype=bool)
+            keep[blank] = False
+            table = table.filter(pa.array(keep))
+        return table
+
+    def is_text(self) -> bool:
+        """Whether the chunk is UTF-8 throughout (a chunk that is not goes line by line to the row reader)."""
+        if not len(self.data) or int(np.frombuffer(self.data, dtype=np.uint8).max()) < 0x80:
+            return True
+        try:
+            str(self.data, "utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+
+def line_chunks(path: Path, compressed: bool, size: int = CHUNK_BYTES) -> Iterator[Chunk]:
+    """The file's lines in chunks of about ``size`` bytes, each cut after a newline.
+
+    One buffer is read into again and again (a line longer than ``size`` grows it), so the
+    bytes are copied once, from the file into the buffer, and no fresh memory is touched.
+
+    Raises:
+        _Damaged: When a compressed stream is damaged or truncated.
+    """
+    opener = gzip.open if compressed else open
+    first_line = 1
+    buffer = bytearray(size)
+    newlines = np.empty(size, dtype=bool)
+    kept = 0  # bytes of an unfinished line, moved to the buffer's start
+    try:
+        with opener(path, "rb") as stream:
+            while True:
+                if kept == len(buffer):  # one line fills the buffer: a larger one (views may still see this)
+                    larger = bytearray(2 * len(buffer))
+                    larger[:kept] = buffer[:kept]
+                    buffer = larger
+                    newlines = np.empty(len(buffer), dtype=bool)
+                with memoryview(buffer) as whole:
+                    read = stream.readinto(whole[kept:])
+                filled = kept + read
+                if not read:
+                    if kept:
+                        yield _chunk(memoryview(buffer)[:kept], first_line, newlines)
+                    return
+                cut = buffer.rfind(b"\n", kept, filled) + 1
+                if not cut:
+                    kept = filled
+                    continue
+                chunk = _chunk(memoryview(buffer)[:cut], first_line, newlines)
+                first_line += chunk.lines
+                yield chunk
+                buffer[: filled - cut] = buffer[cut:filled]
+                kept = filled - cut
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise _Damaged(first_line - 1, str(exc)) from None
+
+
+def _chunk(data: memoryview, first_line: int, newlines: np.ndarray) -> Chunk:
+    """The chunk of ``data``; ``newlines`` is a reused scratch array at least as long."""
+    found = newlines[: len(data)]
+    np.equal(np.frombuffer(data, dtype=np.uint8), 0x0A, out=found)
+    ends = np.flatnonzero(found) + 1
+    if not len(ends) or ends[-1] != len(data):
+        ends = np.append(ends, len(data))
+    return Chunk(data, np.concatenate(([0], ends)), first_line)
+
+
+def _damage_error(path: Path, done: int) -> EventLogError:
+    """The row reader's error for a damaged compressed log, after the chunks up to line ``done`` passed.
+
+    The row reader hands out lines one by one until the stream breaks; the lines it would still
+    have read after the last whole chunk are decoded here, as it decodes them, and the damage is
+    named at the line after them.
+    """
+    number = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            for number, raw in enumerate(stream, start=1):
+                if number > done:
+                    decode_line(raw, path, number)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        return EventLogError(f"{path}:{number + 1}: compressed stream is damaged or truncated ({exc})")
+    return EventLogError(f"{path}:{number + 1}: compressed stream is damaged or truncated")
+
+
+def _staged(events: list[Event], seq_base: int, source: str) -> pa.Table:
+    """Events decoded line by line, in the store's column layout."""
+    table = events_to_arrow(events)
+    table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
+    index = ARROW_SCHEMA.get_field_index("expires")
+    table = table.set_column(index, "expires", table.column("expires").cast(pa.int64()))
+    lines = pa.array([event.line for event in events], type=pa.int64())
+    table = table.add_column(0, "seq", pa.compute.add(lines, seq_base))
+    table = table.append_column("source", pa.array([source] * len(events), type=pa.string()))
+    return table.append_column("line", lines)
+
+
+def ingest_jsonl(
+    connection: duckdb.DuckDBPyConnection,
+    path: Path,
+    compressed: bool,
+    first_seq: int,
+    table: str,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> int:
+    """Read a JSONL log into ``table`` (the store's columns); return how many events were added.
+
+    An event's ``seq`` is ``first_seq + line - 1``, so the file's order is kept. Nothing is checked
+    against events already stored: the caller settles repeated ids (see
+    :meth:`metering.store.EventStore.settle_duplicates` and :func:`metering.parquet_ingest.append_checked`).
+
+    Raises:
+        EventLogError: For the first bad line of the file, with the row reader's message.
+    """
+    source = str(path)
+    literal = source.replace("'", "''")
+    stored = ", ".join(("ts", "type", "account", "id", *EVENT_COLUMNS))
+    added = 0
+    done = 0
+    try:
+        for chunk in line_chunks(path, compressed, chunk_bytes):
+            added += _ingest_chunk(connection, chunk, path, first_seq - 1, table, literal, stored)
+            done = chunk.first_line + chunk.lines - 1
+            LOG.info("%s: %s events read into the store (to line %s)", path, f"{added:,}", f"{done:,}")
+    except _Damaged:
+        raise _damage_error(path, done) from None
+    return added
+
+
+def _ingest_chunk(
+    connection: duckdb.DuckDBPyConnection,
+    chunk: Chunk,
+    path: Path,
+    seq_base: int,
+    table: str,
+    literal: str,
+    stored: str,
+) -> int:
+    """Check one chunk and add its events to ``table``; return how many."""
+    if not chunk.is_text():
+        return _decode_lines(
+            connection, chunk, range(chunk.first_line, chunk.first_line + chunk.lines), path, seq_base, table
+        )
+    connection.register("jsonl_chunk", chunk.table())
+    try:
+        try:
+            connection.execute(f"CREATE OR REPLACE TEMP TABLE jsonl_rows AS {FAST_SQL}")
+        except duckdb.InvalidInputException:  # a line that is not JSON at all: parse the chunk carefully
+            connection.execute(f"CREATE OR REPLACE TEMP TABLE jsonl_rows AS {CAREFUL_SQL}")
+    finally:
+        connection.unregister("jsonl_chunk")
+    try:
+        first_bad, others = connection.execute(
+            "SELECT min(line) FILTER (WHERE plain AND NOT valid), list(line ORDER BY line) FILTER (WHERE NOT plain) "
+            "FROM jsonl_rows"
+        ).fetchall()[0]
+        before = [line for line in others or () if first_bad is None or line < first_bad]
+        added = _decode_lines(connection, chunk, before, path, seq_base, table)
+        if first_bad is not None:
+            decode_line(chunk.raw(first_bad), path, first_bad)
+            raise EventLogError(f"{path}:{first_bad}: line rejected by the columnar check but not by the row reader")
+        connection.execute(
+            f"INSERT INTO {table} SELECT {seq_base} + line, {stored}, NULL, '{literal}', line "
+            "FROM jsonl_rows WHERE valid"
+        )
+        return added + int(connection.execute("SELECT count(*) FROM jsonl_rows WHERE valid").fetchall()[0][0])
+    finally:
+        connection.execute("DROP TABLE IF EXISTS jsonl_rows")
+
+
+def _decode_lines(
+    connection: duckdb.DuckDBPyConnection,
+    chunk: Chunk,
+    lines: range | list[int],
+    path: Path,
+    seq_base: int,
+    table: str,
+) -> int:
+    """Read these lines with the row reader's decoder into ``table``; return how many events."""
+    events = [event for line in lines if (event := decode_line(chunk.raw(line), path, line)) is not None]
+    if not events:
+        return 0
+    connection.register("jsonl_decoded", _staged(events, seq_base, str(path)))
+    try:
+        connection.execute(f"INSERT INTO {table} SELECT * FROM jsonl_decoded")
+    finally:
+        connection.unregister("jsonl_decoded")
+    return len(events)
