@@ -353,7 +353,7 @@ def _simulate(scenario: Scenario, rater: str, engine: str = "fast", ray_address:
         except MeteringFailure as exc:
             fail(str(exc), status=3)
         except RayUnavailable as exc:
-            fail(str(exc))
+            fail(str(exc), status=3)
 
 
 @app.command(epilog=EXIT_STATUSES)

@@ -16,18 +16,24 @@ Without an address a local Ray is started with the machine's CPUs (``num_cpus``)
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from metering.compact import concatenate_logs
+from metering.events import Event
 from metering.rating import merge_ratings
 from metering.store import THREADS_VARIABLE
 from simulator.results import ShardResult
 from simulator.scenario import Scenario
 from simulator.shard import simulate_shard
 from simulator.world import RunStats
+
+LOG = logging.getLogger(__name__)
+"""How the shards were joined, at INFO (``mgwsim -v``)."""
 
 
 class RayUnavailable(Exception):
@@ -57,6 +63,10 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
+SHARD_RETRIES = 3
+"""How often Ray runs a shard again whose worker died (a shard is idempotent: it only reads the scenario)."""
+
+
 def run_sharded(
     scenario: Scenario,
     rater: str,
@@ -64,30 +74,61 @@ def run_sharded(
     keep_events: bool,
     progress: Callable[[float], None] | None = None,
     num_cpus: int | None = None,
+    window: int | None = None,
 ) -> ShardResult:
-    """Simulate and rate every account as a Ray task; join the results in account order."""
+    """Simulate and rate every account as a Ray task; join the results in account order.
+
+    At most ``window`` shards (default: twice the cluster's CPUs) are submitted or waiting to
+    be joined at any time, so the driver holds a few shards' results, not the fleet's: each
+    result is folded into the running join as soon as the shards before it are in. A task whose
+    worker dies (SIGKILL, a lost node) is run again by Ray, up to :data:`SHARD_RETRIES` times.
+    """
     import ray
 
     started = start_ray(address, num_cpus)
     try:
-        task = ray.remote(_shard)
+        task = ray.remote(max_retries=SHARD_RETRIES)(_shard)
         shared = ray.put(scenario)
-        pending = {
-            task.remote(shared, frozenset({account}), rater, keep_events): position
-            for position, account in enumerate(scenario.accounts)
-        }
-        results: list[Any] = [None] * len(pending)
-        waiting = list(pending)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
+        accounts = list(scenario.accounts)
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        limit = window or max(2, 2 * int(resources.get("CPU", 1)))
+        positions: dict[Any, int] = {}
+        ready: dict[int, ShardResult] = {}
+        total: ShardResult | None = None
+        logs: list[Sequence[Event]] = []
+        joined = submitted = held = 0
+        while joined < len(accounts):
+            while submitted < len(accounts) and len(positions) + len(ready) < limit:
+                reference = task.remote(shared, frozenset({accounts[submitted]}), rater, keep_events)
+                positions[reference] = submitted
+                submitted += 1
+            done, _ = ray.wait(list(positions), num_returns=1)
             for reference in done:
-                results[pending[reference]] = ray.get(reference)
+                position = positions.pop(reference)
+                try:
+                    ready[position] = ray.get(reference)
+                except ray.exceptions.RayError as exc:
+                    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                    raise RayUnavailable(
+                        f"shard of account {accounts[position]} failed after {SHARD_RETRIES} retries: {reason}"
+                    ) from None
+            held = max(held, len(ready))
+            while joined in ready:  # fold in account order: only the running join is kept
+                result = ready.pop(joined)
+                if keep_events:  # the log is the output itself: kept as the shards' pieces, joined once
+                    logs.append(result.events)
+                    result = dataclasses.replace(result, events=[])
+                total = result if total is None else join_shards([total, result])
+                joined += 1
             if progress is not None:
-                progress(1 - len(waiting) / len(pending))
+                progress(joined / len(accounts))
+        LOG.info("%d shards joined, at most %d results held at once (window %d)", len(accounts), held, limit)
     finally:
         if started:
             ray.shutdown()
-    return join_shards(results)
+    if total is None:
+        return join_shards([])
+    return dataclasses.replace(total, events=concatenate_logs(logs)) if any(logs) else total
 
 
 def _shard(scenario: Scenario, accounts: frozenset[str], rater: str, keep_events: bool) -> ShardResult:
