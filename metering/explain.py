@@ -96,3 +96,31 @@ def explain(rating: Rating, tariff: Tariff, events: Mapping[tuple[str, str], Eve
     if subject is not None and len(blocks) == 1:
         blocks.append(f"No charge or decision concerns {subject!r} in the months asked for.")
     return "\n\n".join(blocks) + "\n"
+
+
+def explain_line(
+    rating: Rating,
+    tariff: Tariff,
+    events: Mapping[tuple[str, str], Event],
+    month: int,
+    account: str,
+    item: str,
+    subject: str,
+) -> str:
+    """The explanation mgwsim gives of one invoice line (month, account, item, subject): charges, no-charges.
+
+    What ``mgwsim diff --explain`` puts beside a line that differs: every decision of the rules
+    for that item and subject in that month, with rule, article, reason and evidence — or, when
+    there is none, that mgwsim charges nothing of that item to that subject and why it cannot say more.
+    """
+    outcomes = [
+        outcome
+        for outcome in rating.outcomes.get((month, account), ())
+        if outcome.item == item and outcome.subject == subject
+    ]
+    if not outcomes:
+        return (
+            f"  mgwsim decides nothing on {item} for {subject} of {account} in {format_month(month)}: "
+            "no rule saw an event of this subject for this item (check the subject's id and the month)"
+        )
+    return "\n".join(explain_outcome(outcome, tariff, events, account) for outcome in outcomes)

@@ -17,7 +17,7 @@ import sys
 import traceback
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -28,6 +28,7 @@ from metering.rating import Rating
 from metering.tariff import TariffError, load_tariff
 from metering.timeutil import TimeFormatError, parse_month_range
 from simulator.capture import SIM_MAP_COLUMNS
+from simulator.streamed_run import SHARD_SIMS, shards_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -332,10 +333,20 @@ def _scaled(scenario: Scenario, factor: float) -> Scenario:
 
 
 def _simulate(scenario: Scenario, rater: str, engine: str = "fast", ray_address: str | None = None) -> RunResult:
+    from simulator.runner import run_scenario
+
+    return _with_progress(scenario, lambda progress: run_scenario(scenario, progress, rater, engine, ray_address))
+
+
+Result = TypeVar("Result")
+
+
+def _with_progress(scenario: Scenario, work: Callable[[Callable[[float], None]], Result]) -> Result:
+    """Run ``work(progress)`` under a progress bar (on a terminal); a failed run is one line, exit 3."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from simulator.ray_engine import RayUnavailable
-    from simulator.runner import MeteringFailure, run_scenario
+    from simulator.runner import MeteringFailure
 
     columns = (
         TextColumn("{task.description}"),
@@ -347,9 +358,7 @@ def _simulate(scenario: Scenario, rater: str, engine: str = "fast", ray_address:
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as progress:
         task = progress.add_task(f"simulating {scenario.name} ({scenario.sim_count:,} SIMs)", total=1.0)
         try:
-            return run_scenario(
-                scenario, lambda done: progress.update(task, completed=done), rater, engine, ray_address
-            )
+            return work(lambda done: progress.update(task, completed=done))
         except MeteringFailure as exc:
             fail(str(exc), status=3)
         except RayUnavailable as exc:
@@ -414,6 +423,15 @@ def run(
             "with it; invoice totals are checked at full size only.",
         ),
     ] = None,
+    shard_sims: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With the fast engine, a fleet of more SIMs runs in shards of whole accounts of at most this "
+            "many, one after the other, each shard's events and invoices written to --out as it completes "
+            "(memory bounded by a shard; the same invoices).",
+        ),
+    ] = SHARD_SIMS,
 ) -> None:
     """Simulate a scenario, meter it in-process, print a summary; exit 1 if a check of its expect table fails.
 
@@ -440,8 +458,18 @@ def run(
         fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
     sim_map = pcap.with_name(pcap.name + ".sims.csv") if pcap is not None else None
     _prepare_outputs(out, [path for path in (events, pcap, sim_map) if path is not None])
-    result = _simulate(scenario, rater.value, engine.value, ray_address)
-    written = write_outputs(result, out, events, log_format.value)
+    shards = len(shards_of(scenario, shard_sims)) if engine is EngineName.fast else 1
+    if shards > 1:
+        given = [name for name, value in (("--events", events), ("--pcap", pcap), ("--mqtt", mqtt)) if value]
+        if given:
+            fail(
+                f"{', '.join(given)}: not with a run in {shards} shards ({scenario.sim_count:,} SIMs, "
+                f"--shard-sims {shard_sims:,}); raise --shard-sims to run the fleet whole"
+            )
+        result, written = _run_streamed(scenario, out, shard_sims, log_format.value, rater.value)
+    else:
+        result = _simulate(scenario, rater.value, engine.value, ray_address)
+        written = write_outputs(result, out, events, log_format.value)
     if pcap is not None:
         written += _write_capture(result, pcap, pcap_sims)
     if broker is not None:
@@ -456,6 +484,24 @@ def run(
         stderr.print(f"mgwsim: expectation failed: {failure}", markup=False)
     if failures:
         raise typer.Exit(1)
+
+
+def _run_streamed(
+    scenario: Scenario, out: Path | None, shard_sims: int, log_format: str, rater: str
+) -> tuple[RunResult, list[Path]]:
+    """A run in shards, straight into ``out`` (without one: into a temporary folder, removed after)."""
+    import tempfile
+
+    from simulator.runner import run_streamed
+
+    def work(folder: Path) -> Callable[[Callable[[float], None]], tuple[RunResult, list[Path]]]:
+        return lambda progress: run_streamed(scenario, folder, shard_sims, log_format, rater, progress)
+
+    if out is not None:
+        return _with_progress(scenario, work(out))
+    with tempfile.TemporaryDirectory(prefix="mgwsim-run-") as scratch:
+        result, _ = _with_progress(scenario, work(Path(scratch) / "run"))
+        return result, []
 
 
 def note(message: str) -> None:
@@ -531,6 +577,24 @@ def _publish(result: RunResult, broker: Any) -> None:
     except MqttAdapterError as exc:
         fail(f"--mqtt: {exc}", status=3)
     stderr.print(f"{broker.describe()}: {len(messages):,} platform messages published (QoS 1)", markup=False)
+
+
+@app.command(epilog=EXIT_STATUSES)
+def scenarios() -> None:
+    """List the scenarios shipped with mgwsim: each runs by its name from any folder (mgwsim run NAME).
+
+    Example: mgwsim scenarios; mgwsim run quickstart --out out/quickstart
+    """
+    from rich.table import Table
+
+    from simulator.shipped import shipped_names, shipped_summary
+
+    table = Table(title="shipped scenarios (mgwsim run NAME)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it shows")
+    for name in shipped_names():
+        table.add_row(name, shipped_summary(name))
+    Console().print(table)
 
 
 @app.command("meter-mqtt", epilog=EXIT_STATUSES)
@@ -759,6 +823,16 @@ def diff(
     junit: Annotated[
         Path | None, typer.Option(help="Also write JUnit XML here: one test case per account and month.")
     ] = None,
+    explain_logs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--explain",
+            help="Event log(s) mgwsim's side was billed from: each differing line then carries mgwsim's "
+            "explanation of it (rule, article, reason, evidence events with file:line). Repeat for several logs.",
+            readable=False,
+        ),
+    ] = None,
+    tariff: TariffOpt = None,
 ) -> None:
     """Compare two sets of charges line by line; exit 0 when equal, 1 when they differ.
 
@@ -769,7 +843,11 @@ def diff(
     on one side only, the lines whose quantity or amount differ, and each account's total per
     month on both sides.
 
+    With --explain LOG, every line that differs carries mgwsim's explanation of its side, from
+    rating LOG with the tariff (--tariff; default the shipped one) in the months that differ.
+
     Example: mgwsim diff out/a/invoices out/b/invoices --month 2026-03
+    Example: mgwsim diff mgwsim.json other-system.csv --explain events.jsonl
     """
     from metering.atomic import AtomicWriter
     from metering.compare import CompareInputError, compare, read_charges
@@ -779,15 +857,22 @@ def diff(
         months = None if month is None else parse_month_range(month)
     except TimeFormatError as exc:
         fail(f"--month: {exc}")
+    if tariff is not None and not explain_logs:
+        fail("--tariff: only with --explain")
     try:
         found = compare(read_charges(left), read_charges(right), months)
     except CompareInputError as exc:
         fail(str(exc))
+    explanations = _explanations(found.differences, explain_logs, tariff) if explain_logs else {}
     if junit is not None:
         with AtomicWriter(junit) as temporary:
             temporary.write_text(found.junit(), encoding="utf-8")
     if output is DiffFormat.json:
-        write_stdout(json.dumps(found.to_json(), ensure_ascii=False, indent=1) + "\n")
+        data = found.to_json()
+        if explain_logs:
+            for entry, difference in zip(data["differences"], found.differences, strict=True):
+                entry["explanation"] = explanations[difference.key]
+        write_stdout(json.dumps(data, ensure_ascii=False, indent=1) + "\n")
     elif found.equal:
         lines = sum(1 for key in found.left.lines if months is None or key[0] in months)
         write_stdout(f"{left} and {right} charge the same: {lines:,} line(s), {len(found.totals):,} account-month(s)\n")
@@ -818,8 +903,33 @@ def diff(
             if a != b:
                 table.add_row(format_month(month_), account, "total", "", format_money(a), format_money(b), "differs")
         Console().print(table)
+        if explain_logs:
+            blocks = [f"mgwsim's side of each line, from {', '.join(map(str, explain_logs))}:"]
+            for difference in found.differences:
+                month_, account, item, subject = difference.key
+                blocks.append(
+                    f"{format_month(month_)} {account} {item} {subject} ({difference.kind}):\n"
+                    + explanations[difference.key]
+                )
+            write_stdout("\n\n".join(blocks) + "\n")
     if not found.equal:
         raise typer.Exit(1)
+
+
+def _explanations(differences: Any, logs: list[Path], tariff_path: Path | None) -> dict[Any, str]:
+    """The explanation mgwsim gives of each differing line, from rating ``logs`` in the months that differ."""
+    from metering.explain import explain_line
+    from metering.timeutil import format_month
+
+    if not differences:
+        return {}
+    months = sorted({difference.key[0] for difference in differences})
+    inputs = _load(logs, None, tariff_path, f"{format_month(months[0])}..{format_month(months[-1])}")
+    rating = _rate(inputs, "reference")
+    if rating.errors:
+        fail(f"--explain: {rating.errors[0]}")
+    events = inputs.events_by_id()
+    return {difference.key: explain_line(rating, inputs.tariff, events, *difference.key) for difference in differences}
 
 
 @bench_app.command("metering", epilog=EXIT_STATUSES)

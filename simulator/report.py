@@ -10,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from metering.atomic import AtomicWriter
 from metering.rules import ITEMS
@@ -23,6 +25,17 @@ EPOCH = date(1970, 1, 1)
 
 def write_report(result: RunResult, path: Path) -> None:
     """Draw the four panels of a run into ``path`` (PNG, written atomically)."""
+    figure = report_figure(result)
+    with AtomicWriter(path) as temporary:
+        figure.savefig(temporary, format="png")
+    plt.close(figure)
+
+
+def report_figure(result: RunResult) -> Figure:
+    """The report's figure: charges per month by item, SIMs by state, traffic per day, cut sessions.
+
+    Counts (SIMs, sessions) are drawn on axes with whole-number ticks only.
+    """
     figure, axes = plt.subplots(2, 2, figsize=(13, 8), dpi=90)
     figure.suptitle(
         f"mgwsim — {result.scenario.name}: {result.scenario.sim_count} SIMs, {result.scenario.months} month(s)"
@@ -50,6 +63,7 @@ def write_report(result: RunResult, path: Path) -> None:
         if any(values):
             panel.plot(when, values, label=status)
     panel.set_title("SIMs by state (daily)")
+    panel.yaxis.set_major_locator(MaxNLocator(integer=True))
     panel.legend(fontsize=7)
 
     panel = axes[1][0]
@@ -63,6 +77,7 @@ def write_report(result: RunResult, path: Path) -> None:
         [EPOCH + timedelta(days=day) for day, _ in cuts], [count for _, count in cuts], width=0.9, color="tab:red"
     )
     panel.set_title(f"sessions cut for mass traffic (Art. 49(2)): {result.stats.interruptions}")
+    panel.yaxis.set_major_locator(MaxNLocator(integer=True))
     if not cuts:
         panel.text(0.5, 0.5, "none", ha="center", va="center", transform=panel.transAxes)
         panel.set_xticks([])
@@ -73,6 +88,4 @@ def write_report(result: RunResult, path: Path) -> None:
                 label.set_rotation(30)
                 label.set_fontsize(7)
     figure.tight_layout()
-    with AtomicWriter(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+    return figure

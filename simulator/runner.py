@@ -139,8 +139,6 @@ def write_outputs(
 
 def _run_files(result: RunResult, folder: Path, log_format: str) -> list[Path]:
     """Write a run's files into ``folder``; return them."""
-    from simulator.report import write_report
-
     name, why = folder_log_name(result, log_format)
     log = folder / name
     LOG.info("writing %s (%s)", name, why)
@@ -153,13 +151,57 @@ def _run_files(result: RunResult, folder: Path, log_format: str) -> list[Path]:
             temporary.write_text(document.dumps() + "\n", encoding="utf-8")
         written.append(path)
     LOG.info("wrote %d invoice documents; drawing the report", len(result.documents))
+    return [*written, *_report_and_summary(result, folder, name, why)]
+
+
+def _report_and_summary(result: RunResult, folder: Path, log_name: str, why: str) -> list[Path]:
+    """Draw the report and write the summary into ``folder``; return both."""
+    from simulator.report import write_report
+
     report = folder / "report.png"
     write_report(result, report)
     summary = folder / "summary.json"
     with AtomicWriter(summary) as temporary:
-        figures = {**summary_of(result), "event_log": {"file": name, "why": why}}
+        figures = {**summary_of(result), "event_log": {"file": log_name, "why": why}}
         temporary.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    return [*written, report, summary]
+    return [report, summary]
+
+
+def run_streamed(
+    scenario: Scenario,
+    out: Path,
+    shard_sims: int,
+    log_format: str = "auto",
+    rater: str = "fast",
+    progress: Callable[[float], None] | None = None,
+) -> tuple[RunResult, list[Path]]:
+    """Run a large scenario shard by shard straight into the run folder ``out`` (see :mod:`simulator.streamed_run`).
+
+    The folder is written as one set, as :func:`write_outputs` writes it. Returns the run's digest
+    (no events; invoices as totals and amounts per item) and the paths written.
+    """
+    from simulator.streamed_run import run_in_shards, shards_of
+
+    count = len(shards_of(scenario, shard_sims))
+    if log_format == "jsonl":
+        name, why = "events.jsonl", "asked for"
+    else:
+        name = "events.parquet"
+        why = (
+            "asked for"
+            if log_format == "parquet"
+            else (f"a run in {count} shards (a fleet of more than {shard_sims:,} SIMs): --log-format jsonl for JSONL")
+        )
+    found: list[RunResult] = []
+
+    def write(folder: Path) -> list[Path]:
+        result, written = run_in_shards(scenario, folder, name, shard_sims, rater, progress)
+        found.append(result)
+        LOG.info("wrote %s and %d invoice documents in %d shards; drawing the report", name, len(written) - 1, count)
+        return [*written, *_report_and_summary(result, folder, name, why)]
+
+    written = write_folder(out, write)
+    return found[0], written
 
 
 def summary_of(result: RunResult) -> dict[str, Any]:

@@ -31,6 +31,8 @@ PIN_ENTRIES: Final = ("disabled", "correct", "misconfigured")
 PUK_ENTRIES: Final = ("none", "correct", "wrong")
 MAX_ACCOUNTS: Final = 100
 """The most accounts a scenario may have: an account's number is two digits of its SIMs' ICCIDs (00-99)."""
+MAX_FLEETS: Final = 1000
+"""The most fleets a scenario may have: a fleet's number is three digits of its SIMs' ICCIDs (000-999)."""
 MAX_SIMS: Final = 10_000_000
 """The most SIMs a scenario may have in all its fleets."""
 EXPECT_KEYS: Final = (
@@ -351,8 +353,8 @@ def _fleets(top: TomlTable, accounts: list[str], gateways: list[GatewaySpec]) ->
             )
         )
         reader.finish()
-    if len(fleets) > 999 or len(accounts) > MAX_ACCOUNTS:
-        raise top.error("fleets", f"at most 999 fleets and {MAX_ACCOUNTS} accounts")
+    if len(fleets) > MAX_FLEETS or len(accounts) > MAX_ACCOUNTS:
+        raise top.error("fleets", f"at most {MAX_FLEETS:,} fleets and {MAX_ACCOUNTS} accounts")
     if sum(fleet.count for fleet in fleets) > MAX_SIMS:
         raise top.error("fleets", f"at most {MAX_SIMS:,} SIMs in all")
 

@@ -7,6 +7,7 @@ after ``pip install`` outside the repository too.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -33,3 +34,16 @@ def shipped_path(argument: Path) -> Path | None:
     if name not in shipped_names():
         return None
     return Path(str(resources.files("mgwsim_scenarios").joinpath(f"{name}.toml")))
+
+
+def shipped_summary(name: str) -> str:
+    """The first sentence of a shipped scenario's opening comment (what it shows), or ``""``."""
+    text = resources.files("mgwsim_scenarios").joinpath(f"{name}.toml").read_text(encoding="utf-8")
+    words: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("#") or not line.lstrip("#").strip():
+            break
+        words.append(line.lstrip("#").strip())
+    sentence = " ".join(words)
+    end = re.search(r"(?<!Art)\.(\s|$)", sentence)  # "Art. 39" does not end a sentence
+    return sentence[: end.start() + 1] if end else sentence

@@ -117,3 +117,64 @@ def test_check_writes_junit_one_case_per_account_month(tmp_path: Path) -> None:
     suite = ElementTree.parse(junit).getroot()
     assert suite.get("failures") == "1"
     assert [case.get("name") for case in suite if case.find("failure") is not None] == ["2026-01/acct-1"]
+
+
+DISPUTES = ROOT / "scenarios/disputes"
+REREGISTRATION = DISPUTES / "reregistration.jsonl"
+ICCID = "8981300000000000021"
+
+
+@pytest.fixture
+def two_readings(tmp_path: Path) -> tuple[Path, Path]:
+    """The re-registration dispute billed under I-1 per SIM-month (left) and per registration (right)."""
+    left, right = tmp_path / "per-sim-month.json", tmp_path / "per-registration.json"
+    per_sim = mgwsim("bill", REREGISTRATION, "-m", "2026-01", "--format", "json")
+    per_registration = mgwsim(
+        "bill", REREGISTRATION, "-m", "2026-01", "--format", "json",
+        "--tariff", DISPUTES / "tariffs/per-registration.toml",
+    )  # fmt: skip
+    assert per_sim.returncode == per_registration.returncode == 0
+    left.write_text(per_sim.stdout)
+    right.write_text(per_registration.stdout)
+    return left, right
+
+
+def test_explain_gives_each_differing_line_its_rule_article_and_evidence(two_readings: tuple[Path, Path]) -> None:
+    left, right = two_readings
+    done = mgwsim("diff", left, right, "--explain", REREGISTRATION, columns=200)
+    assert done.returncode == 1, done.stderr
+    explained = done.stdout.split("mgwsim's side of each line", 1)[1]
+    assert f"2026-01 acct-1 sim_basic_fee {ICCID} (differs):" in explained
+    # by hand from the log: registered 2025-12-01 (r1), deleted and registered again twice in
+    # January (r4, r6), one communication (r2): three registrations in the month, 10 JPY each
+    assert f"CHARGED sim_basic_fee for {ICCID}: 3 x 10 = 30 JPY" in explained
+    assert "SMC-38" in explained and "Art. 38" in explained
+    for event_id, line in (("r1", 1), ("r2", 2), ("r4", 4), ("r6", 6)):
+        assert f"- {event_id}: " in explained and f"{REREGISTRATION}:{line})" in explained
+
+
+def test_explain_under_the_other_reading_and_as_json(two_readings: tuple[Path, Path]) -> None:
+    left, right = two_readings
+    done = mgwsim(
+        "diff", left, right, "--explain", REREGISTRATION, "--tariff", DISPUTES / "tariffs/per-registration.toml",
+        "--format", "json",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    (difference,) = json.loads(done.stdout)["differences"]
+    assert difference["right"] == {"quantity": 1, "amount": "10"}
+    assert difference["explanation"].startswith(f"  CHARGED sim_basic_fee for {ICCID}: 1 x 10 = 10 JPY")
+
+
+def test_a_line_mgwsim_never_decided_is_said_so_and_tariff_needs_explain(
+    two_readings: tuple[Path, Path], tmp_path: Path
+) -> None:
+    left, _ = two_readings
+    other = tmp_path / "other.csv"
+    other.write_text("month,account,item,subject,quantity,amount\n2026-01,acct-1,sms_fee,2fa,3,9\n")
+    done = mgwsim("diff", left, other, "--explain", REREGISTRATION, "--format", "json")
+    assert done.returncode == 1, done.stderr
+    found = {entry["item"]: entry for entry in json.loads(done.stdout)["differences"]}
+    assert "mgwsim decides nothing on sms_fee for 2fa of acct-1 in 2026-01" in found["sms_fee"]["explanation"]
+    assert "CHARGED sim_basic_fee" in found["sim_basic_fee"]["explanation"]
+    refused = mgwsim("diff", left, other, "--tariff", DISPUTES / "tariffs/per-registration.toml")
+    assert refused.returncode == 2 and "--tariff: only with --explain" in refused.stderr

@@ -1,7 +1,8 @@
 """Every shipped scenario runs clean as a user runs it: `mgwsim run` exits 0, its [expect] checks hold.
 
 The load scenarios run through `--scale 0.02` (the same mix, one SIM at least per fleet, the
-expectations scaled with it), so a regression in them fails CI without the full run's minutes.
+expectations scaled with it), so a regression in them fails CI without the full run's minutes;
+load-1m runs in shards, as it does at full size.
 """
 
 from __future__ import annotations
@@ -19,10 +20,20 @@ SHIPPED = sorted((ROOT / "scenarios").glob("*.toml"))
 LOADS = {path for path in SHIPPED if path.stem.startswith("load-")}
 
 
+def test_mgwsim_scenarios_lists_every_shipped_scenario_with_what_it_shows() -> None:
+    done = mgwsim("scenarios", columns=200)
+    assert done.returncode == 0, done.stderr
+    for path in SHIPPED:
+        row = next(line for line in done.stdout.splitlines() if line.startswith(f"│ {path.stem} "))
+        first_words = path.read_text().splitlines()[0].lstrip("# ").split()[:3]
+        assert " ".join(first_words) in row, (path.stem, row)
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[path.stem for path in SHIPPED])
 def test_every_shipped_scenario_runs_clean(path: Path, tmp_path: Path) -> None:
     scale = ["--scale", "0.02"] if path in LOADS else []
-    done = mgwsim("run", path, *scale, "--out", tmp_path / "out", columns=200)
+    shards = ["--shard-sims", "5000"] if path.stem == "load-1m" else []  # 20,200 SIMs in shards, as at full size
+    done = mgwsim("run", path, *scale, *shards, "--out", tmp_path / "out", columns=200)
     assert done.returncode == 0, done.stderr
     assert "expectation failed" not in done.stderr
     if scale:
@@ -72,7 +83,7 @@ def test_a_scenario_has_up_to_100_accounts(accounts: int, valid: bool) -> None:
         iccids = {fleet.iccid(0, number) for number, fleet in enumerate(scenario.fleets)}
         assert len(iccids) == accounts and all(len(iccid) == 19 for iccid in iccids)
     else:
-        with pytest.raises(ScenarioError, match="at most 999 fleets and 100 accounts"):
+        with pytest.raises(ScenarioError, match="at most 1,000 fleets and 100 accounts"):
             scenario_from_text(text, "many.toml")
 
 
@@ -107,3 +118,18 @@ def test_after_pip_install_the_quickstart_runs_anywhere_by_name(tmp_path: Path) 
     )  # fmt: skip
     assert missing.returncode == 2 and "quickstrat: no such file" in missing.stderr
     assert "shipped: idle-fleet, internet-toggle, load-100k" in missing.stderr
+
+    def installed(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "simulator.cli", *args], cwd=elsewhere, env=environment,
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    listed = installed("scenarios")
+    assert listed.returncode == 0 and all(f"│ {path.stem} " in listed.stdout for path in SHIPPED), listed.stdout
+    # a dispute, from the installed copy alone: bill the run's own log again and diff it with its invoice
+    billed = installed("bill", "out/events.jsonl", "--month", "2026-01", "--format", "json")
+    assert billed.returncode == 0, billed.stderr
+    (elsewhere / "billed.json").write_text(billed.stdout)
+    same = installed("diff", "out/invoices/2026-01.json", "billed.json")
+    assert same.returncode == 0, same.stdout + same.stderr

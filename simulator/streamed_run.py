@@ -1,0 +1,229 @@
+"""A run of a fleet too large for one process's memory, shard by shard, its outputs streamed.
+
+Accounts share nothing (a fleet's gateway belongs to its account), so a large scenario is run as
+shards of whole accounts, one after the other (:func:`shards_of`: at most ``shard_sims`` SIMs a
+shard, accounts in the order invoices list them). Each shard is simulated and metered on its own
+(:func:`~simulator.shard.simulate_shard`, the SIM numbers and random streams of the whole
+scenario), its events are appended to the folder's log (Parquet row groups, or JSONL), and its
+invoices to the twelve month documents — then it is dropped. What stays in memory is one shard,
+and per account and month a digest of the invoices (totals and amounts per item) for the report,
+the summary and the ``[expect]`` checks.
+
+The month documents are written as the joined document of a serial run would be: the text of each
+shard's document is cut into its header, its invoices and its end, and the invoices of the shards
+are joined in account order under the common header — byte for byte ``InvoiceDocument.dumps()``
+of all the invoices (a test holds a sharded run to the serial one, whatever the shard size).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO, Final
+
+import pyarrow.parquet as pq
+
+from metering.eventlog import ARROW_SCHEMA, event_line, events_to_arrow
+from metering.events import Event
+from metering.invoice import Invoice, InvoiceDocument, Line
+from metering.rating import Rating
+from metering.timeutil import format_month
+from simulator.results import RunResult
+from simulator.scenario import Scenario
+from simulator.shard import simulate_shard
+from simulator.world import RunStats
+
+LOG = logging.getLogger(__name__)
+SHARD_SIMS: Final = 100_000
+"""Default bound of a shard: a fleet of more SIMs is run in shards of at most this many (whole accounts)."""
+_INVOICES_KEY: Final = '"invoices": ['
+_DOCUMENT_END: Final = "\n ]\n}"
+
+
+def shards_of(scenario: Scenario, shard_sims: int) -> list[frozenset[str]]:
+    """The accounts in shards of at most ``shard_sims`` SIMs, in account order (an account larger is one shard)."""
+    sims: Counter[str] = Counter()
+    for fleet in scenario.fleets:
+        sims[fleet.account] += fleet.count
+    shards: list[frozenset[str]] = []
+    current: list[str] = []
+    size = 0
+    for account in sorted(scenario.accounts):
+        if current and size + sims[account] > shard_sims:
+            shards.append(frozenset(current))
+            current, size = [], 0
+        current.append(account)
+        size += sims[account]
+    if current:
+        shards.append(frozenset(current))
+    return shards
+
+
+def document_parts(document: InvoiceDocument) -> tuple[str, str]:
+    """A document's text cut into its header (up to the invoices' list) and its invoices ("" for none)."""
+    text = document.dumps()
+    cut = text.index(_INVOICES_KEY) + len(_INVOICES_KEY)
+    if not document.invoices:
+        return text[:cut], ""
+    if not text.endswith(_DOCUMENT_END):
+        raise AssertionError("an invoice document's text does not end with its list of invoices")
+    return text[:cut], text[cut + 1 : -len(_DOCUMENT_END)]
+
+
+class MonthDocuments:
+    """The run's month documents, written as the shards come: one open file per month."""
+
+    def __init__(self, folder: Path, months: Iterable[int]) -> None:
+        """Open ``folder/invoices/YYYY-MM.json`` for every month (written when :meth:`close` is called)."""
+        (folder / "invoices").mkdir(parents=True, exist_ok=True)
+        self.paths = {month: folder / "invoices" / f"{format_month(month)}.json" for month in months}
+        self.files: dict[int, IO[str]] = {month: path.open("w", encoding="utf-8") for month, path in self.paths.items()}
+        self.headers: dict[int, str] = {}
+        self.started: set[int] = set()
+
+    def add(self, rating: Rating) -> None:
+        """Append one shard's invoices (its accounts come after every account added before)."""
+        for month, stream in self.files.items():
+            header, invoices = document_parts(rating.documents[month])
+            if month not in self.headers:
+                self.headers[month] = header
+                stream.write(header)
+            elif header != self.headers[month]:
+                raise AssertionError(f"{format_month(month)}: shards wrote different document headers")
+            if invoices:
+                stream.write(",\n" if month in self.started else "\n")
+                stream.write(invoices)
+                self.started.add(month)
+
+    def close(self) -> list[Path]:
+        """End every document, sync it to disk, and return the paths."""
+        for month, stream in self.files.items():
+            stream.write((_DOCUMENT_END if month in self.started else "]\n}") + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+            stream.close()
+        return list(self.paths.values())
+
+
+class StreamedLog:
+    """The run's event log, appended shard by shard: Parquet row groups, or JSONL lines."""
+
+    def __init__(self, path: Path) -> None:
+        """Open the log (its format by its suffix: ``.parquet`` or ``.jsonl``)."""
+        self.path = path
+        self.parquet = pq.ParquetWriter(path, ARROW_SCHEMA) if path.suffix == ".parquet" else None
+        self.text = None if self.parquet is not None else path.open("wb")
+        self.events = 0
+
+    def add(self, events: Iterable[Event]) -> None:
+        """Append one shard's events."""
+        if self.parquet is not None:
+            batches = getattr(events, "to_arrow_batches", None)
+            for batch in batches() if batches is not None else [events_to_arrow(events)]:
+                self.parquet.write_table(batch)
+                self.events += batch.num_rows
+            return
+        assert self.text is not None
+        chunks = getattr(events, "jsonl_chunks", None)
+        if chunks is not None:
+            for chunk in chunks():
+                self.text.write(chunk)
+                self.events += chunk.count(b"\n")
+            return
+        for event in events:
+            self.text.write(event_line(event).encode("utf-8") + b"\n")
+            self.events += 1
+
+    def close(self) -> None:
+        """Finish the log and sync it to disk."""
+        if self.parquet is not None:
+            self.parquet.close()
+            with self.path.open("rb") as written:
+                os.fsync(written.fileno())
+        else:
+            assert self.text is not None
+            self.text.flush()
+            os.fsync(self.text.fileno())
+            self.text.close()
+
+
+def _digest(rating: Rating) -> dict[int, list[Invoice]]:
+    """Per month, each invoice with its lines summed per item: all the report, summary and checks read."""
+    found: dict[int, list[Invoice]] = {}
+    for month, document in rating.documents.items():
+        digests = found.setdefault(month, [])
+        for invoice in document.invoices:
+            amounts: dict[str, Line] = {}
+            for line in invoice.lines:
+                held = amounts.get(line.item)
+                amounts[line.item] = (
+                    Line(line.item, "", "", 0, line.amount, line.amount, (), "")
+                    if held is None
+                    else held._replace(amount=held.amount + line.amount)
+                )
+            digests.append(
+                Invoice(
+                    invoice.account,
+                    invoice.currency,
+                    tuple(amounts.values()),
+                    invoice.subtotal,
+                    invoice.tax,
+                    invoice.total,
+                    invoice.points,
+                )
+            )
+    return found
+
+
+def run_in_shards(
+    scenario: Scenario,
+    folder: Path,
+    log_name: str,
+    shard_sims: int,
+    rater: str = "fast",
+    progress: Callable[[float], None] | None = None,
+) -> tuple[RunResult, list[Path]]:
+    """Run the scenario shard by shard into ``folder``: the log and the month documents; return the digest.
+
+    The returned result holds no events, and its documents hold each invoice's totals and one
+    line per item (amounts summed): what the report, the summary and the ``[expect]`` checks read.
+    """
+    shards = shards_of(scenario, shard_sims)
+    log = StreamedLog(folder / log_name)
+    documents = MonthDocuments(folder, scenario.billing_months)
+    stats = RunStats()
+    states: Counter[str] = Counter()
+    digests: dict[int, list[Invoice]] = {}
+    simulate_s = rate_s = 0.0
+    events = 0
+    try:
+        for number, accounts in enumerate(shards, start=1):
+            LOG.info("shard %d of %d: %s", number, len(shards), ", ".join(sorted(accounts)))
+            shard = simulate_shard(scenario, accounts, rater, "fast", keep_events=True)
+            log.add(shard.events)
+            documents.add(shard.rating)
+            for month, invoices in _digest(shard.rating).items():
+                digests.setdefault(month, []).extend(invoices)
+            stats = stats.merged(shard.stats)
+            states.update(shard.sim_states)
+            simulate_s += shard.simulate_seconds
+            rate_s += shard.rate_seconds
+            events += shard.event_count
+            del shard  # one shard at a time: this one's events and invoices are written
+            if progress is not None:
+                progress(number / len(shards))
+    finally:
+        log.close()
+        written = documents.close()
+    rating = Rating(
+        {
+            month: InvoiceDocument(month, scenario.tariff.label, tuple(invoices))
+            for month, invoices in sorted(digests.items())
+        },
+        {},
+    )
+    result = RunResult([], events, stats, states, rating, simulate_s, rate_s, scenario=scenario)
+    return result, [log.path, *written]

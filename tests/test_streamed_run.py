@@ -1,0 +1,84 @@
+"""A run in shards (``--shard-sims``) writes what the whole run writes, whatever the shard size.
+
+The invoices byte for byte, the summary, the printed tables and the events of the log; memory is
+held to a shard. Checked through the CLI, as a user runs it, on the load scenario at 2 %.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from test_cli import mgwsim
+
+from metering.eventlog import read_event_log
+from simulator.scenario import load_scenario, scale_scenario
+from simulator.streamed_run import shards_of
+
+ROOT = Path(__file__).resolve().parent.parent
+LOAD = ROOT / "scenarios" / "load-100k.toml"
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "run"
+    done = mgwsim("run", LOAD, "--scale", "0.02", "--out", out, columns=200)
+    assert done.returncode == 0, done.stderr
+    (out.parent / "stdout.txt").write_text(done.stdout)
+    return out
+
+
+def _summary(out: Path) -> dict[str, object]:
+    figures = json.loads((out / "summary.json").read_text())
+    figures.pop("event_log")
+    return figures
+
+
+def _events(out: Path) -> Counter[tuple[object, ...]]:
+    log = next(path for path in out.iterdir() if path.name.startswith("events."))
+    return Counter((event.account, event.id, tuple(sorted(event.content().items()))) for event in read_event_log(log))
+
+
+@pytest.mark.parametrize("shard_sims", [1, 450])
+def test_a_run_in_shards_writes_what_the_whole_run_writes(whole: Path, tmp_path: Path, shard_sims: int) -> None:
+    out = tmp_path / "run"
+    done = mgwsim("run", LOAD, "--scale", "0.02", "--out", out, "--shard-sims", shard_sims, columns=200)
+    assert done.returncode == 0, done.stderr
+    names = sorted(path.name for path in (whole / "invoices").iterdir())
+    assert names == sorted(path.name for path in (out / "invoices").iterdir()) and len(names) == 12
+    for name in names:
+        assert (out / "invoices" / name).read_bytes() == (whole / "invoices" / name).read_bytes(), name
+    assert _summary(out) == _summary(whole)
+    assert done.stdout == (whole.parent / "stdout.txt").read_text()
+    log = json.loads((out / "summary.json").read_text())["event_log"]
+    assert log["file"] == "events.parquet" and "shards" in log["why"]
+    assert _events(out) == _events(whole)
+    assert (out / "report.png").stat().st_size > 10_000
+    listed = {entry["path"] for entry in json.loads((out / "manifest.json").read_text())["files"]}
+    assert listed == {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()} - {"manifest.json"}
+
+
+def test_shards_are_whole_accounts_in_order_within_the_bound() -> None:
+    scenario = scale_scenario(load_scenario(LOAD), 0.02)
+    per_account = Counter[str]()
+    for fleet in scenario.fleets:
+        per_account[fleet.account] += fleet.count
+    for bound in (1, 300, 450, 1_000, 10**6):
+        shards = shards_of(scenario, bound)
+        flat = [account for shard in shards for account in sorted(shard)]
+        assert flat == sorted(scenario.accounts)
+        for shard in shards:
+            assert len(shard) == 1 or sum(per_account[account] for account in shard) <= bound
+    assert len(shards_of(scenario, 10**6)) == 1
+
+
+def test_outputs_a_shard_cannot_stream_are_refused_before_the_run(tmp_path: Path) -> None:
+    done = mgwsim(
+        "run", LOAD, "--scale", "0.02", "--out", tmp_path / "run", "--shard-sims", 450,
+        "--events", tmp_path / "e.jsonl",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--events: not with a run in" in done.stderr and "raise --shard-sims" in done.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "e.jsonl").exists()
