@@ -125,19 +125,25 @@ def _store_path(path: str, database: str, queue: Any) -> None:
     queue.put({"ingest": time.perf_counter() - start, "added": added, "peak_mb": _peak_rss_mb()})
 
 
-def _group_by(path: str, queue: Any) -> None:
+def _bare_query(sql: str, queue: Any) -> None:
+    """Time one bare DuckDB query three times in this (fresh) process; put the times and the peak memory."""
     import duckdb
 
     connection = duckdb.connect()
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        connection.sql(
-            f"SELECT sim, {month_sql('epoch_us(ts)')} AS month, sum(up_bytes + down_bytes) "
-            f"FROM read_parquet('{path}') WHERE type = 'sim.traffic' GROUP BY ALL"
-        ).to_arrow_table()
+        connection.sql(sql).to_arrow_table()
         times.append(time.perf_counter() - start)
     queue.put({"times": times, "peak_mb": _peak_rss_mb()})
+
+
+def _group_by(path: str, queue: Any) -> None:
+    _bare_query(
+        f"SELECT sim, {month_sql('epoch_us(ts)')} AS month, sum(up_bytes + down_bytes) "
+        f"FROM read_parquet('{path}') WHERE type = 'sim.traffic' GROUP BY ALL",
+        queue,
+    )
 
 
 def in_child_process(target: Callable[..., None], *args: Any) -> dict[str, Any]:
@@ -282,20 +288,13 @@ JSONL_COLUMNS: Final = (
 
 def _bare_jsonl(path: str, queue: Any) -> None:
     """DuckDB alone: read the log with declared columns, JST month of ``ts``, GROUP BY sim, month (3 runs)."""
-    import duckdb
-
-    connection = duckdb.connect()
     literal = path.replace("'", "''")
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        connection.sql(
-            f"SELECT sim, {month_sql('epoch_us(ts::TIMESTAMPTZ)')} AS month, sum(up_bytes + down_bytes) "
-            f"FROM read_json('{literal}', format = 'newline_delimited', columns = {JSONL_COLUMNS}) "
-            "WHERE type = 'sim.traffic' GROUP BY ALL"
-        ).to_arrow_table()
-        times.append(time.perf_counter() - start)
-    queue.put({"times": times, "peak_mb": _peak_rss_mb()})
+    _bare_query(
+        f"SELECT sim, {month_sql('epoch_us(ts::TIMESTAMPTZ)')} AS month, sum(up_bytes + down_bytes) "
+        f"FROM read_json('{literal}', format = 'newline_delimited', columns = {JSONL_COLUMNS}) "
+        "WHERE type = 'sim.traffic' GROUP BY ALL",
+        queue,
+    )
 
 
 def run_jsonl_bench(lines: int, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:

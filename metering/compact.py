@@ -12,6 +12,7 @@ block: it iterates, counts, writes and rates like a list of events, and is one w
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,10 @@ _TRAFFIC_TYPE: Final = pa.array(["sim.traffic"], type=pa.string())
 def _nulls(count: int, kind: pa.DataType) -> pa.Array:
     """A column of ``count`` nulls (immutable, so the columns a traffic row never has are built once a size)."""
     return pa.nulls(count, type=kind)
+
+
+_ROW_COLUMNS: Final = ("second", "sim", "up_bytes", "down_bytes", "route", "key")
+"""The per-row columns of :class:`CompactTraffic` (the others describe the SIMs or the block)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +88,10 @@ class CompactTraffic:
         if len(self) < 2 or bool(np.all(self.second[1:] >= self.second[:-1])):
             return self
         order = np.argsort(self.second, kind="stable")
-        for column in (self.second, self.sim, self.up_bytes, self.down_bytes, self.route, self.key):
+        columns = {name: getattr(self, name) for name in _ROW_COLUMNS}
+        if not all(column.flags.writeable for column in columns.values()):  # e.g. a Ray result's shared memory
+            return dataclasses.replace(self, **{name: column[order] for name, column in columns.items()})
+        for column in columns.values():
             column[:] = column[order]
         return self
 

@@ -157,7 +157,7 @@ def compare(left: Charges, right: Charges, months: Iterable[int] | None = None) 
 
 
 def read_charges(path: Path) -> Charges:
-    """A side: an invoice document (``.json``), a folder of them, or a charges CSV (``.csv``).
+    """A side: an invoice document (``.json``; a JSON array of them: a billed range), a folder of them, or a CSV.
 
     Raises:
         CompareInputError: Naming the file (and line) and the reason.
@@ -203,6 +203,8 @@ def _document(path: Path) -> dict[Key, tuple[int, Decimal]]:
         raise CompareInputError(f"{path}: cannot be read ({exc})") from None
     except json.JSONDecodeError as exc:
         raise CompareInputError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    if isinstance(data, list):  # `mgwsim bill --month A..B --format json`: the documents of a range
+        return _merged(_document_lines(document, f"{path} [{index}]") for index, document in enumerate(data))
     return _document_lines(data, str(path))
 
 

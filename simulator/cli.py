@@ -62,6 +62,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: figures measured side by side in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+import_app = typer.Typer(help="Read what another system exports into an mgwsim event log.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 
 @app.callback()
@@ -241,15 +243,38 @@ def explain(
     ] = None,
     tariff: TariffOpt = None,
     db: DbOpt = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the dispute report here as one self-contained HTML page (no network): per account the "
+            "invoice with every line's rule, article and evidence, the fees not charged and why, and per SIM a "
+            "timeline of the month and the 12 before it.",
+        ),
+    ] = None,
 ) -> None:
-    """Explain every charge, and every fee not charged, with rule, article and evidence events."""
+    """Explain every charge, and every fee not charged, with rule, article and evidence events.
+
+    Example: mgwsim explain scenarios/disputes/reregistration.jsonl --month 2026-01 --html dispute.html
+    """
     from metering.explain import explain as explain_rating
 
     inputs = _load(events, db, tariff, month)
+    asked = list(inputs.months)
+    if html is not None:  # the timelines show the 12 months before, with their charges
+        inputs.months = list(range(min(asked) - 12, max(asked) + 1))
     rating = _rate(inputs, "reference")
     if rating.errors:
         fail(f"{rating.errors[0]}" + (f" ({len(rating.errors) - 1} more)" if len(rating.errors) > 1 else ""))
-    write_stdout(explain_rating(rating, inputs.tariff, inputs.events_by_id(), subject))
+    if html is None:
+        write_stdout(explain_rating(rating, inputs.tariff, inputs.events_by_id(), subject))
+        return
+    from metering.atomic import AtomicWriter
+    from metering.html_report import dispute_page
+
+    page = dispute_page(rating, inputs.tariff, inputs.events(), asked, subject, [str(path) for path in events or []])
+    with AtomicWriter(html) as temporary:
+        temporary.write_text(page, encoding="utf-8")
+    stderr.print(f"wrote {html}", markup=False)
 
 
 @app.command(epilog=EXIT_STATUSES)
@@ -427,9 +452,9 @@ def run(
         int,
         typer.Option(
             min=1,
-            help="With the fast engine, a fleet of more SIMs runs in shards of whole accounts of at most this "
-            "many, one after the other, each shard's events and invoices written to --out as it completes "
-            "(memory bounded by a shard; the same invoices).",
+            help="A fleet of more SIMs runs in shards, each shard's events and invoices written to --out as it "
+            "completes (memory bounded by a shard; the same invoices): with the fast engine, shards of whole "
+            "accounts of at most this many SIMs, one after the other; with --engine ray, one task per account.",
         ),
     ] = SHARD_SIMS,
 ) -> None:
@@ -458,7 +483,7 @@ def run(
         fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
     sim_map = pcap.with_name(pcap.name + ".sims.csv") if pcap is not None else None
     _prepare_outputs(out, [path for path in (events, pcap, sim_map) if path is not None])
-    shards = len(shards_of(scenario, shard_sims)) if engine is EngineName.fast else 1
+    shards = len(shards_of(scenario, shard_sims)) if engine is not EngineName.reference else 1
     if shards > 1:
         given = [name for name, value in (("--events", events), ("--pcap", pcap), ("--mqtt", mqtt)) if value]
         if given:
@@ -466,7 +491,7 @@ def run(
                 f"{', '.join(given)}: not with a run in {shards} shards ({scenario.sim_count:,} SIMs, "
                 f"--shard-sims {shard_sims:,}); raise --shard-sims to run the fleet whole"
             )
-        result, written = _run_streamed(scenario, out, shard_sims, log_format.value, rater.value)
+        result, written = _run_streamed(scenario, out, shard_sims, log_format.value, rater.value, engine, ray_address)
     else:
         result = _simulate(scenario, rater.value, engine.value, ray_address)
         written = write_outputs(result, out, events, log_format.value)
@@ -487,7 +512,13 @@ def run(
 
 
 def _run_streamed(
-    scenario: Scenario, out: Path | None, shard_sims: int, log_format: str, rater: str
+    scenario: Scenario,
+    out: Path | None,
+    shard_sims: int,
+    log_format: str,
+    rater: str,
+    engine: EngineName,
+    ray_address: str | None,
 ) -> tuple[RunResult, list[Path]]:
     """A run in shards, straight into ``out`` (without one: into a temporary folder, removed after)."""
     import tempfile
@@ -495,7 +526,9 @@ def _run_streamed(
     from simulator.runner import run_streamed
 
     def work(folder: Path) -> Callable[[Callable[[float], None]], tuple[RunResult, list[Path]]]:
-        return lambda progress: run_streamed(scenario, folder, shard_sims, log_format, rater, progress)
+        return lambda progress: run_streamed(
+            scenario, folder, shard_sims, log_format, rater, progress, engine.value, ray_address
+        )
 
     if out is not None:
         return _with_progress(scenario, work(out))
@@ -595,6 +628,56 @@ def scenarios() -> None:
     for name in shipped_names():
         table.add_row(name, shipped_summary(name))
     Console().print(table)
+
+
+@import_app.command("sacloud", epilog=EXIT_STATUSES)
+def import_sacloud(
+    files: Annotated[
+        list[str],
+        typer.Argument(
+            help="Sakura Cloud API responses saved as JSON (usacloud … -o json): the SIM list, SIM session logs, "
+            "SIM traffic metrics, mobile gateways. FILE@TIME gives the time FILE was fetched.",
+            show_default=False,
+        ),
+    ],
+    account: Annotated[str, typer.Option(help="The account (project) the events belong to.")],
+    out: Annotated[Path, typer.Option(help="Write the events here (.jsonl, .jsonl.gz or .parquet).")],
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="When the responses were fetched (RFC 3339 with an offset), for files without @TIME; "
+            "default: each file's modification time (said on stderr)."
+        ),
+    ] = None,
+) -> None:
+    """Read the service's own exports into an event log that mgwsim bill reads.
+
+    Registrations come from registered_date. A SIM list's traffic_bytes_of_current_month is the
+    volume of the JST month of its fetch time, up to that time: the latest snapshot of a month is
+    that month's traffic (exact at the month's end). For a month without a snapshot, a SIM's
+    traffic metrics give an estimate (bits per second x interval / 8), marked in the event id and so
+    in every charge's evidence. Session logs become session diagnostics; mobile gateways their
+    creation and internet setting. Remark.PassCode is never read into anything.
+
+    Example: mgwsim import sacloud sims.json@2026-01-31T23:59:59+09:00 --account acct-1 --out events.jsonl
+    """
+    from gateway.sacloud import SacloudImportError, fetched_files, import_documents
+    from metering.eventlog import log_format as event_log_format
+    from metering.eventlog import write_event_log
+
+    try:
+        event_log_format(out)
+    except EventLogError as exc:
+        fail(f"--out: {exc}")
+    try:
+        fetched, notes = fetched_files(files, at)
+        for text in notes:
+            note(text)
+        events = import_documents(fetched, account)
+    except SacloudImportError as exc:
+        fail(str(exc))
+    written = write_event_log(events, out)
+    stderr.print(f"wrote {written:,} events to {out}", markup=False)
 
 
 @app.command("meter-mqtt", epilog=EXIT_STATUSES)

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from metering.compact import concatenate_logs
@@ -76,12 +76,37 @@ def run_sharded(
     num_cpus: int | None = None,
     window: int | None = None,
 ) -> ShardResult:
-    """Simulate and rate every account as a Ray task; join the results in account order.
+    """Simulate and rate every account as a Ray task; join the results in account order (see :func:`shard_results`)."""
+    total: ShardResult | None = None
+    logs: list[Sequence[Event]] = []
+    for result in shard_results(scenario, rater, address, keep_events, progress, num_cpus, window):
+        if keep_events:  # the log is the output itself: kept as the shards' pieces, joined once
+            logs.append(result.events)
+            result = dataclasses.replace(result, events=[])
+        total = result if total is None else join_shards([total, result])  # only the running join is kept
+    if total is None:
+        return join_shards([])
+    return dataclasses.replace(total, events=concatenate_logs(logs)) if any(logs) else total
 
-    At most ``window`` shards (default: twice the cluster's CPUs) are submitted or waiting to
-    be joined at any time, so the driver holds a few shards' results, not the fleet's: each
-    result is folded into the running join as soon as the shards before it are in. A task whose
-    worker dies (SIGKILL, a lost node) is run again by Ray, up to :data:`SHARD_RETRIES` times.
+
+def shard_results(
+    scenario: Scenario,
+    rater: str,
+    address: str | None,
+    keep_events: bool,
+    progress: Callable[[float], None] | None = None,
+    num_cpus: int | None = None,
+    window: int | None = None,
+) -> Iterator[ShardResult]:
+    """Every account simulated and rated as a Ray task, its result handed out in account order.
+
+    At most ``window`` shards (default: twice the cluster's CPUs) are submitted or waiting to be
+    handed out at any time, so the driver holds a few shards' results, not the fleet's: a result
+    is handed out as soon as the accounts before it are. A task whose worker dies (SIGKILL, a
+    lost node) is run again by Ray, up to :data:`SHARD_RETRIES` times.
+
+    Raises:
+        RayUnavailable: When Ray cannot be reached, or a shard failed after its retries.
     """
     import ray
 
@@ -89,15 +114,13 @@ def run_sharded(
     try:
         task = ray.remote(max_retries=SHARD_RETRIES)(_shard)
         shared = ray.put(scenario)
-        accounts = list(scenario.accounts)
+        accounts = sorted(scenario.accounts)  # the order invoices list them
         resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
         limit = window or max(2, 2 * int(resources.get("CPU", 1)))
         positions: dict[Any, int] = {}
         ready: dict[int, ShardResult] = {}
-        total: ShardResult | None = None
-        logs: list[Sequence[Event]] = []
-        joined = submitted = held = 0
-        while joined < len(accounts):
+        handed = submitted = held = 0
+        while handed < len(accounts):
             while submitted < len(accounts) and len(positions) + len(ready) < limit:
                 reference = task.remote(shared, frozenset({accounts[submitted]}), rater, keep_events)
                 positions[reference] = submitted
@@ -113,22 +136,15 @@ def run_sharded(
                         f"shard of account {accounts[position]} failed after {SHARD_RETRIES} retries: {reason}"
                     ) from None
             held = max(held, len(ready))
-            while joined in ready:  # fold in account order: only the running join is kept
-                result = ready.pop(joined)
-                if keep_events:  # the log is the output itself: kept as the shards' pieces, joined once
-                    logs.append(result.events)
-                    result = dataclasses.replace(result, events=[])
-                total = result if total is None else join_shards([total, result])
-                joined += 1
+            while handed in ready:
+                yield ready.pop(handed)
+                handed += 1
             if progress is not None:
-                progress(joined / len(accounts))
+                progress(handed / len(accounts))
         LOG.info("%d shards joined, at most %d results held at once (window %d)", len(accounts), held, limit)
     finally:
         if started:
             ray.shutdown()
-    if total is None:
-        return join_shards([])
-    return dataclasses.replace(total, events=concatenate_logs(logs)) if any(logs) else total
 
 
 def _shard(scenario: Scenario, accounts: frozenset[str], rater: str, keep_events: bool) -> ShardResult:

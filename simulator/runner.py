@@ -174,15 +174,20 @@ def run_streamed(
     log_format: str = "auto",
     rater: str = "fast",
     progress: Callable[[float], None] | None = None,
+    engine_name: str = "fast",
+    ray_address: str | None = None,
 ) -> tuple[RunResult, list[Path]]:
     """Run a large scenario shard by shard straight into the run folder ``out`` (see :mod:`simulator.streamed_run`).
 
-    The folder is written as one set, as :func:`write_outputs` writes it. Returns the run's digest
-    (no events; invoices as totals and amounts per item) and the paths written.
+    ``fast``: shards of at most ``shard_sims`` SIMs in this process; ``ray``: one Ray task per
+    account, handed back in account order. The folder is written as one set, as
+    :func:`write_outputs` writes it. Returns the run's digest (no events; invoices as totals and
+    amounts per item) and the paths written.
     """
-    from simulator.streamed_run import run_in_shards, shards_of
+    from simulator.streamed_run import run_in_shards, serial_shards, shards_of
 
-    count = len(shards_of(scenario, shard_sims))
+    groups = shards_of(scenario, shard_sims)
+    count = len(groups) if engine_name == "fast" else len(scenario.accounts)
     if log_format == "jsonl":
         name, why = "events.jsonl", "asked for"
     else:
@@ -195,7 +200,13 @@ def run_streamed(
     found: list[RunResult] = []
 
     def write(folder: Path) -> list[Path]:
-        result, written = run_in_shards(scenario, folder, name, shard_sims, rater, progress)
+        if engine_name == "ray":
+            from simulator.ray_engine import shard_results
+
+            results = shard_results(scenario, rater, ray_address, True)
+        else:
+            results = serial_shards(scenario, groups, rater)
+        result, written = run_in_shards(scenario, folder, name, results, count, progress)
         found.append(result)
         LOG.info("wrote %s and %d invoice documents in %d shards; drawing the report", name, len(written) - 1, count)
         return [*written, *_report_and_summary(result, folder, name, why)]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Final
 
@@ -31,7 +31,7 @@ from metering.events import Event
 from metering.invoice import Invoice, InvoiceDocument, Line
 from metering.rating import Rating
 from metering.timeutil import format_month
-from simulator.results import RunResult
+from simulator.results import RunResult, ShardResult
 from simulator.scenario import Scenario
 from simulator.shard import simulate_shard
 from simulator.world import RunStats
@@ -178,20 +178,28 @@ def _digest(rating: Rating) -> dict[int, list[Invoice]]:
     return found
 
 
+def serial_shards(scenario: Scenario, shards: list[frozenset[str]], rater: str = "fast") -> Iterator[ShardResult]:
+    """Each shard simulated and metered in this process, one after the other."""
+    for number, accounts in enumerate(shards, start=1):
+        LOG.info("shard %d of %d: %s", number, len(shards), ", ".join(sorted(accounts)))
+        yield simulate_shard(scenario, accounts, rater, "fast", keep_events=True)
+
+
 def run_in_shards(
     scenario: Scenario,
     folder: Path,
     log_name: str,
-    shard_sims: int,
-    rater: str = "fast",
+    results: Iterable[ShardResult],
+    count: int,
     progress: Callable[[float], None] | None = None,
 ) -> tuple[RunResult, list[Path]]:
-    """Run the scenario shard by shard into ``folder``: the log and the month documents; return the digest.
+    """Write the results of ``count`` shards, handed in account order, into ``folder``: the log and the month documents.
 
-    The returned result holds no events, and its documents hold each invoice's totals and one
-    line per item (amounts summed): what the report, the summary and the ``[expect]`` checks read.
+    ``results`` is :func:`serial_shards` or the Ray engine's
+    :func:`~simulator.ray_engine.shard_results`. The returned result holds no events, and its
+    documents hold each invoice's totals and one line per item (amounts summed): what the
+    report, the summary and the ``[expect]`` checks read.
     """
-    shards = shards_of(scenario, shard_sims)
     log = StreamedLog(folder / log_name)
     documents = MonthDocuments(folder, scenario.billing_months)
     stats = RunStats()
@@ -200,9 +208,7 @@ def run_in_shards(
     simulate_s = rate_s = 0.0
     events = 0
     try:
-        for number, accounts in enumerate(shards, start=1):
-            LOG.info("shard %d of %d: %s", number, len(shards), ", ".join(sorted(accounts)))
-            shard = simulate_shard(scenario, accounts, rater, "fast", keep_events=True)
+        for number, shard in enumerate(results, start=1):
             log.add(shard.events)
             documents.add(shard.rating)
             for month, invoices in _digest(shard.rating).items():
@@ -214,7 +220,7 @@ def run_in_shards(
             events += shard.event_count
             del shard  # one shard at a time: this one's events and invoices are written
             if progress is not None:
-                progress(number / len(shards))
+                progress(number / count)
     finally:
         log.close()
         written = documents.close()

@@ -231,7 +231,7 @@ def test_a_damaged_compressed_log_is_named_at_the_row_readers_line(tmp_path: Pat
     path.write_bytes(packed[: int(len(packed) * cut)])
     _, row_error = _row_read(path)
     assert row_error is not None and "compressed stream is damaged" in row_error
-    _, column_error = _columnar_read(path, chunk_bytes=4096)
+    _, column_error = _columnar_read(path, chunk_bytes=65_536)
     assert column_error == row_error
 
 

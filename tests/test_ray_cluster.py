@@ -148,3 +148,15 @@ def test_a_worker_killed_in_the_middle_of_a_shard_is_retried_and_the_invoices_ar
     assert killed == 1, "no shard was caught running"
     assert run.returncode == 0, err[-2000:]
     assert _invoices(out) == serial_invoices
+
+
+def test_a_run_in_shards_on_the_cluster_streams_the_serial_invoices(
+    cluster: str, serial_invoices: dict[str, bytes], tmp_path: Path
+) -> None:
+    """With --shard-sims below the fleet, --engine ray hands the accounts back in order into --out."""
+    out = tmp_path / "run"
+    run = _run(out, "--engine", "ray", "--ray-address", cluster, "--shard-sims", "500")
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err[-2000:]
+    assert _invoices(out) == serial_invoices
+    assert "10 shards joined" in err and (out / "events.parquet").is_file()

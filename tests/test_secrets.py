@@ -24,7 +24,7 @@ from simulator.runner import run_scenario, write_outputs
 from simulator.scenario import load_scenario
 from simulator.summary import summary_tables
 
-SCENARIOS = sorted(path for path in (ROOT / "scenarios").glob("*.toml") if path.stem != "load-100k")
+SCENARIOS = sorted(path for path in (ROOT / "scenarios").glob("*.toml") if not path.stem.startswith("load-"))
 
 
 def distinctive(index: int, salt: int) -> str:
