@@ -88,41 +88,57 @@ def test_a_scenario_has_up_to_100_accounts(accounts: int, valid: bool) -> None:
 
 
 def test_after_pip_install_the_quickstart_runs_anywhere_by_name(tmp_path: Path) -> None:
-    """The wheel carries the scenarios: `mgwsim run quickstart` outside the repository meters the golden invoices."""
+    """The wheel carries the scenarios: in a fresh virtual environment `mgwsim run quickstart` meters the goldens.
+
+    The environment is new and holds mgwsim from the wheel only, with its console script; the
+    dependencies are this test environment's, reached through a ``.pth`` file (no download).
+    """
     import json
     import os
     import subprocess
     import sys
+    import sysconfig
 
-    wheels, site, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    wheels, venv, elsewhere = tmp_path / "wheels", tmp_path / "venv", tmp_path / "elsewhere"
     elsewhere.mkdir()
     pip = [sys.executable, "-m", "pip", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "-w", str(wheels), str(ROOT)], check=True, capture_output=True)
     (wheel,) = wheels.glob("mgwsim-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
-    environment = {**os.environ, "PYTHONPATH": str(site), "COLUMNS": "200"}
-    command = [sys.executable, "-m", "simulator.cli", "run", "quickstart", "--out", "out"]
-    done = subprocess.run(command, cwd=elsewhere, env=environment, capture_output=True, text=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    fresh_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(fresh_site) / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [python, "-m", "pip", "-q", "install", "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True
+    )
+    environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    environment["COLUMNS"] = "200"
+    mgwsim_command = str(venv / "bin" / "mgwsim")
+    done = subprocess.run(
+        [mgwsim_command, "run", "quickstart", "--out", "out"], cwd=elsewhere, env=environment,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     where = subprocess.run(
-        [sys.executable, "-c", "import simulator; print(simulator.__file__)"],
+        [python, "-c", "import simulator, mgwsim_scenarios; print(simulator.__file__, mgwsim_scenarios.__file__)"],
         cwd=elsewhere, env=environment, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    assert where.startswith(str(site)), "the installed copy ran, not the repository's"
+    assert all(path.startswith(fresh_site) for path in where.split()), f"not the installed copy: {where}"
     for golden in sorted((ROOT / "scenarios/golden/quickstart").glob("*.json")):
         written = json.loads((elsewhere / "out/invoices" / golden.name).read_text())
         assert written == json.loads(golden.read_text()), golden.name
     missing = subprocess.run(
-        [sys.executable, "-m", "simulator.cli", "run", "quickstrat"], cwd=elsewhere, env=environment,
-        capture_output=True, text=True,
+        [mgwsim_command, "run", "quickstrat"], cwd=elsewhere, env=environment, capture_output=True, text=True,
     )  # fmt: skip
     assert missing.returncode == 2 and "quickstrat: no such file" in missing.stderr
     assert "shipped: idle-fleet, internet-toggle, load-100k" in missing.stderr
 
     def installed(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "simulator.cli", *args], cwd=elsewhere, env=environment,
-            capture_output=True, text=True, timeout=300,
+            [mgwsim_command, *args], cwd=elsewhere, env=environment, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
 
     listed = installed("scenarios")
