@@ -49,7 +49,8 @@ def bare_simpy(processes: int, events: int) -> float:
 
 def _simulate(path: str, sims: int, engine: str, outputs: str | None, queue: Any) -> None:
     """One run in this (child) process; with ``outputs``, the run folder written there too, in the time."""
-    from simulator.runner import folder_log_name, run_scenario, write_outputs
+    from simulator.runner import folder_log_name, run_scenario, run_streamed, write_outputs
+    from simulator.streamed_run import SHARD_SIMS, shards_of
 
     scenario = scaled(Path(path), sims)
     ray_start = 0.0
@@ -60,12 +61,18 @@ def _simulate(path: str, sims: int, engine: str, outputs: str | None, queue: Any
         start_ray(None, num_cpus=RAY_CPUS)  # timed apart: a cluster that is already up costs nothing
         ray_start = time.perf_counter() - began
     start = time.perf_counter()
-    result = run_scenario(scenario, engine_name=engine, keep_events=outputs is not None)
-    computed = time.perf_counter() - start
     log_name = ""
-    if outputs is not None:
-        log_name = folder_log_name(result)[0]
-        write_outputs(result, Path(outputs) / "run", None)
+    if outputs is not None and engine == "fast" and len(shards_of(scenario, SHARD_SIMS)) > 1:
+        # as `mgwsim run --out` runs a fleet this large: in shards, each written as it completes
+        result, _ = run_streamed(scenario, Path(outputs) / "run", SHARD_SIMS)
+        computed = result.simulate_seconds + result.rate_seconds
+        log_name = "events.parquet"
+    else:
+        result = run_scenario(scenario, engine_name=engine, keep_events=outputs is not None)
+        computed = time.perf_counter() - start
+        if outputs is not None:
+            log_name = folder_log_name(result)[0]
+            write_outputs(result, Path(outputs) / "run", None)
     wall = time.perf_counter() - start
     queue.put(
         {

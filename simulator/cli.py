@@ -520,21 +520,15 @@ def _run_streamed(
     engine: EngineName,
     ray_address: str | None,
 ) -> tuple[RunResult, list[Path]]:
-    """A run in shards, straight into ``out`` (without one: into a temporary folder, removed after)."""
-    import tempfile
-
+    """A run in shards, straight into ``out`` (without one, nothing is written: the shards are only joined)."""
     from simulator.runner import run_streamed
 
-    def work(folder: Path) -> Callable[[Callable[[float], None]], tuple[RunResult, list[Path]]]:
-        return lambda progress: run_streamed(
-            scenario, folder, shard_sims, log_format, rater, progress, engine.value, ray_address
-        )
-
-    if out is not None:
-        return _with_progress(scenario, work(out))
-    with tempfile.TemporaryDirectory(prefix="mgwsim-run-") as scratch:
-        result, _ = _with_progress(scenario, work(Path(scratch) / "run"))
-        return result, []
+    return _with_progress(
+        scenario,
+        lambda progress: run_streamed(
+            scenario, out, shard_sims, log_format, rater, progress, engine.value, ray_address
+        ),
+    )
 
 
 def note(message: str) -> None:

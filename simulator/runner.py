@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -169,7 +169,7 @@ def _report_and_summary(result: RunResult, folder: Path, log_name: str, why: str
 
 def run_streamed(
     scenario: Scenario,
-    out: Path,
+    out: Path | None,
     shard_sims: int,
     log_format: str = "auto",
     rater: str = "fast",
@@ -199,18 +199,22 @@ def run_streamed(
         )
     found: list[RunResult] = []
 
-    def write(folder: Path) -> list[Path]:
+    def results_of() -> Iterator[ShardResult]:
         if engine_name == "ray":
             from simulator.ray_engine import shard_results
 
-            results = shard_results(scenario, rater, ray_address, True)
-        else:
-            results = serial_shards(scenario, groups, rater)
-        result, written = run_in_shards(scenario, folder, name, results, count, progress)
+            return shard_results(scenario, rater, ray_address, True)
+        return serial_shards(scenario, groups, rater)
+
+    def write(folder: Path) -> list[Path]:
+        result, written = run_in_shards(scenario, folder, name, results_of(), count, progress)
         found.append(result)
         LOG.info("wrote %s and %d invoice documents in %d shards; drawing the report", name, len(written) - 1, count)
         return [*written, *_report_and_summary(result, folder, name, why)]
 
+    if out is None:  # only the figures and the checks: the shards are joined, nothing is written
+        result, _ = run_in_shards(scenario, None, name, results_of(), count, progress)
+        return result, []
     written = write_folder(out, write)
     return found[0], written
 

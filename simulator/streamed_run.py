@@ -37,7 +37,7 @@ from simulator.shard import simulate_shard
 from simulator.world import RunStats
 
 LOG = logging.getLogger(__name__)
-SHARD_SIMS: Final = 100_000
+SHARD_SIMS: Final = 50_000
 """Default bound of a shard: a fleet of more SIMs is run in shards of at most this many (whole accounts)."""
 _INVOICES_KEY: Final = '"invoices": ['
 _DOCUMENT_END: Final = "\n ]\n}"
@@ -187,7 +187,7 @@ def serial_shards(scenario: Scenario, shards: list[frozenset[str]], rater: str =
 
 def run_in_shards(
     scenario: Scenario,
-    folder: Path,
+    folder: Path | None,
     log_name: str,
     results: Iterable[ShardResult],
     count: int,
@@ -195,13 +195,15 @@ def run_in_shards(
 ) -> tuple[RunResult, list[Path]]:
     """Write the results of ``count`` shards, handed in account order, into ``folder``: the log and the month documents.
 
+    Without a folder nothing is written (``mgwsim run`` without ``--out``): the shards are only joined.
+
     ``results`` is :func:`serial_shards` or the Ray engine's
     :func:`~simulator.ray_engine.shard_results`. The returned result holds no events, and its
     documents hold each invoice's totals and one line per item (amounts summed): what the
     report, the summary and the ``[expect]`` checks read.
     """
-    log = StreamedLog(folder / log_name)
-    documents = MonthDocuments(folder, scenario.billing_months)
+    log = StreamedLog(folder / log_name) if folder is not None else None  # no folder: nothing is written
+    documents = MonthDocuments(folder, scenario.billing_months) if folder is not None else None
     stats = RunStats()
     states: Counter[str] = Counter()
     digests: dict[int, list[Invoice]] = {}
@@ -209,8 +211,9 @@ def run_in_shards(
     events = 0
     try:
         for number, shard in enumerate(results, start=1):
-            log.add(shard.events)
-            documents.add(shard.rating)
+            if log is not None and documents is not None:
+                log.add(shard.events)
+                documents.add(shard.rating)
             for month, invoices in _digest(shard.rating).items():
                 digests.setdefault(month, []).extend(invoices)
             stats = stats.merged(shard.stats)
@@ -222,8 +225,10 @@ def run_in_shards(
             if progress is not None:
                 progress(number / count)
     finally:
-        log.close()
-        written = documents.close()
+        written = []
+        if log is not None and documents is not None:
+            log.close()
+            written = [log.path, *documents.close()]
     rating = Rating(
         {
             month: InvoiceDocument(month, scenario.tariff.label, tuple(invoices))
@@ -232,4 +237,4 @@ def run_in_shards(
         {},
     )
     result = RunResult([], events, stats, states, rating, simulate_s, rate_s, scenario=scenario)
-    return result, [log.path, *written]
+    return result, written

@@ -82,3 +82,18 @@ def test_outputs_a_shard_cannot_stream_are_refused_before_the_run(tmp_path: Path
     assert done.returncode == 2
     assert "--events: not with a run in" in done.stderr and "raise --shard-sims" in done.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "e.jsonl").exists()
+
+
+def test_a_run_in_shards_without_out_prints_the_same_and_writes_nothing(whole: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "run", str(LOAD), "--scale", "0.02", "--shard-sims", "450"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (whole.parent / "stdout.txt").read_text()
+    assert list(tmp_path.iterdir()) == []
