@@ -97,8 +97,12 @@ def shard_results(
     progress: Callable[[float], None] | None = None,
     num_cpus: int | None = None,
     window: int | None = None,
+    lay_out: bool = False,
 ) -> Iterator[ShardResult]:
     """Every account simulated and rated as a Ray task, its result handed out in account order.
+
+    With ``lay_out`` each worker hands back its invoice documents as text and its rating as the
+    digest (:func:`~simulator.streamed_run.laid_out`), as a run in shards writes them.
 
     At most ``window`` shards (default: twice the cluster's CPUs) are submitted or waiting to be
     handed out at any time, so the driver holds a few shards' results, not the fleet's: a result
@@ -122,7 +126,9 @@ def shard_results(
         handed = submitted = held = 0
         while handed < len(accounts):
             while submitted < len(accounts) and len(positions) + len(ready) < limit:
-                reference = task.remote(shared, frozenset({accounts[submitted]}), rater, keep_events)
+                accounts_of = frozenset({accounts[submitted]})
+                # Ray's stubs type remote functions of up to four parameters; _shard has five
+                reference = task.remote(shared, accounts_of, rater, keep_events, lay_out)  # type: ignore[call-arg]
                 positions[reference] = submitted
                 submitted += 1
             done, _ = ray.wait(list(positions), num_returns=1)
@@ -147,10 +153,17 @@ def shard_results(
             ray.shutdown()
 
 
-def _shard(scenario: Scenario, accounts: frozenset[str], rater: str, keep_events: bool) -> ShardResult:
+def _shard(
+    scenario: Scenario, accounts: frozenset[str], rater: str, keep_events: bool, lay_out: bool = False
+) -> ShardResult:
     # one task per CPU already: DuckDB's own threads would only fight the other tasks for the cores
     os.environ.setdefault(THREADS_VARIABLE, "1")
-    return simulate_shard(scenario, accounts, rater, "fast", keep_events)
+    result = simulate_shard(scenario, accounts, rater, "fast", keep_events)
+    if lay_out:  # a run in shards: the worker lays out its invoice text, the driver only appends it
+        from simulator.streamed_run import laid_out
+
+        return laid_out(result)
+    return result
 
 
 def join_shards(shards: list[ShardResult]) -> ShardResult:

@@ -7,7 +7,7 @@ import them without importing each other.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from metering.events import Event
@@ -33,6 +33,10 @@ class ShardResult:
     """Seconds spent simulating (summed over shards with ``--engine ray``)."""
     rate_seconds: float = 0.0
     """Seconds spent rating (likewise)."""
+    document_texts: Mapping[int, tuple[str, str]] | None = None
+    """Month → the header and the invoices of its document as text, when the shard laid them out
+    itself (a Ray worker, for a run in shards): ``rating`` then holds the digest only
+    (see :func:`simulator.streamed_run.laid_out`)."""
 
 
 @dataclass

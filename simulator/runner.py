@@ -203,7 +203,7 @@ def run_streamed(
         if engine_name == "ray":
             from simulator.ray_engine import shard_results
 
-            return shard_results(scenario, rater, ray_address, True)
+            return shard_results(scenario, rater, ray_address, True, lay_out=True)
         return serial_shards(scenario, groups, rater)
 
     def write(folder: Path) -> list[Path]:

@@ -17,10 +17,11 @@ of all the invoices (a test holds a sharded run to the serial one, whatever the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Final
 
@@ -84,10 +85,10 @@ class MonthDocuments:
         self.headers: dict[int, str] = {}
         self.started: set[int] = set()
 
-    def add(self, rating: Rating) -> None:
-        """Append one shard's invoices (its accounts come after every account added before)."""
+    def add(self, texts: Mapping[int, tuple[str, str]]) -> None:
+        """Append one shard's invoices, month → (header, invoices) text (its accounts come after those before)."""
         for month, stream in self.files.items():
-            header, invoices = document_parts(rating.documents[month])
+            header, invoices = texts[month]
             if month not in self.headers:
                 self.headers[month] = header
                 stream.write(header)
@@ -148,6 +149,27 @@ class StreamedLog:
             self.text.flush()
             os.fsync(self.text.fileno())
             self.text.close()
+
+
+def laid_out(result: ShardResult) -> ShardResult:
+    """The shard with its month documents laid out as text and its rating reduced to the digest.
+
+    What a Ray worker hands back for a run in shards: the driver then only appends texts, and the
+    invoice lines do not cross the process boundary at all.
+    """
+    texts = {month: document_parts(document) for month, document in result.rating.documents.items()}
+    return dataclasses.replace(result, rating=_digest_rating(result.rating), document_texts=texts)
+
+
+def _digest_rating(rating: Rating) -> Rating:
+    digests = _digest(rating)
+    return Rating(
+        {
+            month: InvoiceDocument(month, document.tariff, tuple(digests.get(month, ())))
+            for month, document in rating.documents.items()
+        },
+        {},
+    )
 
 
 def _digest(rating: Rating) -> dict[int, list[Invoice]]:
@@ -213,7 +235,11 @@ def run_in_shards(
         for number, shard in enumerate(results, start=1):
             if log is not None and documents is not None:
                 log.add(shard.events)
-                documents.add(shard.rating)
+                documents.add(
+                    shard.document_texts
+                    if shard.document_texts is not None
+                    else {month: document_parts(document) for month, document in shard.rating.documents.items()}
+                )
             for month, invoices in _digest(shard.rating).items():
                 digests.setdefault(month, []).extend(invoices)
             stats = stats.merged(shard.stats)
