@@ -8,6 +8,7 @@ first bad record with an :class:`EventLogError` that names the file and line (Pa
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import zlib
 from collections.abc import Iterable, Iterator
@@ -245,34 +246,57 @@ def events_to_arrow(events: Iterable[Event]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
 
 
+class EventLogAppender:
+    """An event log being written, log by log: Parquet row groups, or JSONL lines (gzip-compressed or not).
+
+    The one writer of every format: :func:`write_event_log` writes one log with it, a run in
+    shards (:mod:`simulator.streamed_run`) one shard's log after another. A compact log goes in
+    as it is held (its Arrow batches, or its lines built column by column); other events one by one.
+    """
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        """Open ``path`` for a log of ``fmt`` (``parquet``, ``jsonl`` or ``jsonl.gz``, see :func:`log_format`)."""
+        self.parquet = pq.ParquetWriter(path, ARROW_SCHEMA) if fmt == "parquet" else None
+        self.lines: io.BufferedIOBase | None = None
+        if self.parquet is None:
+            self.lines = gzip.GzipFile(path, "wb") if fmt == "jsonl.gz" else open(path, "wb")  # noqa: SIM115
+        self.events = 0
+
+    def add(self, events: Iterable[Event]) -> int:
+        """Append events; return how many."""
+        before = self.events
+        if self.parquet is not None:
+            batches = getattr(events, "to_arrow_batches", None)
+            for batch in batches() if batches is not None else [events_to_arrow(events)]:
+                self.parquet.write_table(batch)
+                self.events += batch.num_rows
+            return self.events - before
+        assert self.lines is not None
+        chunks = getattr(events, "jsonl_chunks", None)
+        if chunks is not None:  # a compact log: its traffic rows as lines built column by column
+            for chunk in chunks():
+                self.lines.write(chunk)
+                self.events += chunk.count(b"\n")
+            return self.events - before
+        for event in events:
+            self.lines.write(event_line(event).encode("utf-8") + b"\n")
+            self.events += 1
+        return self.events - before
+
+    def close(self) -> None:
+        """Finish the file (its Parquet footer, the end of its gzip stream)."""
+        if self.parquet is not None:
+            self.parquet.close()
+        elif self.lines is not None:
+            self.lines.close()
+
+
 def write_event_log(events: Iterable[Event], path: Path) -> int:
     """Write events to ``path`` (format by suffix) atomically; return how many were written."""
     fmt = log_format(path)
-    written = 0
     with AtomicWriter(path) as temporary:
-        if fmt == "parquet":
-            batches = getattr(events, "to_arrow_batches", None)
-            if batches is None:
-                table = events_to_arrow(events)
-                pq.write_table(table, temporary)
-                return int(table.num_rows)
-            with pq.ParquetWriter(temporary, ARROW_SCHEMA) as writer:
-                for batch in batches():
-                    writer.write_table(batch)
-                    written += batch.num_rows
-            return written
-        chunks = getattr(events, "jsonl_chunks", None)
-        if chunks is not None:  # a compact log: its traffic rows as lines built column by column
-            binary = gzip.open if fmt == "jsonl.gz" else open
-            with binary(temporary, "wb") as output:
-                for chunk in chunks():
-                    output.write(chunk)
-                    written += chunk.count(b"\n")
-            return written
-        opener = gzip.open if fmt == "jsonl.gz" else open
-        with opener(temporary, "wt", encoding="utf-8") as stream:
-            for event in events:
-                stream.write(event_line(event))
-                stream.write("\n")
-                written += 1
-    return written
+        appender = EventLogAppender(temporary, fmt)
+        try:
+            return appender.add(events)
+        finally:
+            appender.close()

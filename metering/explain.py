@@ -17,15 +17,16 @@ from metering.tariff import Tariff
 from metering.timeutil import format_instant, format_month
 
 
+def evidence_text(event_id: str, events: Mapping[tuple[str, str], Event], account: str) -> str:
+    """One evidence event in words: its id, type, time and file:line (the id alone when it is not at hand)."""
+    event = events.get((account, event_id))
+    if event is None:
+        return event_id
+    return f"{event_id}: {event.type} at {format_instant(event.ts)} ({event.where})"
+
+
 def _evidence(ids: tuple[str, ...], events: Mapping[tuple[str, str], Event], account: str) -> list[str]:
-    lines = []
-    for event_id in ids:
-        event = events.get((account, event_id))
-        if event is None:
-            lines.append(f"      - {event_id}")
-        else:
-            lines.append(f"      - {event_id}: {event.type} at {format_instant(event.ts)} ({event.where})")
-    return lines
+    return [f"      - {evidence_text(event_id, events, account)}" for event_id in ids]
 
 
 def explain_outcome(outcome: Outcome, tariff: Tariff, events: Mapping[tuple[str, str], Event], account: str) -> str:

@@ -24,6 +24,7 @@ from html import escape
 from typing import Final
 
 from metering.events import Event
+from metering.explain import evidence_text
 from metering.invoice import Invoice, make_line
 from metering.money import format_money
 from metering.rating import Rating
@@ -174,12 +175,7 @@ def timeline_svg(history: SimHistory, first_month: int, last_month: int, charges
 
 
 def _evidence(ids: Sequence[str], events: Mapping[tuple[str, str], Event], account: str) -> str:
-    found = []
-    for event_id in ids:
-        event = events.get((account, event_id))
-        where = f"{event.type} at {format_instant(event.ts)} ({event.where})" if event is not None else ""
-        found.append(f"{_text(event_id)}{': ' + _text(where) if where else ''}")
-    return "<br>".join(found)
+    return "<br>".join(_text(evidence_text(event_id, events, account)) for event_id in ids)
 
 
 def _invoice_table(

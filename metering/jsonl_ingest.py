@@ -30,9 +30,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from metering.eventlog import ARROW_SCHEMA, EventLogError, decode_line, events_to_arrow
-from metering.events import BILLED_TYPES, COMMON_FIELDS, EVENT_COLUMNS, FIELD_SPECS, Event
+from metering.eventlog import EventLogError, decode_line
+from metering.events import BILLED_TYPES, COMMON_FIELDS, EVENT_COLUMNS, FIELD_SPECS
 from metering.parquet_ingest import VALID_SQL
+from metering.store import staging_table
 from metering.timeutil import instant_sql
 
 LOG: Final = logging.getLogger(__name__)
@@ -145,12 +146,7 @@ CAREFUL_SQL: Final = _chunk_sql(careful=True)
 
 
 class _Damaged(Exception):
-    """The compressed stream broke after ``lines`` whole lines were handed out."""
-
-    def __init__(self, lines: int, reason: str) -> None:
-        super().__init__(reason)
-        self.lines = lines
-        self.reason = reason
+    """The compressed stream broke (:func:`_damage_error` finds the row reader's line and words)."""
 
 
 @dataclass(frozen=True)
@@ -255,8 +251,8 @@ def line_chunks(path: Path, compressed: bool, size: int = CHUNK_BYTES) -> Iterat
                 yield chunk
                 buffer[: filled - cut] = buffer[cut:filled]
                 kept = filled - cut
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise _Damaged(first_line - 1, str(exc)) from None
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        raise _Damaged from None
 
 
 def _chunk(data: memoryview, first_line: int, newlines: np.ndarray) -> Chunk:
@@ -285,18 +281,6 @@ def _damage_error(path: Path, done: int) -> EventLogError:
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         return EventLogError(f"{path}:{number + 1}: compressed stream is damaged or truncated ({exc})")
     return EventLogError(f"{path}:{number + 1}: compressed stream is damaged or truncated")
-
-
-def _staged(events: list[Event], seq_base: int, source: str) -> pa.Table:
-    """Events decoded line by line, in the store's column layout."""
-    table = events_to_arrow(events)
-    table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
-    index = ARROW_SCHEMA.get_field_index("expires")
-    table = table.set_column(index, "expires", table.column("expires").cast(pa.int64()))
-    lines = pa.array([event.line for event in events], type=pa.int64())
-    table = table.add_column(0, "seq", pa.compute.add(lines, seq_base))
-    table = table.append_column("source", pa.array([source] * len(events), type=pa.string()))
-    return table.append_column("line", lines)
 
 
 def ingest_jsonl(
@@ -384,7 +368,7 @@ def _decode_lines(
     events = [event for line in lines if (event := decode_line(chunk.raw(line), path, line)) is not None]
     if not events:
         return 0
-    connection.register("jsonl_decoded", _staged(events, seq_base, str(path)))
+    connection.register("jsonl_decoded", staging_table(events, [seq_base + event.line for event in events]))
     try:
         connection.execute(f"INSERT INTO {table} SELECT * FROM jsonl_decoded")
     finally:

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -150,13 +150,13 @@ def _rollback(connection: duckdb.DuckDBPyConnection) -> None:
         connection.rollback()
 
 
-def staging_table(events: list[Event], first_seq: int) -> pa.Table:
-    """The columnar batch to append: events with their ingest sequence and origin."""
+def staging_table(events: list[Event], seqs: Sequence[int]) -> pa.Table:
+    """The columnar batch to append: events with their ingest sequence numbers ``seqs`` and origin."""
     table = events_to_arrow(events)
     table = table.set_column(0, "ts", table.column("ts").cast(pa.int64()))
     index = ARROW_SCHEMA.get_field_index("expires")
     table = table.set_column(index, "expires", table.column("expires").cast(pa.int64()))
-    table = table.add_column(0, "seq", pa.array(range(first_seq, first_seq + len(events)), type=pa.int64()))
+    table = table.add_column(0, "seq", pa.array(seqs, type=pa.int64()))
     table = table.append_column("source", pa.array([event.source for event in events], type=pa.string()))
     return table.append_column("line", pa.array([event.line for event in events], type=pa.int64()))
 
@@ -276,7 +276,8 @@ class EventStore:
         connection = self.connection
         connection.begin()
         try:
-            staged = staging_table(unique, self._next_seq())
+            first = self._next_seq()
+            staged = staging_table(unique, range(first, first + len(unique)))
             connection.register("staged", staged)
             different = " OR ".join(f"s.{name} IS DISTINCT FROM e.{name}" for name in CONTENT_COLUMNS)
             clashes = connection.execute(
@@ -355,11 +356,13 @@ class EventStore:
     def ingest_file(self, path: Path, batch_events: int = BATCH_EVENTS, validate_first: bool = True) -> tuple[int, int]:
         """Append a log batch by batch, streaming it; return ``(added, skipped)``.
 
-        With ``validate_first`` (what ``mgwsim ingest`` does) the whole file is read once to
-        validate it before anything is stored, so a bad line stores nothing; without it (a
-        throw-away in-memory store, as ``bill`` uses) it is read once. Either way only one batch
-        of events is held in memory. Parquet logs are validated and appended in bulk, as one
-        transaction (see :mod:`metering.parquet_ingest`); other logs are read row by row.
+        With ``validate_first`` (what ``mgwsim ingest`` does) the whole file is checked before
+        anything is stored, so a bad line stores nothing, and ids already stored are skipped;
+        without it (a throw-away in-memory store, as ``bill`` uses) the events go in unchecked for
+        reused ids, to be settled once with :meth:`settle_duplicates`. JSONL logs and plain Parquet
+        logs are validated and appended in bulk, one transaction each (:mod:`metering.jsonl_ingest`,
+        :mod:`metering.parquet_ingest`); a Parquet log with diagnostic events is read row by row,
+        ``batch_events`` at a time.
         """
         fmt = log_format(path)
         if fmt == "parquet" and path.is_file():
@@ -418,25 +421,10 @@ class EventStore:
         LOG.info("%s: %s events added, %s already stored", path, f"{result[0]:,}", f"{result[1]:,}")
         return result
 
-    def append_unchecked(self, events: Iterable[Event], batch_events: int = BATCH_EVENTS) -> None:
-        """Append events in batches without looking for stored ids: a throw-away store's fast path.
-
-        Only for a store filled once and then settled with :meth:`settle_duplicates` (``bill``
-        over large logs): checking every batch against all stored events costs time that grows
-        with the store, where one pass at the end does not.
-        """
-        seq = first = self._next_seq()
-        for batch in batches(events, batch_events):
-            self.connection.register("unchecked", staging_table(batch, seq))
-            try:
-                self.connection.execute("INSERT INTO events SELECT * FROM unchecked").fetchall()
-            finally:
-                self.connection.unregister("unchecked")
-            seq += len(batch)
-            LOG.info("%s events read into the store", f"{seq - first:,}")
-
     def settle_duplicates(self) -> int:
-        """After :meth:`append_unchecked`: refuse reused ids, drop repeated events; return how many.
+        """Refuse reused ids and drop repeated events in a store filled unchecked; return how many were dropped.
+
+        What a throw-away store needs after ``ingest_file(…, validate_first=False)``.
 
         Raises:
             StoreError: If an id was used by two different events (both places named).

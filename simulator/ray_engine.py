@@ -19,18 +19,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from metering.compact import concatenate_logs
 from metering.events import Event
-from metering.rating import merge_ratings
 from metering.store import THREADS_VARIABLE
-from simulator.results import ShardResult
+from simulator.results import ShardResult, join_shards
 from simulator.scenario import Scenario
 from simulator.shard import simulate_shard
-from simulator.world import RunStats
 
 LOG = logging.getLogger(__name__)
 """How the shards were joined, at INFO (``mgwsim -v``)."""
@@ -164,22 +161,3 @@ def _shard(
 
         return laid_out(result)
     return result
-
-
-def join_shards(shards: list[ShardResult]) -> ShardResult:
-    """One result of the results of disjoint accounts, as a serial run would give it."""
-    stats = RunStats()
-    states: Counter[str] = Counter()
-    for shard in shards:
-        stats = stats.merged(shard.stats)
-        states.update(shard.sim_states)
-    events = concatenate_logs([shard.events for shard in shards]) if any(shard.events for shard in shards) else []
-    return ShardResult(
-        events,
-        sum(shard.event_count for shard in shards),
-        stats,
-        states,
-        merge_ratings(shard.rating for shard in shards),
-        sum(shard.simulate_seconds for shard in shards),
-        sum(shard.rate_seconds for shard in shards),
-    )

@@ -1,7 +1,8 @@
 """What a run produces: the result types shared by the runner, the Ray engine, the report and the CLI.
 
 They live apart from the code that makes them, so that the runner, the Ray engine and the report
-import them without importing each other.
+import them without importing each other; so does :func:`join_shards`, which the Ray engine and a
+run in shards both fold their shards with.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from metering.compact import concatenate_logs
 from metering.events import Event
 from metering.invoice import InvoiceDocument
-from metering.rating import Rating
+from metering.rating import Rating, merge_ratings
 from simulator.scenario import Scenario
 from simulator.world import RunStats
 
@@ -63,3 +65,22 @@ class RunResult(ShardResult):
 
 class MeteringFailure(Exception):
     """The run's own event log did not rate: a defect of the simulator, reported as such."""
+
+
+def join_shards(shards: list[ShardResult]) -> ShardResult:
+    """One result of the results of disjoint accounts, as a serial run would give it."""
+    stats = RunStats()
+    states: Counter[str] = Counter()
+    for shard in shards:
+        stats = stats.merged(shard.stats)
+        states.update(shard.sim_states)
+    events = concatenate_logs([shard.events for shard in shards]) if any(shard.events for shard in shards) else []
+    return ShardResult(
+        events,
+        sum(shard.event_count for shard in shards),
+        stats,
+        states,
+        merge_ratings(shard.rating for shard in shards),
+        sum(shard.simulate_seconds for shard in shards),
+        sum(shard.rate_seconds for shard in shards),
+    )

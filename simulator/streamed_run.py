@@ -23,19 +23,17 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
-import pyarrow.parquet as pq
-
-from metering.eventlog import ARROW_SCHEMA, event_line, events_to_arrow
-from metering.events import Event
-from metering.invoice import Invoice, InvoiceDocument, Line
+from metering.atomic import fsync_file
+from metering.eventlog import EventLogAppender, log_format
+from metering.invoice import InvoiceDocument, Line
 from metering.rating import Rating
 from metering.timeutil import format_month
-from simulator.results import RunResult, ShardResult
-from simulator.scenario import Scenario
-from simulator.shard import simulate_shard
-from simulator.world import RunStats
+
+if TYPE_CHECKING:  # the CLI reads SHARD_SIMS at start-up: the run's modules load when a run does
+    from simulator.results import RunResult, ShardResult
+    from simulator.scenario import Scenario
 
 LOG = logging.getLogger(__name__)
 SHARD_SIMS: Final = 50_000
@@ -109,48 +107,6 @@ class MonthDocuments:
         return list(self.paths.values())
 
 
-class StreamedLog:
-    """The run's event log, appended shard by shard: Parquet row groups, or JSONL lines."""
-
-    def __init__(self, path: Path) -> None:
-        """Open the log (its format by its suffix: ``.parquet`` or ``.jsonl``)."""
-        self.path = path
-        self.parquet = pq.ParquetWriter(path, ARROW_SCHEMA) if path.suffix == ".parquet" else None
-        self.text = None if self.parquet is not None else path.open("wb")
-        self.events = 0
-
-    def add(self, events: Iterable[Event]) -> None:
-        """Append one shard's events."""
-        if self.parquet is not None:
-            batches = getattr(events, "to_arrow_batches", None)
-            for batch in batches() if batches is not None else [events_to_arrow(events)]:
-                self.parquet.write_table(batch)
-                self.events += batch.num_rows
-            return
-        assert self.text is not None
-        chunks = getattr(events, "jsonl_chunks", None)
-        if chunks is not None:
-            for chunk in chunks():
-                self.text.write(chunk)
-                self.events += chunk.count(b"\n")
-            return
-        for event in events:
-            self.text.write(event_line(event).encode("utf-8") + b"\n")
-            self.events += 1
-
-    def close(self) -> None:
-        """Finish the log and sync it to disk."""
-        if self.parquet is not None:
-            self.parquet.close()
-            with self.path.open("rb") as written:
-                os.fsync(written.fileno())
-        else:
-            assert self.text is not None
-            self.text.flush()
-            os.fsync(self.text.fileno())
-            self.text.close()
-
-
 def laid_out(result: ShardResult) -> ShardResult:
     """The shard with its month documents laid out as text and its rating reduced to the digest.
 
@@ -158,25 +114,17 @@ def laid_out(result: ShardResult) -> ShardResult:
     invoice lines do not cross the process boundary at all.
     """
     texts = {month: document_parts(document) for month, document in result.rating.documents.items()}
-    return dataclasses.replace(result, rating=_digest_rating(result.rating), document_texts=texts)
+    return dataclasses.replace(result, rating=digest(result.rating), document_texts=texts)
 
 
-def _digest_rating(rating: Rating) -> Rating:
-    digests = _digest(rating)
-    return Rating(
-        {
-            month: InvoiceDocument(month, document.tariff, tuple(digests.get(month, ())))
-            for month, document in rating.documents.items()
-        },
-        {},
-    )
+def digest(rating: Rating) -> Rating:
+    """The rating with each invoice's lines summed per item, and no outcomes: all the report, summary and checks read.
 
-
-def _digest(rating: Rating) -> dict[int, list[Invoice]]:
-    """Per month, each invoice with its lines summed per item: all the report, summary and checks read."""
-    found: dict[int, list[Invoice]] = {}
+    Taking the digest of a digest changes nothing.
+    """
+    documents = {}
     for month, document in rating.documents.items():
-        digests = found.setdefault(month, [])
+        invoices = []
         for invoice in document.invoices:
             amounts: dict[str, Line] = {}
             for line in invoice.lines:
@@ -186,22 +134,15 @@ def _digest(rating: Rating) -> dict[int, list[Invoice]]:
                     if held is None
                     else held._replace(amount=held.amount + line.amount)
                 )
-            digests.append(
-                Invoice(
-                    invoice.account,
-                    invoice.currency,
-                    tuple(amounts.values()),
-                    invoice.subtotal,
-                    invoice.tax,
-                    invoice.total,
-                    invoice.points,
-                )
-            )
-    return found
+            invoices.append(dataclasses.replace(invoice, lines=tuple(amounts.values())))
+        documents[month] = InvoiceDocument(month, document.tariff, tuple(invoices))
+    return Rating(documents, {})
 
 
 def serial_shards(scenario: Scenario, shards: list[frozenset[str]], rater: str = "fast") -> Iterator[ShardResult]:
     """Each shard simulated and metered in this process, one after the other."""
+    from simulator.shard import simulate_shard  # the engines: loaded for a run, not for every command
+
     for number, accounts in enumerate(shards, start=1):
         LOG.info("shard %d of %d: %s", number, len(shards), ", ".join(sorted(accounts)))
         yield simulate_shard(scenario, accounts, rater, "fast", keep_events=True)
@@ -224,13 +165,11 @@ def run_in_shards(
     documents hold each invoice's totals and one line per item (amounts summed): what the
     report, the summary and the ``[expect]`` checks read.
     """
-    log = StreamedLog(folder / log_name) if folder is not None else None  # no folder: nothing is written
+    from simulator.results import RunResult, join_shards
+
+    log = EventLogAppender(folder / log_name, log_format(folder / log_name)) if folder is not None else None
     documents = MonthDocuments(folder, scenario.billing_months) if folder is not None else None
-    stats = RunStats()
-    states: Counter[str] = Counter()
-    digests: dict[int, list[Invoice]] = {}
-    simulate_s = rate_s = 0.0
-    events = 0
+    joined: ShardResult | None = None
     try:
         for number, shard in enumerate(results, start=1):
             if log is not None and documents is not None:
@@ -240,27 +179,17 @@ def run_in_shards(
                     if shard.document_texts is not None
                     else {month: document_parts(document) for month, document in shard.rating.documents.items()}
                 )
-            for month, invoices in _digest(shard.rating).items():
-                digests.setdefault(month, []).extend(invoices)
-            stats = stats.merged(shard.stats)
-            states.update(shard.sim_states)
-            simulate_s += shard.simulate_seconds
-            rate_s += shard.rate_seconds
-            events += shard.event_count
-            del shard  # one shard at a time: this one's events and invoices are written
+            # one shard at a time: this one's events and invoices are written, its digest is joined
+            kept = dataclasses.replace(shard, events=[], rating=digest(shard.rating), document_texts=None)
+            del shard
+            joined = kept if joined is None else join_shards([joined, kept])
             if progress is not None:
                 progress(number / count)
     finally:
         written = []
-        if log is not None and documents is not None:
+        if folder is not None and log is not None and documents is not None:  # no folder: nothing is written
             log.close()
-            written = [log.path, *documents.close()]
-    rating = Rating(
-        {
-            month: InvoiceDocument(month, scenario.tariff.label, tuple(invoices))
-            for month, invoices in sorted(digests.items())
-        },
-        {},
-    )
-    result = RunResult([], events, stats, states, rating, simulate_s, rate_s, scenario=scenario)
+            fsync_file(folder / log_name)
+            written = [folder / log_name, *documents.close()]
+    result = RunResult(**vars(joined if joined is not None else join_shards([])), scenario=scenario)
     return result, written

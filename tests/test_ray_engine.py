@@ -13,9 +13,11 @@ from metering.events import Event
 from simulator.bench import scaled
 from simulator.engine import Engine
 from simulator.fast_engine import FastEngine
-from simulator.ray_engine import join_shards, run_sharded
-from simulator.runner import run_scenario, simulate_shard
+from simulator.ray_engine import run_sharded
+from simulator.results import join_shards
+from simulator.runner import run_scenario
 from simulator.scenario import Scenario
+from simulator.shard import simulate_shard
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'mgwsim[ray]'")
 
