@@ -83,11 +83,12 @@ def _integer_sql(value: str) -> str:
 
 
 def _chunk_sql(careful: bool) -> str:
-    """``SELECT`` over the registered chunk ``jsonl_chunk(line, text)``: the store's columns and two flags.
+    """``SELECT`` over the registered chunk ``jsonl_chunk(line, text, closed)``: the events it takes.
 
-    ``plain`` says the line may be taken here (see the module); ``valid`` that it also passes
-    :data:`~metering.parquet_ingest.VALID_SQL`. With ``careful``, lines that are not JSON at all are
-    left to the row reader instead of failing the statement (slower: DuckDB parses them twice).
+    One row, with ``line`` and the store's event columns, for each line that is *plain* (may be
+    taken here, see the module) and passes :data:`~metering.parquet_ingest.VALID_SQL`; every other
+    line is left out, for the row reader. With ``careful``, lines that are not JSON at all are left
+    out too instead of failing the statement (slower: DuckDB parses them twice).
     """
     structure = "{" + ", ".join(f'"{name}": "JSON"' for name in _FIELDS) + "}"
     guard = "json_valid(text)" if careful else "true"
@@ -137,12 +138,14 @@ WITH parsed AS (
 ), flagged AS (
     SELECT line, {stored}, coalesce({plain}, false) AS plain FROM converted
 )
-SELECT line, {stored}, plain, plain AND coalesce({VALID_SQL}, false) AS valid FROM flagged
+SELECT line, {stored} FROM flagged WHERE plain AND coalesce({VALID_SQL}, false)
 """
 
 
 FAST_SQL: Final = _chunk_sql(careful=False)
 CAREFUL_SQL: Final = _chunk_sql(careful=True)
+SCAN_BATCHES: Final = 16
+"""Record batches a chunk is cut into: DuckDB scans one batch per thread at a time."""
 
 
 class _Damaged(Exception):
@@ -173,7 +176,8 @@ class Chunk:
     def table(self) -> pa.Table:
         """The chunk's lines that are not blank, for :data:`FAST_SQL`: ``line``, ``text`` and ``closed``.
 
-        ``text`` shares the chunk's bytes (each line with its newline). ``closed`` says, found with
+        ``text`` shares the chunk's bytes (each line with its newline), in :data:`SCAN_BATCHES`
+        record batches, so DuckDB parses them on every core. ``closed`` says, found with
         numpy, that the line starts with ``{`` and ends with ``}`` right after a character that is
         neither a comma nor a space: the only way DuckDB's parser, which takes a trailing comma,
         and Python's, which does not, could differ on a line of scalar fields.
@@ -200,7 +204,8 @@ class Chunk:
             keep = np.ones(self.lines, dtype=bool)
             keep[blank] = False
             table = table.filter(pa.array(keep))
-        return table
+        batches = table.to_batches(max_chunksize=max(1, -(-table.num_rows // SCAN_BATCHES)))
+        return pa.Table.from_batches(batches, schema=table.schema)
 
     def is_text(self) -> bool:
         """Whether the chunk is UTF-8 throughout (a chunk that is not goes line by line to the row reader)."""
@@ -329,31 +334,23 @@ def _ingest_chunk(
         return _decode_lines(
             connection, chunk, range(chunk.first_line, chunk.first_line + chunk.lines), path, seq_base, table
         )
-    connection.register("jsonl_chunk", chunk.table())
+    lines = chunk.table()
+    insert = f"INSERT INTO {table} SELECT {seq_base} + line, {stored}, NULL, '{literal}', line FROM "
+    connection.register("jsonl_chunk", lines)
     try:
         try:
-            connection.execute(f"CREATE OR REPLACE TEMP TABLE jsonl_rows AS {FAST_SQL}")
+            taken = connection.execute(f"{insert}({FAST_SQL})").fetchall()[0][0]
         except duckdb.InvalidInputException:  # a line that is not JSON at all: parse the chunk carefully
-            connection.execute(f"CREATE OR REPLACE TEMP TABLE jsonl_rows AS {CAREFUL_SQL}")
+            taken = connection.execute(f"{insert}({CAREFUL_SQL})").fetchall()[0][0]
     finally:
         connection.unregister("jsonl_chunk")
-    try:
-        first_bad, others = connection.execute(
-            "SELECT min(line) FILTER (WHERE plain AND NOT valid), list(line ORDER BY line) FILTER (WHERE NOT plain) "
-            "FROM jsonl_rows"
-        ).fetchall()[0]
-        before = [line for line in others or () if first_bad is None or line < first_bad]
-        added = _decode_lines(connection, chunk, before, path, seq_base, table)
-        if first_bad is not None:
-            decode_line(chunk.raw(first_bad), path, first_bad)
-            raise EventLogError(f"{path}:{first_bad}: line rejected by the columnar check but not by the row reader")
-        connection.execute(
-            f"INSERT INTO {table} SELECT {seq_base} + line, {stored}, NULL, '{literal}', line "
-            "FROM jsonl_rows WHERE valid"
-        )
-        return added + int(connection.execute("SELECT count(*) FROM jsonl_rows WHERE valid").fetchall()[0][0])
-    finally:
-        connection.execute("DROP TABLE IF EXISTS jsonl_rows")
+    if taken == lines.num_rows:  # the usual case: every line was plain and valid
+        return int(taken)
+    # the lines left out, in order: the row reader takes them or names the first bad one
+    first_seq, last_seq = seq_base + chunk.first_line, seq_base + chunk.first_line + chunk.lines - 1
+    inserted = connection.execute(f"SELECT line FROM {table} WHERE seq BETWEEN {first_seq} AND {last_seq}")
+    left = np.setdiff1d(lines.column("line").to_numpy(), inserted.fetchnumpy()["line"])
+    return int(taken) + _decode_lines(connection, chunk, left.tolist(), path, seq_base, table)
 
 
 def _decode_lines(

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metering.eventlog import EventLogError, read_event_log, write_event_log
-from metering.events import Event
+from metering.events import BILLED_TYPES, Event
 from metering.jsonl_ingest import CHUNK_BYTES, ingest_jsonl, line_chunks
 from metering.store import COLUMNS_SQL, EventStore
 from metering.timeutil import (
@@ -208,6 +208,46 @@ def test_chunks_cut_anywhere_give_the_same_events_and_lines(tmp_path: Path, draw
     path = tmp_path / "log.jsonl"
     path.write_bytes(b"".join(drawn))
     _same(path, chunk_bytes=size)
+
+
+NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,12}", fullmatch=True)
+IDS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
+"""Any Unicode text but lone surrogates: quotes, backslashes, colons, controls and non-ASCII in ids."""
+
+
+@st.composite
+def valid_lines(draw: st.DrawFn) -> bytes:
+    """One line of a valid billed event, written any way JSON allows: escapes, key order, spacing."""
+    event_type = draw(st.sampled_from([name for name in sorted(BASE) if name in BILLED_TYPES]))
+    record: dict[str, Any] = {
+        "ts": draw(st.sampled_from([*TIMESTAMPS[:6], TIMESTAMPS[8]])),
+        "type": event_type,
+        "account": draw(NAMES),
+        "id": draw(IDS),
+        **BASE[event_type],
+    }
+    if event_type == "sim.traffic":
+        record.update(up_bytes=draw(st.integers(0, 2**63 - 1)), session=draw(st.one_of(st.none(), NAMES)))
+        if draw(st.booleans()):
+            record["gateway"] = draw(NAMES)
+    keys = draw(st.permutations(sorted(record)))
+    ordered = {key: record[key] for key in keys if record[key] is not None or draw(st.booleans())}
+    separators = draw(st.sampled_from([(", ", ": "), (",", ":"), (" , ", " : ")]))
+    text = json.dumps(ordered, ensure_ascii=draw(st.booleans()), separators=separators)
+    return (text + draw(st.sampled_from(["\n", "\r\n"]))).encode("utf-8")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(valid_lines(), min_size=1, max_size=12))
+def test_valid_logs_written_any_way_json_allows_give_the_same_events(tmp_path: Path, drawn: list[bytes]) -> None:
+    """Every value arrives as the row reader decodes it (escaped or not), with its file and line."""
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b"".join(drawn))
+    rows, row_error = _row_read(path)
+    assert row_error is None
+    columns, column_error = _columnar_read(path)
+    assert column_error is None
+    assert columns == rows
 
 
 def test_a_file_without_a_final_newline_and_one_line_longer_than_a_chunk(tmp_path: Path) -> None:
