@@ -28,12 +28,17 @@ def _registered_sims(history: AccountHistory, month: int) -> list[str]:
     return [sim for sim in sorted(history.sims) if any(p.covers_month(month) for p in history.sims[sim])]
 
 
-def metered_note(month: int, volume: int, events: int, units: int, tariff: Tariff) -> str:
-    """The note of a metered data fee line (shared by every rater)."""
+def metered_note_template(month: int, tariff: Tariff) -> str:
+    """The note of a metered data fee line, with ``{volume}``, ``{events}`` and ``{units}`` to fill in."""
     return (
-        f"{volume} bytes up and down in {events} traffic event(s) in {format_month(month)} = {units} unit(s) of "
+        f"{{volume}} bytes up and down in {{events}} traffic event(s) in {format_month(month)} = {{units}} unit(s) of "
         f"{tariff.data_unit_bytes} bytes, rounded {tariff.data_unit_rounding} (Art. 40(1))"
     )
+
+
+def metered_note(month: int, volume: int, events: int, units: int, tariff: Tariff) -> str:
+    """The note of a metered data fee line (shared by every rater)."""
+    return metered_note_template(month, tariff).format(volume=volume, events=events, units=units)
 
 
 def metered_data_fee(history: AccountHistory, month: int, tariff: Tariff) -> list[Outcome]:
