@@ -297,8 +297,32 @@ def _bare_jsonl(path: str, queue: Any) -> None:
     )
 
 
+def _store_unchecked(path: str, queue: Any) -> None:
+    """The columnar path's floor: DuckDB parses every field of every line and stores its text, unchecked."""
+    from metering.events import COMMON_FIELDS, EVENT_COLUMNS
+    from metering.fast import STREAM_MEMORY_LIMIT
+    from metering.jsonl_ingest import JSON_STRUCTURE, line_chunks
+    from metering.store import EventStore
+
+    with EventStore(":memory:", memory_limit=STREAM_MEMORY_LIMIT) as store:
+        fields = ", ".join(f"{name} VARCHAR" for name in (*COMMON_FIELDS, *EVENT_COLUMNS))
+        store.connection.execute(f"CREATE TABLE unchecked (line BIGINT, {fields})")
+        began = time.perf_counter()
+        for chunk in line_chunks(Path(path), compressed=False):
+            store.connection.register("jsonl_chunk", chunk.table())
+            store.connection.execute(
+                f"INSERT INTO unchecked SELECT line, v.* FROM "
+                f"(SELECT line, json_transform(text, '{JSON_STRUCTURE}') AS v FROM jsonl_chunk)"
+            )
+            store.connection.unregister("jsonl_chunk")
+        queue.put({"seconds": time.perf_counter() - began, "peak_mb": _peak_rss_mb()})
+
+
 def run_jsonl_bench(lines: int, workdir: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     """Write a JSONL log of ``lines`` lines; bill 12 months of it, then DuckDB's bare read + GROUP BY.
+
+    Then the floor of the columnar path: DuckDB parsing every field of every line and storing it,
+    with no check and no conversion (what no exact check can go below).
 
     Each in a fresh child process, one after the other on the same file (in the page cache for both).
     """
@@ -310,6 +334,8 @@ def run_jsonl_bench(lines: int, workdir: Path, progress: Callable[[str], None]) 
         found = in_child_process(_bill_jsonl, str(path))
         progress("DuckDB's bare read_json + GROUP BY sim, JST month (3 runs) …")
         found["bare"] = in_child_process(_bare_jsonl, str(path))
+        progress("DuckDB parsing every field and storing it, unchecked (the columnar path's floor) …")
+        found["unchecked"] = in_child_process(_store_unchecked, str(path))
         found.update(lines=lines, megabytes=path.stat().st_size / 1e6)
     finally:
         path.unlink()

@@ -96,10 +96,13 @@ SIMPLE_VOLUME: Final = 2**62
 REGISTERED_SQL: Final = f"({order_key('e')} > s.start_key AND (s.end_key IS NULL OR {order_key('e')} < s.end_key))"
 """Whether event ``e`` lies inside the registration of simple SIM ``s``, in processing order (as the
 reference replay decides it)."""
-USED_TRAFFIC: Final = "(up_bytes > 0 OR down_bytes > 0)"
-"""Whether a ``sim.traffic`` event is communication (Art. 38(2)): more than 0 bytes. A platform
-message is communication of its SIM while the SIM is registered (Art. 57(2)), in processing order,
-as the reference replay decides it (:data:`REGISTERED_SQL`)."""
+COMMUNICATION_SQL: Final = (
+    "(e.type = 'sim.traffic' AND (e.up_bytes > 0 OR e.down_bytes > 0)) "
+    f"OR (e.type = 'mono.message' AND {REGISTERED_SQL})"
+)
+"""Whether event ``e`` of simple SIM ``s`` is communication (Art. 38(2), 57(2)): traffic of more
+than 0 bytes, or a platform message while the SIM is registered (in processing order, as the
+reference replay decides it)."""
 EVENT_FIELDS: Final = ("ts", "type", "account", "id", *EVENT_COLUMNS, "extra", "source", "line")
 ObjectArray = npt.NDArray[np.object_]
 PoolPart = tuple[int, int, list[tuple[str, str]]]
@@ -193,24 +196,30 @@ class Evidence:
 
     Per SIM and month: the first traffic event, and the first and the last communication (traffic
     with bytes > 0, or a platform message while the SIM is registered), in processing order
-    ``(ts, seq)`` — what the reference rules cite. They are gathered with the monthly aggregates
-    (``traffic_month``, ``message_month``); this joins the two.
+    ``(ts, seq)`` — what the reference rules cite.
     """
 
     SPAN: Final = 1 << 24
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
-        """Read the evidence of every month from the aggregates of :meth:`FastRater._aggregate`."""
+    def __init__(self, connection: duckdb.DuckDBPyConnection, months: set[int] | None) -> None:
+        """Query the evidence of ``months`` (``None``: every month)."""
+        where = "e.type IN ('sim.traffic', 'mono.message')"
+        if months is not None:
+            ranges = " OR ".join(f"(e.ts >= {month_start(m)} AND e.ts < {month_start(m + 1)})" for m in sorted(months))
+            where += f" AND ({ranges or 'false'})"
+        traffic = "e.type = 'sim.traffic'"
         table = connection.sql(
             f"""
-            SELECT coalesce(s.idx, m.idx) * {self.SPAN} + coalesce(t.month, m.month) AS key, t.first_id,
-                   CASE WHEN m.used_key IS NULL OR t.used_key < m.used_key THEN t.used_id
-                        ELSE m.used_id END AS used_id,
-                   CASE WHEN m.last_used_key IS NULL OR t.last_used_key > m.last_used_key THEN t.last_used_id
-                        ELSE m.last_used_id END AS last_used_id
-            FROM (traffic_month t JOIN simple_sims s ON t.account = s.account AND t.sim = s.sim)
-            FULL JOIN message_month m ON m.idx = s.idx AND m.month = t.month
-            ORDER BY key
+            SELECT s.idx * {self.SPAN} + {month_sql("e.ts")} AS key,
+                   arg_min(e.id, {order_key("e")})
+                       FILTER (WHERE {traffic}) AS first_id,
+                   arg_min(e.id, {order_key("e")})
+                       FILTER (WHERE {COMMUNICATION_SQL}) AS used_id,
+                   arg_max(e.id, {order_key("e")})
+                       FILTER (WHERE {COMMUNICATION_SQL}) AS last_used_id
+            FROM events e JOIN simple_sims s ON e.account = s.account AND e.sim = s.sim
+            WHERE {where}
+            GROUP BY ALL ORDER BY key
             """
         ).to_arrow_table()
         self.keys: IntArray = table.column("key").to_numpy().astype(np.int64)
@@ -307,9 +316,14 @@ class _Invoices:
     evidence: Evidence | None = None
 
     def evidence_for(self) -> Evidence:
-        """The evidence the built lines cite (read once)."""
+        """The evidence of every month the built lines cite (queried once)."""
         if self.evidence is None:
-            self.evidence = Evidence(self.connection)
+            needed = set(self.months)
+            for blocks in self.blocks.values():
+                for block in blocks:
+                    if "last_month" in block.details:
+                        needed.update(int(m) for m in np.unique(block.details["last_month"]) if m >= 0)
+            self.evidence = Evidence(self.connection, needed)
         return self.evidence
 
 
@@ -443,12 +457,7 @@ class FastRater:
             f"""
             CREATE OR REPLACE TEMP TABLE traffic_month AS
             SELECT account, sim, {MONTH_SQL} AS month, sum(up_bytes) + sum(down_bytes) AS volume,
-                   count(*) AS events, min(ts) AS min_ts, max(ts) AS max_ts,
-                   arg_min(id, {ORDER_KEY}) AS first_id,
-                   arg_min(id, {ORDER_KEY}) FILTER (WHERE {USED_TRAFFIC}) AS used_id,
-                   min({ORDER_KEY}) FILTER (WHERE {USED_TRAFFIC}) AS used_key,
-                   arg_max(id, {ORDER_KEY}) FILTER (WHERE {USED_TRAFFIC}) AS last_used_id,
-                   max({ORDER_KEY}) FILTER (WHERE {USED_TRAFFIC}) AS last_used_key
+                   count(*) AS events, min(ts) AS min_ts, max(ts) AS max_ts
             FROM events WHERE type = 'sim.traffic' GROUP BY ALL
             """
         )
@@ -469,9 +478,7 @@ class FastRater:
         self._sql(
             f"""
             CREATE OR REPLACE TEMP TABLE message_month AS
-            SELECT s.idx, {month_sql("e.ts")} AS month,
-                   arg_min(e.id, {order_key("e")}) AS used_id, min({order_key("e")}) AS used_key,
-                   arg_max(e.id, {order_key("e")}) AS last_used_id, max({order_key("e")}) AS last_used_key
+            SELECT s.idx, {month_sql("e.ts")} AS month
             FROM events e JOIN simple_sims s ON e.account = s.account AND e.sim = s.sim
             WHERE e.type = 'mono.message' AND {REGISTERED_SQL}
             GROUP BY ALL
@@ -833,7 +840,7 @@ class FastRater:
         if errors:
             return Rating({}, {}, tuple(sorted(errors, key=lambda error: (error.source, error.line))))
         clock = time.perf_counter()
-        evidence = Evidence(self.connection) if tariff.data_plan != "metered" else None
+        evidence = Evidence(self.connection, None) if tariff.data_plan != "metered" else None
         blocks, pools = self._vector_rules(simple, traffic, months, evidence)
         self.timings["vectorise"] = time.perf_counter() - clock
         clock = time.perf_counter()

@@ -60,6 +60,8 @@ def _field_kinds() -> dict[str, str]:
 
 
 _KINDS: Final = _field_kinds()
+JSON_STRUCTURE: Final = "{" + ", ".join(f'"{name}": "JSON"' for name in _FIELDS) + "}"
+"""``json_transform``'s structure: every field the event format knows, as its JSON text."""
 
 
 def _string_sql(value: str) -> str:
@@ -90,7 +92,6 @@ def _chunk_sql(careful: bool) -> str:
     line is left out, for the row reader. With ``careful``, lines that are not JSON at all are left
     out too instead of failing the statement (slower: DuckDB parses them twice).
     """
-    structure = "{" + ", ".join(f'"{name}": "JSON"' for name in _FIELDS) + "}"
     guard = "json_valid(text)" if careful else "true"
     unpacked = ", ".join(f"v.{name}::VARCHAR AS j_{name}" for name in _FIELDS)
     columns = []
@@ -128,7 +129,7 @@ def _chunk_sql(careful: bool) -> str:
     return f"""
 WITH parsed AS (
     SELECT line, closed, CASE WHEN {guard} THEN len(json_keys(text)) END AS key_count,
-        CASE WHEN {guard} THEN json_transform(text, '{structure}') END AS v
+        CASE WHEN {guard} THEN json_transform(text, '{JSON_STRUCTURE}') END AS v
     FROM jsonl_chunk
 ), fields AS (
     SELECT line, closed, key_count, {unpacked} FROM parsed

@@ -201,3 +201,4 @@ def test_benchmarks_print_their_figures(tmp_path: Path) -> None:
     assert pcap.returncode == jsonl.returncode == 0, pcap.stderr + jsonl.stderr
     assert "measure" in pcap.stdout and "packets per second" in pcap.stdout and "templates / scapy" in pcap.stdout
     assert "lines per second" in jsonl.stdout and "peak memory" in jsonl.stdout and "errors" in jsonl.stdout
+    assert "unchecked / bare" in jsonl.stdout
