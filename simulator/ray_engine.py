@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -37,6 +38,36 @@ class RayUnavailable(Exception):
     """Ray is not installed, or the cluster cannot be reached (one-line message)."""
 
 
+PROBE_SECONDS = 5.0
+"""How long a cluster's address may take to accept a connection before the run is refused.
+
+``ray.init`` itself retries an address that does not answer for minutes before it fails."""
+CLIENT_PORT = 10001
+"""The port of a ``ray://HOST`` address without one (Ray Client's default)."""
+
+
+def probe_address(address: str) -> None:
+    """Refuse at once an address of the form ``HOST:PORT`` or ``ray://HOST[:PORT]`` that nothing answers on.
+
+    Other forms (``auto``, ``local``) are left to ``ray.init``.
+
+    Raises:
+        RayUnavailable: Naming the address and why it cannot be reached.
+    """
+    client = address.startswith("ray://")
+    where = address.removeprefix("ray://").split("/", 1)[0]
+    host, colon, port_text = where.rpartition(":")
+    if not colon:
+        host, port_text = (where, str(CLIENT_PORT)) if client else ("", "")
+    if not host or not port_text.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port_text)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        reason = "no answer in time" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {reason}") from None
+
+
 def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Connect to ``address`` or start a local Ray; return whether this call started it.
 
@@ -49,6 +80,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         raise RayUnavailable("--engine ray needs Ray: pip install 'mgwsim[ray]'") from None
     if ray.is_initialized():
         return False
+    if address is not None:
+        probe_address(address)
     try:
         if address is None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -160,3 +160,22 @@ def test_a_run_in_shards_on_the_cluster_streams_the_serial_invoices(
     assert run.returncode == 0, err[-2000:]
     assert _invoices(out) == serial_invoices
     assert "10 shards joined" in err and (out / "events.parquet").is_file()
+
+
+def test_an_address_nothing_answers_on_is_refused_at_once_naming_it(tmp_path: Path) -> None:
+    """Ray's own ``ray.init`` retries such an address for minutes; mgwsim says so in one line, exit 3."""
+    address = f"127.0.0.1:{_free_port()}"
+    began = time.monotonic()
+    run = _run(tmp_path / "run", "--engine", "ray", "--ray-address", address)
+    try:
+        _, err = run.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        run.communicate()
+        pytest.fail(f"mgwsim still waited for {address} after 90 s")
+    assert run.returncode == 3
+    assert (
+        err.strip().splitlines()[-1] == f"mgwsim: error: cannot reach the Ray cluster at {address}: Connection refused"
+    )
+    assert time.monotonic() - began < 60
+    assert not (tmp_path / "run").exists()
