@@ -179,3 +179,18 @@ def test_an_address_nothing_answers_on_is_refused_at_once_naming_it(tmp_path: Pa
     )
     assert time.monotonic() - began < 60
     assert not (tmp_path / "run").exists()
+
+
+def test_the_probe_reads_every_address_form_and_leaves_the_others_to_ray() -> None:
+    from simulator.ray_engine import RayUnavailable, probe_address
+
+    port = _free_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", f"[::1]:{port}"):
+        with pytest.raises(RayUnavailable, match=re.escape(f"cannot reach the Ray cluster at {address}: ")):
+            probe_address(address)
+    for address in ("auto", "local", "127.0.0.1", "ray://"):
+        probe_address(address)  # not HOST:PORT: ray.init decides
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        probe_address(f"127.0.0.1:{listening.getsockname()[1]}")  # something answers: on to ray.init
