@@ -299,13 +299,12 @@ def _bare_jsonl(path: str, queue: Any) -> None:
 
 def _store_unchecked(path: str, queue: Any) -> None:
     """The columnar path's floor: DuckDB parses every field of every line and stores its text, unchecked."""
-    from metering.events import COMMON_FIELDS, EVENT_COLUMNS
     from metering.fast import STREAM_MEMORY_LIMIT
-    from metering.jsonl_ingest import JSON_STRUCTURE, line_chunks
+    from metering.jsonl_ingest import JSON_FIELDS, JSON_STRUCTURE, line_chunks
     from metering.store import EventStore
 
     with EventStore(":memory:", memory_limit=STREAM_MEMORY_LIMIT) as store:
-        fields = ", ".join(f"{name} VARCHAR" for name in (*COMMON_FIELDS, *EVENT_COLUMNS))
+        fields = ", ".join(f"{name} VARCHAR" for name in JSON_FIELDS)  # the order v.* expands in
         store.connection.execute(f"CREATE TABLE unchecked (line BIGINT, {fields})")
         began = time.perf_counter()
         for chunk in line_chunks(Path(path), compressed=False):

@@ -45,7 +45,8 @@ _WHITESPACE: Final = " \t\r\n\x0b\x0c"
 _SPACE_BYTES: Final = np.frombuffer(_WHITESPACE.encode(), dtype=np.uint8)
 _STRING_KINDS: Final = frozenset({"iccid", "name", "option", "route", "sms_kind", "instant"})
 _INTEGER_KINDS: Final = frozenset({"count", "positive"})
-_FIELDS: Final = (*COMMON_FIELDS, *EVENT_COLUMNS)
+JSON_FIELDS: Final = (*COMMON_FIELDS, *EVENT_COLUMNS)
+"""Every field the event format knows, in the order of :data:`JSON_STRUCTURE`."""
 
 
 def _field_kinds() -> dict[str, str]:
@@ -60,7 +61,7 @@ def _field_kinds() -> dict[str, str]:
 
 
 _KINDS: Final = _field_kinds()
-JSON_STRUCTURE: Final = "{" + ", ".join(f'"{name}": "JSON"' for name in _FIELDS) + "}"
+JSON_STRUCTURE: Final = "{" + ", ".join(f'"{name}": "JSON"' for name in JSON_FIELDS) + "}"
 """``json_transform``'s structure: every field the event format knows, as its JSON text."""
 
 
@@ -93,7 +94,7 @@ def _chunk_sql(careful: bool) -> str:
     out too instead of failing the statement (slower: DuckDB parses them twice).
     """
     guard = "json_valid(text)" if careful else "true"
-    unpacked = ", ".join(f"v.{name}::VARCHAR AS j_{name}" for name in _FIELDS)
+    unpacked = ", ".join(f"v.{name}::VARCHAR AS j_{name}" for name in JSON_FIELDS)
     columns = []
     for name in ("type", "account", "id", *EVENT_COLUMNS):
         if name == "expires":
@@ -114,7 +115,7 @@ def _chunk_sql(careful: bool) -> str:
     typed = " AND ".join(
         f"(j_{name} IS NULL OR j_{name} = 'null' OR {name} IS NOT NULL)" for name in ("account", *EVENT_COLUMNS)
     )
-    present = " + ".join(f"(j_{name} IS NOT NULL)::INTEGER" for name in _FIELDS)
+    present = " + ".join(f"(j_{name} IS NOT NULL)::INTEGER" for name in JSON_FIELDS)
     outside = " ".join(
         f"WHEN '{event_type}' THEN " + " AND ".join(f"j_{name} IS NULL" for name in EVENT_COLUMNS if name not in specs)
         for event_type, specs in FIELD_SPECS.items()
@@ -125,7 +126,7 @@ def _chunk_sql(careful: bool) -> str:
     )
     counted = " ".join(f"WHEN '{event_type}' THEN coalesce(count, 1)" for event_type in ("sms.sent", "mono.message"))
     stored = ", ".join(("ts", "type", "account", "id", *EVENT_COLUMNS))
-    raw = ", ".join(f"j_{name}" for name in _FIELDS)
+    raw = ", ".join(f"j_{name}" for name in JSON_FIELDS)
     return f"""
 WITH parsed AS (
     SELECT line, closed, CASE WHEN {guard} THEN len(json_keys(text)) END AS key_count,
