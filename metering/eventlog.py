@@ -18,7 +18,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metering.atomic import AtomicWriter
+from metering.atomic import AtomicWriter, open_write_behind
 from metering.events import EVENT_COLUMNS, DuplicateKeyError, Event, EventError, decode_object, event_from_mapping
 from metering.timeutil import INSTANT_RANGE, MAX_INSTANT, MIN_INSTANT, format_instant
 
@@ -256,10 +256,11 @@ class EventLogAppender:
 
     def __init__(self, path: Path, fmt: str) -> None:
         """Open ``path`` for a log of ``fmt`` (``parquet``, ``jsonl`` or ``jsonl.gz``, see :func:`log_format`)."""
-        self.parquet = pq.ParquetWriter(path, ARROW_SCHEMA) if fmt == "parquet" else None
+        self.file = open_write_behind(path)  # on its way to the disk as it is written
+        self.parquet = pq.ParquetWriter(self.file, ARROW_SCHEMA) if fmt == "parquet" else None
         self.lines: io.BufferedIOBase | None = None
         if self.parquet is None:
-            self.lines = gzip.GzipFile(path, "wb") if fmt == "jsonl.gz" else open(path, "wb")  # noqa: SIM115
+            self.lines = gzip.GzipFile("", "wb", fileobj=self.file, mtime=0) if fmt == "jsonl.gz" else self.file
         self.events = 0
 
     def add(self, events: Iterable[Event]) -> int:
@@ -284,11 +285,14 @@ class EventLogAppender:
         return self.events - before
 
     def close(self) -> None:
-        """Finish the file (its Parquet footer, the end of its gzip stream)."""
-        if self.parquet is not None:
-            self.parquet.close()
-        elif self.lines is not None:
-            self.lines.close()
+        """Finish the file (its Parquet footer, the end of its gzip stream) and close it."""
+        try:
+            if self.parquet is not None:
+                self.parquet.close()
+            elif self.lines is not None and self.lines is not self.file:
+                self.lines.close()  # the gzip stream: its end goes into the file
+        finally:
+            self.file.close()
 
 
 def write_event_log(events: Iterable[Event], path: Path) -> int:

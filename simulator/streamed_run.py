@@ -18,6 +18,7 @@ of all the invoices (a test holds a sharded run to the serial one, whatever the 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 from collections import Counter
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
-from metering.atomic import fsync_file
+from metering.atomic import fsync_file, open_write_behind
 from metering.eventlog import EventLogAppender, log_format
 from metering.invoice import InvoiceDocument, Line
 from metering.rating import Rating
@@ -79,7 +80,9 @@ class MonthDocuments:
         """Open ``folder/invoices/YYYY-MM.json`` for every month (written when :meth:`close` is called)."""
         (folder / "invoices").mkdir(parents=True, exist_ok=True)
         self.paths = {month: folder / "invoices" / f"{format_month(month)}.json" for month in months}
-        self.files: dict[int, IO[str]] = {month: path.open("w", encoding="utf-8") for month, path in self.paths.items()}
+        self.files: dict[int, IO[str]] = {
+            month: io.TextIOWrapper(open_write_behind(path), encoding="utf-8") for month, path in self.paths.items()
+        }
         self.headers: dict[int, str] = {}
         self.started: set[int] = set()
 

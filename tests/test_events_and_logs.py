@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metering import atomic
 from metering.eventlog import EventLogError, read_event_log, write_event_log
 from metering.events import Event, EventError, event_from_mapping
 from metering.timeutil import (
@@ -119,6 +121,50 @@ def test_parquet_and_jsonl_round_trip_to_the_same_events(tmp_path: Path) -> None
     write_event_log(events, tmp_path / "copy.jsonl.gz")
     assert list(read_event_log(tmp_path / "copy.parquet")) == events
     assert list(read_event_log(tmp_path / "copy.jsonl.gz")) == events
+
+
+def _many_events(count: int) -> list[Event]:
+    return [
+        event_from_mapping(traffic(id=f"t{index}", up_bytes=index * 7919 % 100_003, down_bytes=index))
+        for index in range(count)
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".parquet"])
+def test_a_log_is_sent_to_the_disk_while_it_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """Not all at the final fsync: write-back of what was written is started every WRITE_BEHIND_BYTES."""
+    monkeypatch.setattr(atomic, "WRITE_BEHIND_BYTES", 64 << 10)
+    advised: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def recording(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording)
+    events = _many_events(40_000)
+    path = tmp_path / f"log{suffix}"
+    write_event_log(events, path)
+    assert list(read_event_log(path)) == events
+    size = path.stat().st_size
+    assert advised, "nothing was sent to the disk before the end"
+    assert {advice for _, _, advice in advised} == {os.POSIX_FADV_DONTNEED}
+    ends = [offset + length for offset, length, _ in advised]
+    assert ends == sorted(ends) and all(end <= size for end in ends)
+    assert [offset for offset, _, _ in advised] == sorted(offset for offset, _, _ in advised)
+    assert ends[-1] > size - (1 << 20) - (64 << 10), "the write-back fell behind the writer"
+
+
+def test_a_compressed_log_is_the_same_bytes_every_time(tmp_path: Path) -> None:
+    """No temporary file name and no clock in the gzip header: the same events give the same file."""
+    events = _many_events(100)
+    first, second = tmp_path / "a" / "log.jsonl.gz", tmp_path / "b" / "log.jsonl.gz"
+    write_event_log(events, first)
+    write_event_log(events, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert list(read_event_log(second)) == events
 
 
 def test_unknown_suffix(tmp_path: Path) -> None:
