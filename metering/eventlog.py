@@ -257,10 +257,14 @@ class EventLogAppender:
     def __init__(self, path: Path, fmt: str) -> None:
         """Open ``path`` for a log of ``fmt`` (``parquet``, ``jsonl`` or ``jsonl.gz``, see :func:`log_format`)."""
         self.file = open_write_behind(path)  # on its way to the disk as it is written
-        self.parquet = pq.ParquetWriter(self.file, ARROW_SCHEMA) if fmt == "parquet" else None
         self.lines: io.BufferedIOBase | None = None
-        if self.parquet is None:
-            self.lines = gzip.GzipFile("", "wb", fileobj=self.file, mtime=0) if fmt == "jsonl.gz" else self.file
+        try:
+            self.parquet = pq.ParquetWriter(self.file, ARROW_SCHEMA) if fmt == "parquet" else None
+            if self.parquet is None:
+                self.lines = gzip.GzipFile("", "wb", fileobj=self.file, mtime=0) if fmt == "jsonl.gz" else self.file
+        except BaseException:
+            self.file.close()
+            raise
         self.events = 0
 
     def add(self, events: Iterable[Event]) -> int:
