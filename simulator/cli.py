@@ -333,12 +333,17 @@ MqttBackoffOpt = Annotated[
 
 
 def _scenario(path: Path) -> Scenario:
+    return _scenario_file(path)[1]
+
+
+def _scenario_file(path: Path) -> tuple[Path, Scenario]:
+    """The scenario file ``path`` names (a shipped scenario's installed copy for a bare name), loaded."""
     from simulator.scenario import ScenarioError, load_scenario
     from simulator.shipped import names_shipped_scenario, shipped_names, shipped_path
 
     path = shipped_path(path) or path
     try:
-        return load_scenario(path)
+        return path, load_scenario(path)
     except ScenarioError as exc:
         if names_shipped_scenario(path):
             fail(f"{exc} (and no shipped scenario is called so; shipped: {', '.join(shipped_names())})")
@@ -1057,8 +1062,15 @@ def bench_jsonl(
 
 @bench_app.command("sim", epilog=EXIT_STATUSES)
 def bench_sim(
-    scenario_path: Annotated[Path, typer.Argument(help="Load scenario.")] = Path("scenarios/load-100k.toml"),
-    sims: Annotated[int, typer.Option(help="Scale the fleets to about this many SIMs.")] = 100_000,
+    scenario_path: Annotated[
+        Path,
+        typer.Argument(
+            help="Load scenario: a TOML file, or the name of a shipped scenario (its installed copy when no "
+            "such file is at hand).",
+            show_default=True,
+        ),
+    ] = Path("load-100k"),
+    sims: Annotated[int, typer.Option(min=1, help="Scale the fleets to about this many SIMs.")] = 100_000,
     engine: Annotated[EngineName, typer.Option(help="Simulation engine.")] = EngineName.fast,
     outputs: Annotated[
         bool,
@@ -1074,6 +1086,7 @@ def bench_sim(
     """Simulate a load scenario; compare the cost per session with a bare SimPy loop's cost per event."""
     from simulator.bench import run_sim_bench
 
+    scenario_path, _ = _scenario_file(scenario_path)  # a bad file is one line here, not a failed child
     report = run_sim_bench(
         scenario_path, sims, engine.value, lambda text: stderr.print(text, markup=False), outputs, directory
     )

@@ -202,3 +202,28 @@ def test_benchmarks_print_their_figures(tmp_path: Path) -> None:
     assert "measure" in pcap.stdout and "packets per second" in pcap.stdout and "templates / scapy" in pcap.stdout
     assert "lines per second" in jsonl.stdout and "peak memory" in jsonl.stdout and "errors" in jsonl.stdout
     assert "unchecked / bare" in jsonl.stdout
+
+
+def test_bench_sim_runs_the_shipped_load_scenario_from_any_folder(tmp_path: Path) -> None:
+    """``mgwsim bench sim`` with no scenario benchmarks the installed load-100k, wherever it is run.
+
+    Its default was a path relative to the repository: run from any other folder, the child
+    process failed on the missing file and the command ended in an "internal error".
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "bench", "sim", "--sims", "200"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "load-100k" in result.stdout and "cost per simulated session" in result.stdout
+
+
+def test_bench_sim_names_a_missing_scenario_in_one_line(tmp_path: Path) -> None:
+    assert_one_line_error(
+        mgwsim("bench", "sim", tmp_path / "no-such.toml", columns=200), "no-such.toml", "no such file"
+    )
