@@ -114,10 +114,9 @@ def piece_traffic(
         # one upload per (SIM, day), drawn once: the pieces of one are adjacent
         groups = np.flatnonzero(np.concatenate(([True], (sim[1:] != sim[:-1]) | (day[1:] != day[:-1]))))
         upload_at, size = daily_uploads(profile, seed, sim[groups], day[groups])
-        group = np.repeat(np.arange(len(groups)), np.diff(np.append(groups, len(day))))
-        at = (day[groups] * DAY - origin_jst_s + upload_at)[group]
+        at = np.repeat(day[groups] * DAY - origin_jst_s + upload_at, np.diff(np.append(groups, len(day))))
         carrying = np.flatnonzero((at >= start) & (at < end))
-        up[carrying] += size[group[carrying]]
+        up[carrying] += size[np.searchsorted(groups, carrying, side="right") - 1]  # the group of each
     if profile.firmware_bytes and len(day) and len(firmware_months):
         # a download at month start + shift (shift under a week) falls on one of the eight days
         # from a month start; months being weeks apart, a day can only hold its month's download
@@ -125,7 +124,7 @@ def piece_traffic(
         for month_start in firmware_months.tolist():
             near_day = (month_start + origin_jst_s) // DAY
             candidate[max(near_day - 1, 0) : max(near_day + 8, 0)] = month_start
-        near = np.flatnonzero(candidate[day] >= 0)
+        near = np.flatnonzero((candidate >= 0)[day])
         at = candidate[day[near]] + (phases[sim[near], 2] * 7 * DAY).astype(np.int64)
         down[near[(at >= start[near]) & (at < end[near])]] += profile.firmware_bytes
     return Pieces(session, sim, day, start, end, up, down, groups)

@@ -315,7 +315,7 @@ class FastEngine:
 
     def needs_bursts(self, device: Device) -> bool:
         """Whether this device's sessions must be stepped burst by burst."""
-        spec = next(spec for spec in self.scenario.gateways if spec.id == device.fleet.gateway)
+        spec = self.world.specs[device.fleet.gateway]
         profile = device.fleet.profile
         if spec.traffic_control is not None or profile.platform_messages_per_day or profile.runaway_bytes_per_minute:
             return True
@@ -330,7 +330,7 @@ class FastEngine:
         the same bursts relative to a session's start whenever the start is the same modulo the
         period, so a session cut for mass traffic is the same session: it is computed once.
         """
-        spec = next(spec for spec in self.scenario.gateways if spec.id == device.fleet.gateway)
+        spec = self.world.specs[device.fleet.gateway]
         profile = device.fleet.profile
         if spec.mass_traffic is None or spec.traffic_control is not None or not profile.runaway_bytes_per_minute:
             return 0
@@ -472,7 +472,7 @@ class FastEngine:
         phase = start % period
         if phase not in cache:
             fleet = device.fleet
-            spec = next(spec for spec in self.scenario.gateways if spec.id == fleet.gateway)
+            spec = self.world.specs[fleet.gateway]
             assert spec.mass_traffic is not None
             bursts = session_bursts(
                 fleet.profile, self.scenario.seed, device.index, start, start + 4 * DAY, self.origin_jst_s

@@ -41,7 +41,7 @@ from simulator.operations import (
     GatewayOperation,
     GatewaySetting,
 )
-from simulator.scenario import FleetSpec, Scenario
+from simulator.scenario import FleetSpec, GatewaySpec, Scenario
 
 LOG: Final = logging.getLogger("simulator.engine")
 """Operations at INFO; each SIM's PIN and PUK flow at DEBUG (what the card answered, never a code)."""
@@ -219,6 +219,8 @@ class World:
         self.watch = watch or WorldWatch()
         self.stats = RunStats()
         self.gateways: dict[str, MobileGateway] = {}
+        self.specs: dict[str, GatewaySpec] = {spec.id: spec for spec in scenario.gateways}
+        """The scenario's gateways by id."""
         self.changed: dict[str, simpy.Event] = {spec.id: self.env.event() for spec in scenario.gateways}
         self.registered: dict[str, bool] = {}
         self.operations_done = 0
@@ -279,7 +281,7 @@ class World:
 
     def create_gateway(self, gateway_id: str) -> None:
         """Create a gateway with its configured settings (Art. 41: the fee starts)."""
-        spec = next(spec for spec in self.scenario.gateways if spec.id == gateway_id)
+        spec = self.specs[gateway_id]
         now = self.env.now
         self.gateways[gateway_id] = MobileGateway(
             spec.id, spec.account, mass_traffic=spec.mass_traffic, traffic_control=spec.traffic_control
@@ -336,7 +338,7 @@ class World:
             if not adding:
                 continue
             self.command(gateway_id, GatewayCommand.ADD_SIM, tuple(device.iccid for device in adding))
-            if any(spec.terminal_lock for spec in self.scenario.gateways if spec.id == gateway_id):
+            if self.specs[gateway_id].terminal_lock:
                 self.command(
                     gateway_id,
                     GatewayCommand.LOCK_IMEI,
@@ -396,7 +398,7 @@ class World:
     def operation_account(self, arguments: Arguments) -> str:
         """The account an operation concerns."""
         if isinstance(arguments, GatewayOperation | GatewaySetting):
-            return next(spec.account for spec in self.scenario.gateways if spec.id == arguments.gateway)
+            return self.specs[arguments.gateway].account
         if isinstance(arguments, FleetOperation | DevicePower):
             return next(fleet.account for fleet in self.scenario.fleets if fleet.name == arguments.fleet)
         return arguments.account
@@ -417,7 +419,7 @@ class World:
         gateway = self.gateways[gateway_id]
         self.command(gateway.id, GatewayCommand.DELETE)
         self.emit(now, "gateway.deleted", gateway.account, f"{gateway.id}/deleted/{tag}", gateway=gateway.id)
-        if any(spec.terminal_lock for spec in self.scenario.gateways if spec.id == gateway.id):
+        if self.specs[gateway.id].terminal_lock:
             self.emit(
                 now,
                 "option.disabled",
