@@ -193,12 +193,13 @@ class FastEngine:
                 usable = yield from self.pin_entry(device)
                 if not usable:
                     return
-                since = int(self.env.now)
-                device.power_changed = self.env.event()
-                yield device.power_changed | self.env.timeout(self.horizon - self.env.now)
-                self.usable[device.index].append((since, int(self.env.now) if not device.powered else FOREVER))
-                if device.powered:
-                    return
+                if device.powered:  # a PUK entered hours later may find the device switched off meanwhile
+                    since = int(self.env.now)
+                    device.power_changed = self.env.event()
+                    yield device.power_changed | self.env.timeout(self.horizon - self.env.now)
+                    self.usable[device.index].append((since, int(self.env.now) if not device.powered else FOREVER))
+                    if device.powered:
+                        return
             if device.card.powered:
                 device.card, _ = device.card.apply(Command.POWER_OFF)
             device.power_changed = self.env.event()

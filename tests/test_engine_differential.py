@@ -163,6 +163,41 @@ DELETED_BEFORE_THE_SESSION_ENDS = "\n".join(
 """Found by hypothesis: a SIM deleted while its first session is open, on a gateway with traffic
 control (the fast engine looked up the session's address on the gateway as it was after the run)."""
 
+POWERED_OFF_BEFORE_THE_PUK = "\n".join(
+    [
+        "[scenario]",
+        'name = "puk-after-power-off"',
+        'start = "2026-02-01T00:00:00+09:00"',
+        "months = 1",
+        "seed = 1122",
+        'traffic_records = "session"',
+        "[[accounts]]",
+        'id = "a1"',
+        "[[gateways]]",
+        'id = "gw0"',
+        'account = "a1"',
+        "create = true",
+        "[[fleets]]",
+        'name = "f0"',
+        'account = "a1"',
+        'gateway = "gw0"',
+        "count = 1",
+        'profile = "daily_upload"',
+        'pin = "misconfigured"',
+        'puk = "correct"',
+        "puk_after_hours = 239",
+        "register = true",
+        "[[operations]]",
+        'at = "__START_PLUS_0_1_0__"',
+        'do = "device.power"',
+        'fleet = "f0"',
+        "count = 1",
+        "value = false",
+    ]
+)
+"""Found by hypothesis: a device switched off while its SIM is locked, unblocked by the PUK days
+later (the fast engine took the device for usable from then on, and wrote a refused attach)."""
+
 
 def key(event: Event) -> tuple[Any, ...]:
     return (
@@ -182,6 +217,7 @@ def key(event: Event) -> tuple[Any, ...]:
 )
 @given(scenarios())
 @example(DELETED_BEFORE_THE_SESSION_ENDS)
+@example(POWERED_OFF_BEFORE_THE_PUK)
 def test_fast_and_reference_engines_write_the_same_log_and_invoices(text: str) -> None:
     try:
         scenario = scenario_from_text(resolve_times(text), "drawn.toml")
