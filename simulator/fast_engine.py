@@ -92,12 +92,15 @@ class CutSession:
         offsets: Seconds from its start of each burst it carried.
         up: Uplink bytes before each burst, and in all (prefix sums, one longer than ``offsets``).
         down: Downlink bytes likewise.
+
+    Plain tuples of ints: a session across a midnight is split by bisecting them, one session at a
+    time, where a numpy call's overhead would be most of the work.
     """
 
     length: int
-    offsets: IntArray
-    up: IntArray
-    down: IntArray
+    offsets: tuple[int, ...]
+    up: tuple[int, ...]
+    down: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +437,7 @@ class FastEngine:
             known = self.cut_session(device, now, cache, period)
             if known is None:
                 return self.one_session(device, admission, now, stretch_end, cause)
-            length, up, down = known.length, int(known.up[-1]), int(known.down[-1])
+            length, up, down = known.length, known.up[-1], known.down[-1]
             end = now + length
             day = (origin + now) // DAY
             if end >= limit or (origin + end - 1) // DAY != day:
@@ -486,9 +489,9 @@ class FastEngine:
                 offsets = kept.times - start
                 cache[phase] = CutSession(
                     int(offsets[-1]) + 1,
-                    offsets,
-                    np.concatenate(([0], np.cumsum(kept.up))),
-                    np.concatenate(([0], np.cumsum(kept.down))),
+                    tuple(offsets.tolist()),
+                    tuple(np.concatenate(([0], np.cumsum(kept.up))).tolist()),
+                    tuple(np.concatenate(([0], np.cumsum(kept.down))).tolist()),
                 )
         return cache[phase]
 
@@ -583,10 +586,10 @@ class FastEngine:
             for day in range(int(start_day[index]), int(end_day[index]) + 1):
                 low = max(begin, day * DAY - origin) - begin
                 high = min(finish, (day + 1) * DAY - origin) - begin
-                first_burst = int(np.searchsorted(item.offsets, low, side="left"))
-                last_burst = int(np.searchsorted(item.offsets, high, side="left"))
-                up = int(item.up[last_burst] - item.up[first_burst])
-                down = int(item.down[last_burst] - item.down[first_burst])
+                first_burst = bisect.bisect_left(item.offsets, low)
+                last_burst = bisect.bisect_left(item.offsets, high)
+                up = item.up[last_burst] - item.up[first_burst]
+                down = item.down[last_burst] - item.down[first_burst]
                 if up + down:
                     self.day_traffic[day - self.first_day] += up + down
                     columns.add(device, day, up, down, begin + high - 1, admission.route, device.fleet.gateway)
