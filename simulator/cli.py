@@ -417,7 +417,7 @@ def run(
         EngineName,
         typer.Option(
             help="fast: sessions in bulk; reference: one SimPy process per device; ray: the fast engine, one Ray "
-            "task per account. Same log and invoices."
+            "task per account (per shard in a run in shards). Same log and invoices."
         ),
     ] = EngineName.fast,
     ray_address: Annotated[
@@ -458,8 +458,9 @@ def run(
         typer.Option(
             min=1,
             help="A fleet of more SIMs runs in shards, each shard's events and invoices written to --out as it "
-            "completes (memory bounded by a shard; the same invoices): with the fast engine, shards of whole "
-            "accounts of at most this many SIMs, one after the other; with --engine ray, one task per account.",
+            "completes (memory bounded by a shard; the same invoices): shards of whole accounts of at most "
+            "this many SIMs, one after the other, or with --engine ray the same shards as Ray tasks (the same "
+            "files, byte for byte). On a cluster, lower it to give every CPU a few shards.",
         ),
     ] = SHARD_SIMS,
 ) -> None:

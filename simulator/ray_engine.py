@@ -1,8 +1,9 @@
-"""``--engine ray``: the fast engine, one Ray task per account, for fleets beyond one process.
+"""``--engine ray``: the fast engine, one Ray task per account or shard, for fleets beyond one process.
 
 Accounts share nothing in a scenario (a fleet's gateway belongs to its account), so each account
-is simulated and rated on its own (:func:`~simulator.shard.simulate_shard`) as a Ray task; the
-driver joins the invoices, the figures and — when asked — the event logs.
+— or, in a run in shards, each shard of whole accounts, the serial run's own — is simulated and
+rated on its own (:func:`~simulator.shard.simulate_shard`) as a Ray task; the driver joins the
+invoices, the figures and — when asked — the event logs.
 
 Randomness needs no coordination: every random draw of a SIM comes from a stream keyed by
 ``(seed, stream, SIM number, period)`` (a ``numpy.random.SeedSequence`` per key, or the counter
@@ -21,6 +22,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from metering.compact import concatenate_logs
@@ -128,13 +130,16 @@ def shard_results(
     num_cpus: int | None = None,
     window: int | None = None,
     lay_out: bool = False,
+    tasks: Sequence[frozenset[str]] | None = None,
 ) -> Iterator[ShardResult]:
-    """Every account simulated and rated as a Ray task, its result handed out in account order.
+    """Every task (by default one account each) simulated and rated on Ray, its result handed out in account order.
 
-    With ``lay_out`` each worker hands back its invoice documents as text and its rating as the
+    ``tasks`` are shards of whole accounts in account order
+    (:func:`~simulator.streamed_run.shards_of`). With
+    ``lay_out`` each worker hands back its invoice documents as text and its rating as the
     digest (:func:`~simulator.streamed_run.laid_out`), as a run in shards writes them.
 
-    At most ``window`` shards (default: twice the cluster's CPUs) are submitted or waiting to be
+    At most ``window`` tasks (default: twice the cluster's CPUs) are submitted or waiting to be
     handed out at any time, so the driver holds a few shards' results, not the fleet's: a result
     is handed out as soon as the accounts before it are. A task whose worker dies (SIGKILL, a
     lost node) is run again by Ray, up to :data:`SHARD_RETRIES` times.
@@ -144,21 +149,18 @@ def shard_results(
     """
     import ray
 
-    started = start_ray(address, num_cpus)
-    try:
+    with ray_cluster(address, num_cpus) as cpus:
         task = ray.remote(max_retries=SHARD_RETRIES)(_shard)
         shared = ray.put(scenario)
-        accounts = sorted(scenario.accounts)  # the order invoices list them
-        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-        limit = window or max(2, 2 * int(resources.get("CPU", 1)))
+        shards = list(tasks) if tasks is not None else [frozenset({account}) for account in sorted(scenario.accounts)]
+        limit = window or max(2, 2 * cpus)
         positions: dict[Any, int] = {}
         ready: dict[int, ShardResult] = {}
         handed = submitted = held = 0
-        while handed < len(accounts):
-            while submitted < len(accounts) and len(positions) + len(ready) < limit:
-                accounts_of = frozenset({accounts[submitted]})
+        while handed < len(shards):
+            while submitted < len(shards) and len(positions) + len(ready) < limit:
                 # Ray's stubs type remote functions of up to four parameters; _shard has five
-                reference = task.remote(shared, accounts_of, rater, keep_events, lay_out)  # type: ignore[call-arg]
+                reference = task.remote(shared, shards[submitted], rater, keep_events, lay_out)  # type: ignore[call-arg]
                 positions[reference] = submitted
                 submitted += 1
             done, _ = ray.wait(list(positions), num_returns=1)
@@ -169,18 +171,40 @@ def shard_results(
                 except ray.exceptions.RayError as exc:
                     reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                     raise RayUnavailable(
-                        f"shard of account {accounts[position]} failed after {SHARD_RETRIES} retries: {reason}"
+                        f"shard of {_named(shards[position])} failed after {SHARD_RETRIES} retries: {reason}"
                     ) from None
             held = max(held, len(ready))
             while handed in ready:
                 yield ready.pop(handed)
                 handed += 1
             if progress is not None:
-                progress(handed / len(accounts))
-        LOG.info("%d shards joined, at most %d results held at once (window %d)", len(accounts), held, limit)
+                progress(handed / len(shards))
+        LOG.info("%d shards joined, at most %d results held at once (window %d)", len(shards), held, limit)
+
+
+@contextmanager
+def ray_cluster(address: str | None, num_cpus: int | None = None) -> Iterator[int]:
+    """Ray connected to ``address`` (or started here) for the block; yields the cluster's CPUs.
+
+    A Ray this call started is shut down after the block; one already running is left running.
+
+    Raises:
+        RayUnavailable: If Ray is missing or the cluster does not answer.
+    """
+    import ray
+
+    started = start_ray(address, num_cpus)
+    try:
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        yield max(1, int(resources.get("CPU", 1)))
     finally:
         if started:
             ray.shutdown()
+
+
+def _named(accounts: frozenset[str]) -> str:
+    """``account A`` or ``accounts A, B`` (a shard in an error)."""
+    return ("account " if len(accounts) == 1 else "accounts ") + ", ".join(sorted(accounts))
 
 
 def _shard(

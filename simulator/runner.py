@@ -179,15 +179,15 @@ def run_streamed(
 ) -> tuple[RunResult, list[Path]]:
     """Run a large scenario shard by shard straight into the run folder ``out`` (see :mod:`simulator.streamed_run`).
 
-    ``fast``: shards of at most ``shard_sims`` SIMs in this process; ``ray``: one Ray task per
-    account, handed back in account order. The folder is written as one set, as
+    ``fast``: shards of at most ``shard_sims`` SIMs in this process; ``ray``: the same shards as
+    Ray tasks, handed back in account order (so both engines write the same bytes). The folder is written as one set, as
     :func:`write_outputs` writes it. Returns the run's digest (no events; invoices as totals and
     amounts per item) and the paths written.
     """
     from simulator.streamed_run import run_in_shards, serial_shards, shards_of
 
     groups = shards_of(scenario, shard_sims)
-    count = len(groups) if engine_name == "fast" else len(scenario.accounts)
+    count = len(groups)
     if log_format == "jsonl":
         name, why = "events.jsonl", "asked for"
     else:
@@ -203,7 +203,7 @@ def run_streamed(
         if engine_name == "ray":
             from simulator.ray_engine import shard_results
 
-            return shard_results(scenario, rater, ray_address, True, lay_out=True)
+            return shard_results(scenario, rater, ray_address, True, lay_out=True, tasks=groups)
         return serial_shards(scenario, groups, rater)
 
     def write(folder: Path) -> list[Path]:

@@ -150,16 +150,29 @@ def test_a_worker_killed_in_the_middle_of_a_shard_is_retried_and_the_invoices_ar
     assert _invoices(out) == serial_invoices
 
 
-def test_a_run_in_shards_on_the_cluster_streams_the_serial_invoices(
+def _folder(out: Path) -> dict[str, bytes]:
+    return {path.relative_to(out).as_posix(): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+
+
+def test_a_run_in_shards_on_the_cluster_writes_the_serial_run_folder_byte_for_byte(
     cluster: str, serial_invoices: dict[str, bytes], tmp_path: Path
 ) -> None:
-    """With --shard-sims below the fleet, --engine ray hands the accounts back in order into --out."""
-    out = tmp_path / "run"
-    run = _run(out, "--engine", "ray", "--ray-address", cluster, "--shard-sims", "500")
-    _, err = run.communicate(timeout=600)
-    assert run.returncode == 0, err[-2000:]
+    """With --shard-sims below the fleet, --engine ray runs the serial run's shards as its tasks.
+
+    Its whole folder (the Parquet log, whose row groups follow the shards, the invoices, the
+    summary, the report) is the serial run's in shards, byte for byte; the invoices are those of
+    the run whole.
+    """
+    serial, out = tmp_path / "serial", tmp_path / "ray"
+    for folder, extra in ((serial, ()), (out, ("--engine", "ray", "--ray-address", cluster))):
+        run = _run(folder, *extra, "--shard-sims", "1000")
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-2000:]
+    assert "4 shards joined" in err  # 10 accounts of 300 SIMs: 3, 3, 3 and 1 a shard
     assert _invoices(out) == serial_invoices
-    assert "10 shards joined" in err and (out / "events.parquet").is_file()
+    written = _folder(out)
+    assert {"events.parquet", "summary.json", "report.png", "manifest.json"} <= set(written)
+    assert written == _folder(serial)
 
 
 def test_an_address_nothing_answers_on_is_refused_at_once_naming_it(tmp_path: Path) -> None:
