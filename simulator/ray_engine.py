@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 from metering.compact import concatenate_logs
@@ -134,9 +133,8 @@ def shard_results(
 ) -> Iterator[ShardResult]:
     """Every task (by default one account each) simulated and rated on Ray, its result handed out in account order.
 
-    ``tasks`` are shards of whole accounts in account order
-    (:func:`~simulator.streamed_run.shards_of`). With
-    ``lay_out`` each worker hands back its invoice documents as text and its rating as the
+    ``tasks`` are shards of whole accounts in account order (:func:`~simulator.streamed_run.shards_of`).
+    With ``lay_out`` each worker hands back its invoice documents as text and its rating as the
     digest (:func:`~simulator.streamed_run.laid_out`), as a run in shards writes them.
 
     At most ``window`` tasks (default: twice the cluster's CPUs) are submitted or waiting to be
@@ -149,11 +147,13 @@ def shard_results(
     """
     import ray
 
-    with ray_cluster(address, num_cpus) as cpus:
+    started = start_ray(address, num_cpus)
+    try:
         task = ray.remote(max_retries=SHARD_RETRIES)(_shard)
         shared = ray.put(scenario)
         shards = list(tasks) if tasks is not None else [frozenset({account}) for account in sorted(scenario.accounts)]
-        limit = window or max(2, 2 * cpus)
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        limit = window or max(2, 2 * int(resources.get("CPU", 1)))
         positions: dict[Any, int] = {}
         ready: dict[int, ShardResult] = {}
         handed = submitted = held = 0
@@ -180,23 +180,6 @@ def shard_results(
             if progress is not None:
                 progress(handed / len(shards))
         LOG.info("%d shards joined, at most %d results held at once (window %d)", len(shards), held, limit)
-
-
-@contextmanager
-def ray_cluster(address: str | None, num_cpus: int | None = None) -> Iterator[int]:
-    """Ray connected to ``address`` (or started here) for the block; yields the cluster's CPUs.
-
-    A Ray this call started is shut down after the block; one already running is left running.
-
-    Raises:
-        RayUnavailable: If Ray is missing or the cluster does not answer.
-    """
-    import ray
-
-    started = start_ray(address, num_cpus)
-    try:
-        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-        yield max(1, int(resources.get("CPU", 1)))
     finally:
         if started:
             ray.shutdown()

@@ -180,8 +180,8 @@ def run_streamed(
     """Run a large scenario shard by shard straight into the run folder ``out`` (see :mod:`simulator.streamed_run`).
 
     ``fast``: shards of at most ``shard_sims`` SIMs in this process; ``ray``: the same shards as
-    Ray tasks, handed back in account order (so both engines write the same bytes). The folder is written as one set, as
-    :func:`write_outputs` writes it. Returns the run's digest (no events; invoices as totals and
+    Ray tasks, handed back in account order (so both engines write the same bytes). The folder is
+    written as one set, as :func:`write_outputs` writes it. Returns the run's digest (no events; invoices as totals and
     amounts per item) and the paths written.
     """
     from simulator.streamed_run import run_in_shards, serial_shards, shards_of
