@@ -46,6 +46,9 @@ class TomlTable:
             raise self.error(None, "must be a table")
         self.data: dict[str, Any] = data
         self.used: set[str] = set()
+        self.headers: dict[str, tuple[list[int], int | None]] = {}
+        """Header pattern → the positions of the lines it matches, and the first that is no ``[[`` header;
+        shared by the tables of one file (a scenario of thousands of operations asks for each one's line)."""
 
     def name(self, key: str | None) -> str:
         """The dotted name of ``key`` in this table (``fleets[2].count``)."""
@@ -61,15 +64,12 @@ class TomlTable:
         number = 0
         for length in range(len(parts), 0, -1):  # the innermost table that has a header of its own
             dotted = r"\s*\.\s*".join(rf"\"?{re.escape(part)}\"?" for part in parts[:length])
-            pattern = re.compile(rf"^\s*\[\[?\s*{dotted}\s*\]\]?")
-            seen = -1
-            for position, line in enumerate(self.lines):
-                if pattern.match(line):
-                    seen += 1
-                    if seen == index or not line.strip().startswith("[["):
-                        number = position + 1
-                        break
-            if number:
+            matches, single = self._header_lines(rf"^\s*\[\[?\s*{dotted}\s*\]\]?")
+            # the first header in the file that is the index-th of its array, or a table's own
+            indexed = matches[index] if index < len(matches) else None
+            found = [position for position in (indexed, single) if position is not None]
+            if found:
+                number = min(found) + 1
                 break
         if not number and parts and key is None:  # an inline table or array: the line that assigns it
             assignment = re.compile(rf"^\s*\"?{re.escape(parts[-1])}\"?\s*=")
@@ -83,6 +83,15 @@ class TomlTable:
                 if assignment.match(text):
                     return position + 1
         return max(number, 1)
+
+    def _header_lines(self, pattern: str) -> tuple[list[int], int | None]:
+        """The positions of the lines ``pattern`` matches, and the first of them that is no ``[[`` header."""
+        if pattern not in self.headers:
+            compiled = re.compile(pattern)
+            matches = [position for position, line in enumerate(self.lines) if compiled.match(line)]
+            single = next((position for position in matches if not self.lines[position].strip().startswith("[[")), None)
+            self.headers[pattern] = (matches, single)
+        return self.headers[pattern]
 
     def error(self, key: str | None, reason: str) -> Exception:
         """The caller's exception: ``file:line: key 'name': reason``."""
@@ -119,7 +128,9 @@ class TomlTable:
             raise self.error(key, "is required")
         path = self.path + ((key,) if index is None else (key, index))
         found = self.data.get(key, {}) if value is None else value
-        return TomlTable(self.source, self.lines, path, found, self.failure)
+        child = TomlTable(self.source, self.lines, path, found, self.failure)
+        child.headers = self.headers
+        return child
 
     def raw(self, key: str, default: Any = ...) -> Any:
         """The value of ``key`` as decoded (``default`` when absent; required without one)."""

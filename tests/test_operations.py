@@ -63,6 +63,19 @@ def test_a_bad_operation_names_the_line_of_its_key(keys: str, message: str) -> N
     assert str(raised.value) == message
 
 
+def test_every_operation_and_its_errors_name_the_line_of_its_own_table() -> None:
+    """The n-th ``[[operations]]`` table's line, for each of many (a scenario's tables share one index of headers)."""
+    keys = 'fleet = "f"\ncount = 1'
+    text = with_operation("sim.register", keys) + "".join(OPERATION.format(action="sim.delete", keys=keys) * 5)
+    lines = text.splitlines()
+    expected = [number for number, line in enumerate(lines, start=1) if line.startswith("do = ")]
+    assert [operation.line for operation in scenario_from_text(text, "ops.toml").operations] == expected
+    bad = text + OPERATION.format(action="sim.delete", keys='fleet = "f"\ncount = 0')
+    counts = [number for number, line in enumerate(bad.splitlines(), start=1) if line == "count = 0"]
+    with pytest.raises(ScenarioError, match=rf"^ops\.toml:{counts[-1]}: key 'operations\[6\]\.count': must be > 0$"):
+        scenario_from_text(bad, "ops.toml")
+
+
 def test_the_differential_test_draws_every_operation() -> None:
     """An operation the drawn scenarios never schedule would not be held to one log by both engines."""
     import test_engine_differential
