@@ -933,7 +933,7 @@ def rate_events(events: Sequence[Event], tariff: Tariff, months: Sequence[int]) 
         try:
             if isinstance(events, CompactLog):
                 memory.append(events.events)
-                memory.append_compact(events.traffic)
+                memory.view_compact(events.traffic)
             else:
                 memory.append(events)
         except StoreError as exc:

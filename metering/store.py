@@ -353,6 +353,40 @@ class EventStore:
             connection.unregister("compact_sims")
         return added, len(traffic) - added
 
+    def view_compact(self, traffic: CompactTraffic) -> int:
+        """Make ``events`` the stored events and compact ``sim.traffic`` rows kept as numbers; return the rows' count.
+
+        What :meth:`append_compact` would store, row for row (its ``seq``, ``source`` and
+        ``line``), but the table of rows holds numbers only and ``events`` becomes a view that
+        makes a row's id, ICCID, account and gateway when a query reads them: the simulator's
+        online metering reads each traffic row a few times and most of them never by id, so the
+        millions of id strings are not built and stored up front. The store takes no more
+        appends afterwards (``events`` is a view). When traffic is stored already, its ids
+        must be checked against the rows: the rows are appended (:meth:`append_compact`) instead.
+
+        Raises:
+            StoreError: For a row that is not a valid event, or a clash with a stored event.
+        """
+        problem = compact_problem(traffic)
+        if problem is not None:
+            raise StoreError(f"compact traffic: {problem}")
+        if not len(traffic) or self.scalar("SELECT count(*) FROM events WHERE type = 'sim.traffic'"):
+            return self.append_compact(traffic)[0]
+        connection = self.connection
+        rows, sims = traffic.store_tables()
+        connection.register("compact_rows_arrow", rows)
+        connection.register("compact_sims_arrow", sims)
+        try:
+            connection.execute("CREATE TABLE compact_rows AS SELECT * FROM compact_rows_arrow")
+            connection.execute("CREATE TABLE compact_sims AS SELECT * FROM compact_sims_arrow")
+        finally:
+            connection.unregister("compact_rows_arrow")
+            connection.unregister("compact_sims_arrow")
+        source = traffic_insert_sql(traffic.id_infix, traffic.origin_us, self._next_seq())
+        connection.execute("ALTER TABLE events RENAME TO stored_events")
+        connection.execute(f"CREATE VIEW events AS SELECT * FROM stored_events UNION ALL {source}")
+        return len(traffic)
+
     def ingest_file(self, path: Path, batch_events: int = BATCH_EVENTS, validate_first: bool = True) -> tuple[int, int]:
         """Append a log batch by batch, streaming it; return ``(added, skipped)``.
 

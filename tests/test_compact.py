@@ -119,6 +119,26 @@ def test_compact_rows_are_idempotent_and_checked(small_load_log: CompactLog) -> 
             store.append_compact(broken)
 
 
+def test_compact_rows_as_a_view_are_the_rows_append_would_store(small_load_log: CompactLog) -> None:
+    """The online metering's view holds, row for row, what the store would: ids, order, source and line."""
+    everything = "SELECT * FROM events ORDER BY seq"
+    with EventStore(":memory:") as stored, EventStore(":memory:") as viewed:
+        for store in (stored, viewed):
+            store.append(small_load_log.events)
+        stored.append_compact(small_load_log.traffic)
+        assert viewed.view_compact(small_load_log.traffic) == len(small_load_log.traffic)
+        assert viewed.connection.execute(everything).fetchall() == stored.connection.execute(everything).fetchall()
+    with EventStore(":memory:") as store:  # traffic stored already: its ids are checked, as by append_compact
+        store.append_compact(small_load_log.traffic)
+        changed = small_load_log.traffic
+        changed = type(changed)(**{**changed.__dict__, "up_bytes": changed.up_bytes + 1})
+        with pytest.raises(StoreError, match="different content"):
+            store.view_compact(changed)
+        broken = type(changed)(**{**changed.__dict__, "iccids": ("not-an-iccid", *changed.iccids[1:])})
+        with pytest.raises(StoreError, match="not an ICCID"):
+            store.view_compact(broken)
+
+
 def test_the_load_scenario_file_is_valid() -> None:
     assert load_scenario(ROOT / "scenarios/load-100k.toml").sim_count == 100_000
 
