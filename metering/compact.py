@@ -2,7 +2,8 @@
 
 A year of daily traffic records of 10^5 SIMs is 3.6 x 10^7 events. As :class:`~metering.events.Event`
 objects they would take gigabytes and most of a run's time; as columns they take a few hundred
-megabytes and go to the store in one SQL statement.
+megabytes and go to the store in one SQL statement (or, for the simulator's own metering, stay numbers
+behind a view of the store's events).
 
 :class:`CompactTraffic` holds ``sim.traffic`` events as numbers per row (time, SIM code, bytes,
 route code, id key) and a small table per SIM (ICCID, account, gateway); the event id of a row is
