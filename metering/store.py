@@ -367,11 +367,11 @@ class EventStore:
         Raises:
             StoreError: For a row that is not a valid event, or a clash with a stored event.
         """
+        if not len(traffic) or self.scalar("SELECT count(*) FROM events WHERE type = 'sim.traffic'"):
+            return self.append_compact(traffic)[0]  # which checks the rows
         problem = compact_problem(traffic)
         if problem is not None:
             raise StoreError(f"compact traffic: {problem}")
-        if not len(traffic) or self.scalar("SELECT count(*) FROM events WHERE type = 'sim.traffic'"):
-            return self.append_compact(traffic)[0]
         connection = self.connection
         rows, sims = traffic.store_tables()
         connection.register("compact_rows_arrow", rows)

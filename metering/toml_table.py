@@ -28,6 +28,7 @@ class TomlTable:
         path: tuple[str | int, ...],
         data: Any,
         failure: Callable[[str], Exception],
+        headers: dict[str, tuple[list[int], int | None]] | None = None,
     ) -> None:
         """A view of ``data``, the table at ``path`` of the file ``source`` whose text is ``lines``.
 
@@ -37,6 +38,8 @@ class TomlTable:
             path: Keys (and array positions) from the document's top to this table.
             data: The decoded table.
             failure: Builds the caller's exception from the one-line message.
+            headers: The index of the file's header lines, shared by the tables of one file
+                (the sub-tables get their parent's); a new one when not given.
 
         Raises:
             Exception: ``failure(...)``, if ``data`` is not a table.
@@ -46,9 +49,9 @@ class TomlTable:
             raise self.error(None, "must be a table")
         self.data: dict[str, Any] = data
         self.used: set[str] = set()
-        self.headers: dict[str, tuple[list[int], int | None]] = {}
-        """Header pattern → the positions of the lines it matches, and the first that is no ``[[`` header;
-        shared by the tables of one file (a scenario of thousands of operations asks for each one's line)."""
+        self._headers = {} if headers is None else headers
+        """Header pattern → the positions of the lines it matches, and the first that is no ``[[`` header
+        (a scenario of thousands of operations asks for each one's line)."""
 
     def name(self, key: str | None) -> str:
         """The dotted name of ``key`` in this table (``fleets[2].count``)."""
@@ -86,12 +89,12 @@ class TomlTable:
 
     def _header_lines(self, pattern: str) -> tuple[list[int], int | None]:
         """The positions of the lines ``pattern`` matches, and the first of them that is no ``[[`` header."""
-        if pattern not in self.headers:
+        if pattern not in self._headers:
             compiled = re.compile(pattern)
             matches = [position for position, line in enumerate(self.lines) if compiled.match(line)]
             single = next((position for position in matches if not self.lines[position].strip().startswith("[[")), None)
-            self.headers[pattern] = (matches, single)
-        return self.headers[pattern]
+            self._headers[pattern] = (matches, single)
+        return self._headers[pattern]
 
     def error(self, key: str | None, reason: str) -> Exception:
         """The caller's exception: ``file:line: key 'name': reason``."""
@@ -128,9 +131,7 @@ class TomlTable:
             raise self.error(key, "is required")
         path = self.path + ((key,) if index is None else (key, index))
         found = self.data.get(key, {}) if value is None else value
-        child = TomlTable(self.source, self.lines, path, found, self.failure)
-        child.headers = self.headers
-        return child
+        return TomlTable(self.source, self.lines, path, found, self.failure, self._headers)
 
     def raw(self, key: str, default: Any = ...) -> Any:
         """The value of ``key`` as decoded (``default`` when absent; required without one)."""

@@ -181,8 +181,8 @@ def run_streamed(
 
     ``fast``: shards of at most ``shard_sims`` SIMs in this process; ``ray``: the same shards as
     Ray tasks, handed back in account order (so both engines write the same bytes). The folder is
-    written as one set, as :func:`write_outputs` writes it. Returns the run's digest (no events; invoices as totals and
-    amounts per item) and the paths written.
+    written as one set, as :func:`write_outputs` writes it. Returns the run's digest (no events;
+    invoices as totals and amounts per item) and the paths written.
     """
     from simulator.streamed_run import run_in_shards, serial_shards, shards_of
 
