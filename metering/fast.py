@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+from metering.collector import paused_collector
 from metering.compact import CompactLog
 from metering.events import EVENT_COLUMNS, Event, EventError
 from metering.history import AccountHistory, Usage, processing_order, replay
@@ -410,6 +411,12 @@ def _block_lines(block: LineBlock, invoices: _Invoices, month: int) -> Iterator[
 
 
 def _build_document(invoices: _Invoices, month: int) -> InvoiceDocument:
+    """The month's document: a line per charge of every account (the collector paused: they are all kept)."""
+    with paused_collector():
+        return _document(invoices, month)
+
+
+def _document(invoices: _Invoices, month: int) -> InvoiceDocument:
     tariff = invoices.tariff
     columnar: dict[str, list[Line]] = {}
     for block in invoices.blocks.get(month, []):
