@@ -376,17 +376,13 @@ def _attribute(log: _Log, key: IntArray, index: IntArray) -> IntArray:
     return found
 
 
+@paused_collector()
 def read_capture_fast(path: Path, utc_offset_s: int = 9 * 3600) -> CaptureContents:
     """:func:`gateway.pcap_reader.read_capture`, with the plain G-PDUs counted in bulk.
 
     The cyclic garbage collector is paused while reading: the sessions and bearers it builds are
     all kept (they refer to each other), and its passes over them would cost a tenth of the time.
     """
-    with paused_collector():
-        return _read_capture_fast(path, utc_offset_s)
-
-
-def _read_capture_fast(path: Path, utc_offset_s: int) -> CaptureContents:
     from gateway.capture_file import CaptureReadError
 
     contents = CaptureContents()

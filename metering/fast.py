@@ -410,13 +410,9 @@ def _block_lines(block: LineBlock, invoices: _Invoices, month: int) -> Iterator[
         yield accounts[index], Line(item, rule, iccids[index], quantity, unit_price, amounts[minor], evidence_ids, note)
 
 
+@paused_collector()  # a line per charge of every account: all kept
 def _build_document(invoices: _Invoices, month: int) -> InvoiceDocument:
-    """The month's document: a line per charge of every account (the collector paused: they are all kept)."""
-    with paused_collector():
-        return _document(invoices, month)
-
-
-def _document(invoices: _Invoices, month: int) -> InvoiceDocument:
+    """The month's document: a line per charge of every account."""
     tariff = invoices.tariff
     columnar: dict[str, list[Line]] = {}
     for block in invoices.blocks.get(month, []):

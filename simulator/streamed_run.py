@@ -121,16 +121,12 @@ def laid_out(result: ShardResult) -> ShardResult:
     return dataclasses.replace(result, rating=digest(result.rating), document_texts=texts)
 
 
+@paused_collector()  # a line per item and invoice of every account: all kept
 def digest(rating: Rating) -> Rating:
     """The rating with each invoice's lines summed per item, and no outcomes: all the report, summary and checks read.
 
     Taking the digest of a digest changes nothing.
     """
-    with paused_collector():  # a line per item and invoice of every account: all kept
-        return _digest(rating)
-
-
-def _digest(rating: Rating) -> Rating:
     documents = {}
     for month, document in rating.documents.items():
         invoices = []

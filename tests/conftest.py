@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from metering.compact import CompactLog
 from metering.tariff import Tariff, load_tariff
+from simulator.bench import scaled
+from simulator.fast_engine import FastEngine
+from simulator.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 DISPUTES = ROOT / "scenarios" / "disputes"
@@ -22,6 +26,20 @@ developers run the default profile, which draws new examples each time (``--hypo
 @pytest.fixture(scope="session")
 def tariff() -> Tariff:
     return load_tariff()
+
+
+@pytest.fixture(scope="session")
+def small_load() -> Scenario:
+    """load-100k scaled down to 150 SIMs: the load mix, small enough to rate in a test."""
+    return scaled(ROOT / "scenarios/load-100k.toml", 150)
+
+
+@pytest.fixture(scope="session")
+def small_load_log(small_load: Scenario) -> CompactLog:
+    """The events :func:`small_load` generates, as the fast engine hands them over (traffic in columns)."""
+    log = FastEngine(small_load).run()
+    assert isinstance(log, CompactLog) and len(log.traffic) > 10_000
+    return log
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

@@ -11,19 +11,16 @@ import gc
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from metering.collector import paused_collector
+from metering.compact import CompactLog
 from metering.fast import rate_connection
 from metering.store import EventStore
-from simulator.bench import scaled
-from simulator.fast_engine import FastEngine
+from simulator.scenario import Scenario
 from simulator.streamed_run import digest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -88,16 +85,12 @@ def test_the_collector_is_paused_only_inside_the_block_and_restored_after() -> N
         gc.enable()
 
 
-@pytest.fixture(scope="module")
-def small_fleet() -> tuple[Any, list[Any]]:
-    scenario = scaled(ROOT / "scenarios/load-100k.toml", 150)
-    return scenario, list(FastEngine(scenario).run())
-
-
-def test_no_collector_pass_runs_while_a_document_or_its_digest_is_built(small_fleet: tuple[Any, list[Any]]) -> None:
-    scenario, events = small_fleet
+def test_no_collector_pass_runs_while_a_document_or_its_digest_is_built(
+    small_load: Scenario, small_load_log: CompactLog
+) -> None:
+    scenario = small_load
     with EventStore(":memory:") as store:
-        store.append(events)
+        store.append(list(small_load_log))
         rating = rate_connection(store.connection, scenario.tariff, scenario.billing_months)
         month = scenario.billing_months[0]
         built: list[Any] = []

@@ -19,11 +19,9 @@ from metering.compact import CompactLog
 from metering.eventlog import read_event_log, write_event_log
 from metering.fast import rate_events
 from metering.store import EventStore, StoreError
-from simulator.bench import scaled
 from simulator.daily_columns import ColumnarDailyTraffic
 from simulator.engine import DailyTraffic
-from simulator.fast_engine import FastEngine
-from simulator.scenario import load_scenario
+from simulator.scenario import Scenario, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,14 +77,6 @@ def test_columns_sum_per_sim_and_day_like_the_reference_dict(drawn: list[tuple[A
     assert got == expected
 
 
-@pytest.fixture(scope="module")
-def small_load_log() -> CompactLog:
-    scenario = scaled(ROOT / "scenarios/load-100k.toml", 150)
-    log = FastEngine(scenario).run()
-    assert isinstance(log, CompactLog) and len(log.traffic) > 10_000
-    return log
-
-
 def test_a_compact_log_writes_and_reads_back_as_the_same_events(small_load_log: CompactLog, tmp_path: Path) -> None:
     listed = list(small_load_log)
     assert len(listed) == len(small_load_log)
@@ -97,8 +87,8 @@ def test_a_compact_log_writes_and_reads_back_as_the_same_events(small_load_log: 
         assert [event.content() for event in read_event_log(path)] == [event.content() for event in listed]
 
 
-def test_a_compact_log_rates_like_the_same_events_in_a_list(small_load_log: CompactLog) -> None:
-    scenario = scaled(ROOT / "scenarios/load-100k.toml", 150)
+def test_a_compact_log_rates_like_the_same_events_in_a_list(small_load: Scenario, small_load_log: CompactLog) -> None:
+    scenario = small_load
     compact = rate_events(small_load_log, scenario.tariff, scenario.billing_months)
     plain = rate_events(list(small_load_log), scenario.tariff, scenario.billing_months)
     assert not compact.errors
