@@ -21,7 +21,8 @@ from __future__ import annotations
 import gzip
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -220,27 +221,30 @@ class Chunk:
         return True
 
 
-def line_chunks(path: Path, compressed: bool, size: int = CHUNK_BYTES) -> Iterator[Chunk]:
+def line_chunks(path: Path, compressed: bool, size: int = CHUNK_BYTES) -> Generator[Chunk, None, None]:
     """The file's lines in chunks of about ``size`` bytes, each cut after a newline.
 
-    One buffer is read into again and again (a line longer than ``size`` grows it), so the
-    bytes are copied once, from the file into the buffer, and no fresh memory is touched.
+    Two buffers are read into in turn (a line longer than ``size`` grows them), so the bytes are
+    copied once, from the file into a buffer, no fresh memory is touched, and a chunk stays
+    valid while the next one is read: until the one after that is asked for.
 
     Raises:
         _Damaged: When a compressed stream is damaged or truncated.
     """
     opener = gzip.open if compressed else open
     first_line = 1
-    buffer = bytearray(size)
+    buffers = [bytearray(size), bytearray(size)]
     newlines = np.empty(size, dtype=bool)
-    kept = 0  # bytes of an unfinished line, moved to the buffer's start
+    turn = 0
+    kept = 0  # bytes of an unfinished line, at the start of buffers[turn]
     try:
         with opener(path, "rb") as stream:
             while True:
+                buffer = buffers[turn]
                 if kept == len(buffer):  # one line fills the buffer: a larger one (views may still see this)
                     larger = bytearray(2 * len(buffer))
                     larger[:kept] = buffer[:kept]
-                    buffer = larger
+                    buffer = buffers[turn] = larger
                     newlines = np.empty(len(buffer), dtype=bool)
                 with memoryview(buffer) as whole:
                     read = stream.readinto(whole[kept:])
@@ -256,10 +260,58 @@ def line_chunks(path: Path, compressed: bool, size: int = CHUNK_BYTES) -> Iterat
                 chunk = _chunk(memoryview(buffer)[:cut], first_line, newlines)
                 first_line += chunk.lines
                 yield chunk
-                buffer[: filled - cut] = buffer[cut:filled]
-                kept = filled - cut
+                # the caller is done with the chunk before this one: its buffer takes the unfinished line
+                turn, kept = 1 - turn, filled - cut
+                if len(buffers[turn]) < len(buffer):
+                    buffers[turn] = bytearray(len(buffer))
+                buffers[turn][:kept] = buffer[cut:filled]
     except (EOFError, gzip.BadGzipFile, zlib.error):
         raise _Damaged from None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A chunk with what :func:`_ingest_chunk` needs of it, found while the previous chunk was checked."""
+
+    chunk: Chunk
+    text: bool
+    """Whether it is UTF-8 throughout (:meth:`Chunk.is_text`)."""
+    table: pa.Table | None
+    """:meth:`Chunk.table` of a chunk of text, else ``None``."""
+
+
+def _prepare(chunk: Chunk) -> Prepared:
+    text = chunk.is_text()
+    return Prepared(chunk, text, chunk.table() if text else None)
+
+
+def prepared_chunks(path: Path, compressed: bool, size: int = CHUNK_BYTES) -> Iterator[Prepared]:
+    """:func:`line_chunks`, each one read and prepared on a thread while the caller checks the one before.
+
+    Reading the file, finding its lines and building the Arrow table are single-threaded; DuckDB,
+    checking the previous chunk on every core, is not always busy on all of them. One chunk ahead
+    at most, so the two buffers of :func:`line_chunks` suffice: the next chunk is asked for only
+    when the caller asks for the current one's successor, so it is done with the one before.
+
+    Raises:
+        _Damaged: When a compressed stream is damaged or truncated (raised where the caller reads it).
+    """
+    chunks = line_chunks(path, compressed, size)
+
+    def following() -> Prepared | None:
+        chunk = next(chunks, None)
+        return None if chunk is None else _prepare(chunk)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsonl-reader") as reader:
+        try:
+            ahead = reader.submit(following)
+            while (prepared := ahead.result()) is not None:
+                ahead = reader.submit(following)
+                yield prepared
+        finally:
+            ahead.cancel()
+            wait([ahead])
+            chunks.close()
 
 
 def _chunk(data: memoryview, first_line: int, newlines: np.ndarray) -> Chunk:
@@ -313,8 +365,9 @@ def ingest_jsonl(
     added = 0
     done = 0
     try:
-        for chunk in line_chunks(path, compressed, chunk_bytes):
-            added += _ingest_chunk(connection, chunk, path, first_seq - 1, table, literal, stored)
+        for prepared in prepared_chunks(path, compressed, chunk_bytes):
+            chunk = prepared.chunk
+            added += _ingest_chunk(connection, prepared, path, first_seq - 1, table, literal, stored)
             done = chunk.first_line + chunk.lines - 1
             LOG.info("%s: %s events read into the store (to line %s)", path, f"{added:,}", f"{done:,}")
     except _Damaged:
@@ -324,7 +377,7 @@ def ingest_jsonl(
 
 def _ingest_chunk(
     connection: duckdb.DuckDBPyConnection,
-    chunk: Chunk,
+    prepared: Prepared,
     path: Path,
     seq_base: int,
     table: str,
@@ -332,11 +385,11 @@ def _ingest_chunk(
     stored: str,
 ) -> int:
     """Check one chunk and add its events to ``table``; return how many."""
-    if not chunk.is_text():
+    chunk, lines = prepared.chunk, prepared.table
+    if lines is None:
         return _decode_lines(
             connection, chunk, range(chunk.first_line, chunk.first_line + chunk.lines), path, seq_base, table
         )
-    lines = chunk.table()
     insert = f"INSERT INTO {table} SELECT {seq_base} + line, {stored}, NULL, '{literal}', line FROM "
     connection.register("jsonl_chunk", lines)
     try:

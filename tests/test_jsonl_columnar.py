@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from metering.eventlog import EventLogError, read_event_log, write_event_log
 from metering.events import BILLED_TYPES, Event
-from metering.jsonl_ingest import CHUNK_BYTES, ingest_jsonl, line_chunks
+from metering.jsonl_ingest import CHUNK_BYTES, ingest_jsonl, line_chunks, prepared_chunks
 from metering.store import COLUMNS_SQL, EventStore
 from metering.timeutil import (
     MAX_INSTANT,
@@ -257,6 +257,25 @@ def test_a_file_without_a_final_newline_and_one_line_longer_than_a_chunk(tmp_pat
     chunks = list(line_chunks(path, False, size=16))
     assert sum(chunk.lines for chunk in chunks) == 2
     _same(path, chunk_bytes=16)
+
+
+@pytest.mark.parametrize("size", [7, 64, 1000])
+def test_a_chunk_keeps_its_bytes_while_the_next_one_is_read(tmp_path: Path, size: int) -> None:
+    """The reader thread reads chunk k + 1 while chunk k is checked: k's bytes must not move meanwhile."""
+    lines = [f'{{"n": {n}, "pad": "{"x" * (n % 90)}"}}\n'.encode() for n in range(400)]
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b"".join(lines))
+    chunks = line_chunks(path, False, size=size)
+    seen: list[bytes] = []
+    current = next(chunks)
+    for following in chunks:  # both held at once, as prepared_chunks holds them
+        seen.append(bytes(current.data))
+        assert bytes(current.data) == b"".join(lines[current.first_line - 1 : following.first_line - 1])
+        current = following
+    seen.append(bytes(current.data))
+    assert b"".join(seen) == path.read_bytes()
+    prepared = list(prepared_chunks(path, False, size=size))
+    assert sum(item.chunk.lines for item in prepared) == len(lines)
 
 
 @pytest.mark.parametrize("cut", [0.3, 0.6, 0.99])
