@@ -183,6 +183,51 @@ def test_fast_and_reference_raters_give_identical_invoices(tmp_path_factory: Any
         assert fast.documents[month].dumps() == reference.documents[month].dumps()
 
 
+def test_a_platform_message_and_traffic_of_one_month_are_cited_in_processing_order(tmp_path: Path) -> None:
+    """The first and last communication of a month: a message before (or after) the SIM's traffic wins.
+
+    The fast rater takes traffic evidence from its monthly sums and the messages from the log:
+    the earlier of the two must be cited for February's SIM basic fee, and the later for the
+    line maintenance fee of February 2027 (SMC-39: 12 idle months after the last communication),
+    as the reference's replay cites them.
+    """
+    messages_around = ("8981300000000000001", ["m-early", "t-zero", "t-used", "m-late"])
+    traffic_around = ("8981300000000000002", ["t-first", "m-middle", "t-last"])
+    days = {"m-early": 3, "t-zero": 4, "t-used": 10, "m-late": 25, "t-first": 2, "m-middle": 8, "t-last": 20}
+    records: list[dict[str, Any]] = []
+    for sim, ids in (messages_around, traffic_around):
+        records.append(
+            {"ts": "2026-01-05T09:00:00+09:00", "type": "sim.registered", "account": "a", "id": f"r{sim}", "sim": sim}
+        )
+        for name in ids:
+            record: dict[str, Any] = {
+                "ts": f"2026-02-{days[name]:02d}T09:00:00+09:00",
+                "account": "a",
+                "id": f"{name}-{sim[-1]}",
+                "sim": sim,
+            }
+            if name.startswith("m-"):
+                record.update(type="mono.message", count=1)
+            else:
+                volume = 0 if name == "t-zero" else 1000
+                record.update(type="sim.traffic", up_bytes=volume, down_bytes=0, route="closed")
+            records.append(record)
+    events = events_of(records)
+    path = tmp_path / "log.jsonl"
+    write_event_log(events, path)
+    months = list(range(parse_month("2026-01"), parse_month("2027-02") + 1))  # to 12 idle months after February
+    for tariff in TARIFFS.values():
+        reference = rate_reference(events, tariff, months)
+        fast = rate_fast([path], None, tariff, months)
+        assert not reference.errors and not fast.errors
+        for month in months:
+            assert fast.documents[month].dumps() == reference.documents[month].dumps()
+    cited = " ".join(rate_fast([path], None, load_tariff(), months).documents[m].dumps() for m in months)
+    for wins in ("m-early-1", "m-late-1", "t-first-2", "t-last-2"):
+        assert wins in cited
+    assert "m-middle-2" not in cited
+
+
 def totals(tariff: Tariff, events: list[Event]) -> dict[int, str]:
     rating = rate_reference(events, tariff, MONTHS)
     assert not rating.errors
