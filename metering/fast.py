@@ -6,8 +6,10 @@ registrations of SIMs that never change. DuckDB reduces both in a few passes:
 * ``sim_life``: per SIM, its registrations and deletions; ``simple_sims`` are SIMs with one
   registration period (and at most one deletion after it) whose traffic lies inside it — the
   overwhelming majority in a fleet;
-* ``traffic_month``: per SIM and JST month, bytes, event count and the evidence ids (first event,
-  first and last communication, ordered by ``(ts, seq)`` like the reference's processing order).
+* ``traffic_month``: per SIM and JST month, bytes, event count and the first and last instant; the
+  evidence ids the lines cite (first event, first and last communication, ordered by ``(ts, seq)``
+  like the reference's processing order) are looked up by :class:`Evidence` when lines are built
+  (for data packs, while rating).
 
 The stages, in the order :meth:`FastRater.rate` runs them, and what each hands to the next:
 
