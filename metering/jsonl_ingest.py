@@ -22,7 +22,8 @@ import gzip
 import logging
 import zlib
 from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -159,7 +160,8 @@ class _Damaged(Exception):
 class Chunk:
     """Whole lines of a log: their bytes, where each starts, and the number of the first.
 
-    ``data`` is a view of the reader's buffer, valid until the next chunk is read.
+    ``data`` is a view of one of the reader's two buffers: valid while the next chunk is read,
+    until the one after it is asked for.
     """
 
     data: memoryview
@@ -274,15 +276,12 @@ class Prepared:
     """A chunk with what :func:`_ingest_chunk` needs of it, found while the previous chunk was checked."""
 
     chunk: Chunk
-    text: bool
-    """Whether it is UTF-8 throughout (:meth:`Chunk.is_text`)."""
     table: pa.Table | None
-    """:meth:`Chunk.table` of a chunk of text, else ``None``."""
+    """:meth:`Chunk.table` of a chunk of UTF-8 text; ``None`` for one that is not (:meth:`Chunk.is_text`)."""
 
 
 def _prepare(chunk: Chunk) -> Prepared:
-    text = chunk.is_text()
-    return Prepared(chunk, text, chunk.table() if text else None)
+    return Prepared(chunk, chunk.table() if chunk.is_text() else None)
 
 
 def prepared_chunks(path: Path, compressed: bool, size: int = CHUNK_BYTES) -> Iterator[Prepared]:
@@ -296,22 +295,20 @@ def prepared_chunks(path: Path, compressed: bool, size: int = CHUNK_BYTES) -> It
     Raises:
         _Damaged: When a compressed stream is damaged or truncated (raised where the caller reads it).
     """
-    chunks = line_chunks(path, compressed, size)
 
     def following() -> Prepared | None:
         chunk = next(chunks, None)
         return None if chunk is None else _prepare(chunk)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="jsonl-reader") as reader:
+    # the reader stops (a chunk it is reading is finished) before the file is closed
+    with closing(line_chunks(path, compressed, size)) as chunks, ThreadPoolExecutor(1, "jsonl-reader") as reader:
+        ahead = reader.submit(following)
         try:
-            ahead = reader.submit(following)
             while (prepared := ahead.result()) is not None:
                 ahead = reader.submit(following)
                 yield prepared
         finally:
-            ahead.cancel()
-            wait([ahead])
-            chunks.close()
+            ahead.cancel()  # not started yet: a caller that stopped early needs no more
 
 
 def _chunk(data: memoryview, first_line: int, newlines: np.ndarray) -> Chunk:
