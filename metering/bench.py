@@ -129,7 +129,9 @@ def _bare_query(sql: str, queue: Any) -> None:
     """Time one bare DuckDB query three times in this (fresh) process; put the times and the peak memory."""
     import duckdb
 
-    connection = duckdb.connect()
+    from metering.store import without_progress_bar
+
+    connection = without_progress_bar(duckdb.connect())
     times = []
     for _ in range(3):
         start = time.perf_counter()

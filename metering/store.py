@@ -116,6 +116,17 @@ REINGEST_HINT: Final = (
 )
 
 
+def without_progress_bar(connection: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """The connection, with DuckDB's progress bar turned off; every connection mgwsim opens goes through here.
+
+    DuckDB prints its bar on standard output, not standard error, once a query runs for more than
+    2 s, as any query on a large store does. The bytes would end up inside what a command
+    prints there (``mgwsim bill … > invoice.json``). Progress is the CLI's job, on standard error.
+    """
+    connection.execute("SET enable_progress_bar = false")
+    return connection
+
+
 def _has_duckdb_header(path: str) -> bool:
     """Whether a file starts like a DuckDB database (the magic ``DUCK`` at byte 8)."""
     try:
@@ -192,7 +203,9 @@ class EventStore:
             self.check(self.path)  # a damaged store is refused before anything could write to it
         self.spill = tempfile.mkdtemp(prefix="mgwsim-duckdb-")
         try:
-            self.connection = duckdb.connect(self.path, read_only=read_only, config=self._config())
+            self.connection = without_progress_bar(
+                duckdb.connect(self.path, read_only=read_only, config=self._config())
+            )
         except duckdb.Error as exc:
             shutil.rmtree(self.spill, ignore_errors=True)
             raise store_failure(self.path, exc) from None
@@ -218,7 +231,7 @@ class EventStore:
             StoreError: A :class:`StoreDamaged` naming where, or the lock or I/O failure met.
         """
         try:
-            with duckdb.connect(path, read_only=True) as connection:
+            with without_progress_bar(duckdb.connect(path, read_only=True)) as connection:
                 tables = [row[0] for row in connection.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
                 for table in tables:
                     connection.execute(f'SELECT count(*), sum(hash(COLUMNS(*))) FROM "{table}"').fetchall()

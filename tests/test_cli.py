@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Final
 
 from conftest import DISPUTES, ROOT, write_jsonl
 
@@ -178,6 +179,52 @@ def test_verbose_bill_logs_its_reading_and_prints_the_same_invoice() -> None:
     assert quiet.returncode == verbose.returncode == 0 and quiet.stdout == verbose.stdout
     assert f"reading {log}" in verbose.stderr and "events read into the store" in verbose.stderr
     assert "rating 1 month" in verbose.stderr
+
+
+SLOW_QUERIES: Final = """
+import sys
+import duckdb
+
+opened = duckdb.connect
+
+def connect(*args, **kwargs):
+    connection = opened(*args, **kwargs)
+    connection.execute("SET progress_bar_time = 1")  # every query of more than 1 ms counts as long
+    return connection
+
+duckdb.connect = connect
+from simulator.cli import main
+
+sys.argv = ["mgwsim", *sys.argv[1:]]
+main()
+"""
+"""The CLI, run as if each of its queries took longer than DuckDB's progress-bar delay (2 s)."""
+
+
+def test_a_long_query_writes_no_progress_bar_into_the_printed_document(tmp_path: Path) -> None:
+    """DuckDB prints its progress bar on standard output once a query runs for longer than 2 s.
+
+    On a large store that is every query of a bill, and the bar's bytes would come before the
+    invoice document that ``mgwsim bill … > invoice.json`` writes there.
+    """
+    log = DISPUTES / "gateway-options-sms.jsonl"
+    store = tmp_path / "store.duckdb"
+    quick = mgwsim("bill", log, "--month", "2026-01..2026-03")
+    assert quick.returncode == 0, quick.stderr
+    for args in (("ingest", log, "--db", store), ("bill", log, "--month", "2026-01..2026-03")):
+        slow = subprocess.run(
+            [sys.executable, "-c", SLOW_QUERIES, *map(str, args)], capture_output=True, text=True, timeout=120
+        )
+        assert slow.returncode == 0, slow.stderr
+        assert "%" not in slow.stdout + slow.stderr, "no progress bar"
+    slow_bill = subprocess.run(
+        [sys.executable, "-c", SLOW_QUERIES, "bill", "--db", str(store), "--month", "2026-01..2026-03"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert slow_bill.returncode == 0, slow_bill.stderr
+    assert slow_bill.stdout == quick.stdout
 
 
 def test_bill_counts_a_redelivered_event_once_and_refuses_a_reused_id(tmp_path: Path) -> None:
