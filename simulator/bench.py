@@ -12,15 +12,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import simpy
 from rich.table import Table
 
 from metering.bench import _peak_rss_mb, figures_table, in_child_process
 
+if TYPE_CHECKING:
+    from simulator.scenario import Scenario
 
-def scaled(path: Path, sims: int) -> Any:
+
+def scaled(path: Path, sims: int) -> Scenario:
     """The scenario at ``path`` with its fleets scaled to about ``sims`` SIMs in all."""
     from simulator.scenario import load_scenario, scale_scenario
 

@@ -69,7 +69,7 @@ def test_columns_sum_per_sim_and_day_like_the_reference_dict(drawn: list[tuple[A
     compact = columns.compact(devices, start_us=0).in_time_order()
     got = [
         (
-            (event.ts // 1_000_000, int(event.sim[-14:]), int(event.id.rsplit("/", 1)[1])),
+            (event.ts // 1_000_000, int(str(event.sim)[-14:]), int(event.id.rsplit("/", 1)[1])),
             (event.up_bytes, event.down_bytes, event.route),
         )
         for event in compact.events()

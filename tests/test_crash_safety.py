@@ -19,7 +19,7 @@ BATCH = 20_000
 
 def big_log(path: Path, sims: int = 500, traffic: int = 160_000) -> Path:
     """Registrations, then many traffic events over two months (JST)."""
-    records = [
+    records: list[dict[str, object]] = [
         {"ts": "2026-01-01T00:00:00+09:00", "type": "sim.registered", "account": "acct-1",
          "id": f"reg-{sim}", "sim": f"8981300000000{sim:06d}"}
         for sim in range(sims)
@@ -71,7 +71,7 @@ def test_a_killed_ingest_keeps_the_whole_log_or_none_and_a_rerun_completes(tmp_p
     store = tmp_path / "store.duckdb"
     kills = 0
     for _ in range(4):
-        ingest = mgwsim("ingest", log, "--db", store, "--batch", BATCH)
+        ingest = mgwsim("ingest", log, "--db", store, "--batch", str(BATCH))
         time.sleep(rng.uniform(0.3, 0.95) * duration)
         if ingest.poll() is None:
             ingest.send_signal(signal.SIGKILL)
@@ -81,7 +81,7 @@ def test_a_killed_ingest_keeps_the_whole_log_or_none_and_a_rerun_completes(tmp_p
             held = opened.count()
         assert held in (0, total), f"{held} events: a part of the log"
     assert kills >= 1, "the ingest was never caught in the middle"
-    rerun = mgwsim("ingest", log, "--db", store, "--batch", BATCH)
+    rerun = mgwsim("ingest", log, "--db", store, "--batch", str(BATCH))
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     with EventStore(store, read_only=True) as opened:

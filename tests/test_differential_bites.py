@@ -18,6 +18,7 @@ import pytest
 from test_engine_differential import key
 
 import devices.device
+import simulator.bulk_traffic
 import simulator.engine
 import simulator.fast_engine
 from devices.device import DeviceMachine, attach_retry_delay
@@ -112,14 +113,16 @@ def _fast_traffic_plus_one(original: Callable[..., Any]) -> Callable[..., Any]:
     return shifted
 
 
-FAST_FAULTS = {
+Fault = Callable[[pytest.MonkeyPatch], None]
+"""Plants one fault with the test's monkeypatch."""
+FAST_FAULTS: dict[str, Fault] = {
     "fast back-off timer": lambda patch: patch.setattr(simulator.fast_engine, "attach_retry_delay", _later_retry),
     "fast PIN retry interval": lambda patch: patch.setattr(simulator.fast_engine, "PIN_RETRY_S", 11),
     "fast bulk traffic count": lambda patch: patch.setattr(
-        simulator.fast_engine, "piece_traffic", _fast_traffic_plus_one(simulator.fast_engine.piece_traffic)
+        simulator.fast_engine, "piece_traffic", _fast_traffic_plus_one(simulator.bulk_traffic.piece_traffic)
     ),
 }
-REFERENCE_FAULTS = {
+REFERENCE_FAULTS: dict[str, Fault] = {
     "device machine back-off": lambda patch: patch.setattr(DeviceMachine, "retry_delay", _retry_one_early),
     "device machine transition": lambda patch: patch.setitem(
         devices.device.TRANSITIONS,

@@ -124,10 +124,12 @@ def test_parquet_and_jsonl_round_trip_to_the_same_events(tmp_path: Path) -> None
 
 
 def _many_events(count: int) -> list[Event]:
-    return [
-        event_from_mapping(traffic(id=f"t{index}", up_bytes=index * 7919 % 100_003, down_bytes=index))
-        for index in range(count)
-    ]
+    events: list[Event] = []
+    for index in range(count):
+        event = event_from_mapping(traffic(id=f"t{index}", up_bytes=index * 7919 % 100_003, down_bytes=index))
+        assert isinstance(event, Event), event
+        events.append(event)
+    return events
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".parquet"])
@@ -179,7 +181,7 @@ def test_the_jst_month_is_the_same_fact_in_python_and_in_sql(instant: int) -> No
     import duckdb
     import numpy as np
 
-    ((found,),) = duckdb.sql(f"SELECT {month_sql(str(instant))}").fetchall()
+    ((found,),) = duckdb.execute(f"SELECT {month_sql(str(instant))}").fetchall()
     assert found == month_of_instant(instant)
     assert int(months_of_instants(np.array([instant]))[0]) == found
     assert int(month_indexes(np.array([instant // 1_000_000 + 9 * 3600]))[0]) == found

@@ -185,12 +185,13 @@ def test_a_damaged_store_is_named_and_left_untouched(good_store: Path, tmp_path:
         assert mgwsim("bill", "--db", store, "-m", "2026-01").stdout == expected
         assert where not in ("half", "header", 0.3, 0.5), "the middle of the store holds its tables"
         return
-    for command in (
+    commands: tuple[list[str | Path], ...] = (
         ["bill", "--db", store, "-m", "2026-01"],
         ["bill", "--db", store, "-m", "2026-01", "--rater", "reference"],
         ["explain", "--db", store, "-m", "2026-01", "--subject", "points"],
         ["ingest", log, "--db", store],
-    ):
+    )
+    for command in commands:
         result = mgwsim(*command, columns=60)
         line = one_line(result, 2, str(store))
         assert "damaged" in line or "not a DuckDB store" in line, line

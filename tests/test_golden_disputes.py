@@ -121,7 +121,7 @@ def test_explain_says_what_the_case_expects(path: Path, entry: dict[str, Any]) -
 
 
 def test_every_rule_is_covered_by_a_golden_case() -> None:
-    rules = set()
+    rules: set[str] = set()
     for path in CASES:
         for entry in load_case(path)["invoices"]:
             rules.update(line["rule"] for line in entry["lines"])

@@ -211,7 +211,7 @@ def test_chunks_cut_anywhere_give_the_same_events_and_lines(tmp_path: Path, draw
 
 
 NAMES = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,12}", fullmatch=True)
-IDS = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=12)
+IDS = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12)
 """Any Unicode text but lone surrogates: quotes, backslashes, colons, controls and non-ASCII in ids."""
 
 

@@ -115,7 +115,7 @@ def test_every_platform_message_of_a_run_arrives_and_meters_the_same(mosquitto: 
             wanted[event.sim] += event.count or 1
     assert sum(wanted.values()) > 1000
     meter = start_meter(mosquitto, out, sum(wanted.values()), "e2e")
-    command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/quickstart.toml"]
+    command = [sys.executable, "-m", "simulator.cli", "run", str(ROOT / "scenarios/quickstart.toml")]
     run = subprocess.run([*command, "--mqtt", f"{mosquitto.url}/mono"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert meter.wait(timeout=120) == 0
@@ -155,7 +155,7 @@ def test_a_broker_restart_in_the_middle_loses_nothing(mosquitto: Mosquitto, tmp_
 
 def test_no_broker_at_start_is_a_clear_error_after_the_retries_asked_for(tmp_path: Path) -> None:
     port = free_port()
-    command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/quickstart.toml"]
+    command = [sys.executable, "-m", "simulator.cli", "run", str(ROOT / "scenarios/quickstart.toml")]
     run = subprocess.run(
         [*command, "--mqtt", f"mqtt://127.0.0.1:{port}/mono", "--mqtt-retries", "3", "--mqtt-backoff", "0.2"],
         capture_output=True,
@@ -219,7 +219,7 @@ def test_user_name_and_password_and_a_wrong_password(tmp_path: Path) -> None:
     )
     process = start_mosquitto(config, port)
     try:
-        command = [sys.executable, "-m", "simulator.cli", "run", ROOT / "scenarios/pin-lockout.toml"]
+        command = [sys.executable, "-m", "simulator.cli", "run", str(ROOT / "scenarios/pin-lockout.toml")]
         command += ["--mqtt", f"mqtt://127.0.0.1:{port}/mono", "--mqtt-username", "meter"]
         for password, status in (("s3cret-Pa55", 0), ("wrong-Pa55word", 3)):
             done = subprocess.run(

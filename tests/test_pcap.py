@@ -74,10 +74,10 @@ def test_tshark_counts_packets_and_bytes_per_teid_as_the_event_log_has_them(capt
                 expected_packets[teid] += full + len(tails)
     got_bytes: Counter[int] = Counter()
     got_packets: Counter[int] = Counter()
-    for teid, lengths in tshark_fields(capture, "gtp.message == 0xff", "gtp.teid", "ip.len"):
+    for teid_text, lengths in tshark_fields(capture, "gtp.message == 0xff", "gtp.teid", "ip.len"):
         inner_ip_length = int(lengths.split(",")[-1])  # the T-PDU: the inner IPv4 packet, header included
-        got_bytes[int(teid, 16)] += inner_ip_length
-        got_packets[int(teid, 16)] += 1
+        got_bytes[int(teid_text, 16)] += inner_ip_length
+        got_packets[int(teid_text, 16)] += 1
     assert got_bytes == +expected_bytes
     assert got_packets == +expected_packets
 

@@ -154,7 +154,7 @@ def epc_packets(s1u_only: bool = False) -> list[tuple[float, bytes]]:
     # inner fragments: each fragment is a T-PDU of its own size
     from scapy.layers.inet import fragment
 
-    for piece in fragment(IP(src=UE, dst=SERVER) / UDP() / Raw(b"f" * 3000), fragsize=1200):
+    for piece in fragment(IP(src=UE, dst=SERVER) / UDP() / Raw(b"f" * 3000), fragsize=1200):  # type: ignore[no-untyped-call]
         tpdu = bytes(piece)
         user(False, True, 2, tpdu)
         if not s1u_only:
@@ -162,7 +162,7 @@ def epc_packets(s1u_only: bool = False) -> list[tuple[float, bytes]]:
     # an outer-fragmented G-PDU on S5-U (GTP over fragmented UDP)
     if not s1u_only:
         big = IP(src=SGW_U, dst=PGW_U, id=777) / UDP(sport=2152, dport=2152) / Raw(gpdu(1, inner(True, 1490)))
-        for piece in fragment(big, fragsize=800):
+        for piece in fragment(big, fragsize=800):  # type: ignore[no-untyped-call]
             clock[0] += 0.01
             packets.append((clock[0], bytes(piece)))
         user(False, True, 2, inner(True, 1490))  # the same T-PDU on S1-U, whole
@@ -693,6 +693,7 @@ def test_pcapng_sections_with_interfaces_of_their_own_link_types_and_resolutions
          "frame.time_epoch", "-e", "frame.interface_id"],
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
+    assert session.end_us is not None
     assert abs(session.end_us - float(deletes[0]) * 1_000_000) <= 1, f"interface {deletes[1]}'s resolution"
 
 

@@ -322,7 +322,7 @@ def test_plain_lines_are_packed_as_a_few_texts() -> None:
         Line("sim_basic_fee", "SMC-38", f"898130000000000{i:04d}", 1, Decimal(150), Decimal(150), (f"e{i}",), "n")
         for i in range(1000)
     )
-    count, columns = pack_lines(plain)  # type: ignore[misc]
+    count, columns = pack_lines(plain)
     assert count == 1000 and len(columns) == 8 and all(isinstance(column, str) for column in columns)
 
 

@@ -31,7 +31,7 @@ def whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _summary(out: Path) -> dict[str, object]:
-    figures = json.loads((out / "summary.json").read_text())
+    figures: dict[str, object] = json.loads((out / "summary.json").read_text())
     figures.pop("event_log")
     return figures
 
@@ -44,7 +44,7 @@ def _events(out: Path) -> Counter[tuple[object, ...]]:
 @pytest.mark.parametrize("shard_sims", [1, 450])
 def test_a_run_in_shards_writes_what_the_whole_run_writes(whole: Path, tmp_path: Path, shard_sims: int) -> None:
     out = tmp_path / "run"
-    done = mgwsim("run", LOAD, "--scale", "0.02", "--out", out, "--shard-sims", shard_sims, columns=200)
+    done = mgwsim("run", LOAD, "--scale", "0.02", "--out", out, "--shard-sims", str(shard_sims), columns=200)
     assert done.returncode == 0, done.stderr
     names = sorted(path.name for path in (whole / "invoices").iterdir())
     assert names == sorted(path.name for path in (out / "invoices").iterdir()) and len(names) == 12
@@ -76,7 +76,7 @@ def test_shards_are_whole_accounts_in_order_within_the_bound() -> None:
 
 def test_outputs_a_shard_cannot_stream_are_refused_before_the_run(tmp_path: Path) -> None:
     done = mgwsim(
-        "run", LOAD, "--scale", "0.02", "--out", tmp_path / "run", "--shard-sims", 450,
+        "run", LOAD, "--scale", "0.02", "--out", tmp_path / "run", "--shard-sims", "450",
         "--events", tmp_path / "e.jsonl",
     )  # fmt: skip
     assert done.returncode == 2
