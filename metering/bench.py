@@ -300,17 +300,22 @@ def _bare_jsonl(path: str, queue: Any) -> None:
 
 
 def _store_unchecked(path: str, queue: Any) -> None:
-    """The columnar path's floor: DuckDB parses every field of every line and stores its text, unchecked."""
+    """The columnar path's floor: DuckDB parses every field of every line and stores its text, unchecked.
+
+    The chunks are read and prepared on the reader thread, as the bill's are (:func:`prepared_chunks`).
+    """
     from metering.fast import STREAM_MEMORY_LIMIT
-    from metering.jsonl_ingest import JSON_FIELDS, JSON_STRUCTURE, line_chunks
+    from metering.jsonl_ingest import JSON_FIELDS, JSON_STRUCTURE, prepared_chunks
     from metering.store import EventStore
 
     with EventStore(":memory:", memory_limit=STREAM_MEMORY_LIMIT) as store:
         fields = ", ".join(f"{name} VARCHAR" for name in JSON_FIELDS)  # the order v.* expands in
         store.connection.execute(f"CREATE TABLE unchecked (line BIGINT, {fields})")
         began = time.perf_counter()
-        for chunk in line_chunks(Path(path), compressed=False):
-            store.connection.register("jsonl_chunk", chunk.table())
+        for prepared in prepared_chunks(Path(path), compressed=False):
+            if prepared.table is None:
+                raise RuntimeError(f"{path}: not UTF-8 text")  # the benchmark writes the log itself
+            store.connection.register("jsonl_chunk", prepared.table)
             store.connection.execute(
                 f"INSERT INTO unchecked SELECT line, v.* FROM "
                 f"(SELECT line, json_transform(text, '{JSON_STRUCTURE}') AS v FROM jsonl_chunk)"
