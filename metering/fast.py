@@ -890,29 +890,46 @@ def rate_connection(connection: duckdb.DuckDBPyConnection, tariff: Tariff, month
     return FastRater(connection, tariff).rate(months)
 
 
-def rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Sequence[int]) -> Rating:
+def rate_fast(
+    paths: Sequence[Path],
+    db: Path | None,
+    tariff: Tariff,
+    months: Sequence[int],
+    timings: dict[str, float] | None = None,
+) -> Rating:
     """Rate event logs and/or a store with the fast rater.
 
     A store alone is rated in place (read-only); files, with or without a store, are first
     ingested into an in-memory store, which also deduplicates them.
+
+    Args:
+        paths: Event logs, read in this order.
+        db: A store to rate (alone, in place) or to read before the logs.
+        tariff: The tariff to rate under.
+        months: The months to rate.
+        timings: Filled, when given, with the seconds of each stage: ``read`` (logs into the
+            working store), ``settle`` (repeated ids), the rater's phases (:attr:`FastRater.timings`)
+            and ``documents`` (the invoice documents built, evidence ids included).
 
     Raises:
         StoreError: For a damaged, locked or unreadable store, or a working store that ran out of
             memory or disk (DuckDB's own errors never escape).
     """
     try:
-        return _rate_fast(paths, db, tariff, months)
+        return _rate_fast(paths, db, tariff, months, {} if timings is None else timings)
     except duckdb.Error as exc:
         where = str(db) if db is not None and not paths else (f"{db} (read into a working store)" if db else "")
         raise store_failure(where or "the working store of this bill", exc) from None
 
 
-def _rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Sequence[int]) -> Rating:
+def _rate_fast(
+    paths: Sequence[Path], db: Path | None, tariff: Tariff, months: Sequence[int], timings: dict[str, float]
+) -> Rating:
     if db is not None and not paths:
         with EventStore(db, read_only=True) as store:
-            rating = rate_connection(store.connection, tariff, months)
-            return _materialised(rating)
+            return _rated(store.connection, tariff, months, timings)
     with EventStore(":memory:", memory_limit=STREAM_MEMORY_LIMIT) as memory:
+        clock = time.perf_counter()
         if db is not None:
             with EventStore(db, read_only=True) as source:
                 memory.append(source.events())
@@ -921,11 +938,27 @@ def _rate_fast(paths: Sequence[Path], db: Path | None, tariff: Tariff, months: S
                 LOG.info("reading %s", path)
                 # streamed, and checked for reused ids once at the end
                 memory.ingest_file(path, STREAM_BATCH, validate_first=False)
+            timings["read"] = time.perf_counter() - clock
+            clock = time.perf_counter()
             memory.settle_duplicates()
+            timings["settle"] = time.perf_counter() - clock
         except StoreError as exc:
             return Rating({}, {}, (EventError(str(exc)),))
         LOG.info("rating %d month%s", len(months), "" if len(months) == 1 else "s")
-        return _materialised(rate_connection(memory.connection, tariff, months))
+        return _rated(memory.connection, tariff, months, timings)
+
+
+def _rated(
+    connection: duckdb.DuckDBPyConnection, tariff: Tariff, months: Sequence[int], timings: dict[str, float]
+) -> Rating:
+    """Rate the connection's events and build every document now (the connection closes after this)."""
+    rater = FastRater(connection, tariff)
+    rating = rater.rate(months)
+    timings.update(rater.timings)
+    clock = time.perf_counter()
+    built = _materialised(rating)
+    timings["documents"] = time.perf_counter() - clock
+    return built
 
 
 def rate_events(events: Sequence[Event], tariff: Tariff, months: Sequence[int]) -> Rating:

@@ -1043,12 +1043,13 @@ def bench_jsonl(
     """
     import statistics
 
-    from metering.bench import figures_table, run_jsonl_bench
+    from metering.bench import BILL_STAGES, figures_table, run_jsonl_bench
 
     found = run_jsonl_bench(lines, workdir, lambda text: stderr.print(text, markup=False))
     bare = statistics.median(found["bare"]["times"])
     rows = [
         ("bill, 12 months: wall time", f"{found['seconds']:.1f} s", "≤ 30 s"),
+        *[(f"  · {BILL_STAGES.get(name, name)}", f"{seconds:.2f} s", "") for name, seconds in found["stages"].items()],
         ("lines per second", f"{found['lines'] / found['seconds']:,.0f}", ""),
         ("peak memory", f"{found['peak_mb']:,.0f} MB", "< 1,024 MB"),
         ("errors", str(found["errors"]), "0"),

@@ -6,10 +6,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Final
 
 from conftest import DISPUTES, ROOT, write_jsonl
+
+from metering.bench import BILL_STAGES
+from metering.fast import rate_fast
+from metering.tariff import load_tariff
 
 
 def mgwsim(*args: str | Path, columns: int = 40) -> subprocess.CompletedProcess[str]:
@@ -249,6 +254,20 @@ def test_benchmarks_print_their_figures(tmp_path: Path) -> None:
     assert "measure" in pcap.stdout and "packets per second" in pcap.stdout and "templates / scapy" in pcap.stdout
     assert "lines per second" in jsonl.stdout and "peak memory" in jsonl.stdout and "errors" in jsonl.stdout
     assert "unchecked / bare" in jsonl.stdout
+    assert all(label in jsonl.stdout for label in BILL_STAGES.values()), jsonl.stdout
+
+
+def test_a_bill_times_each_of_its_stages() -> None:
+    """``rate_fast`` fills the stages ``bench jsonl`` reports: every one, and together within the bill's time."""
+    months = list(range(2026 * 12, 2026 * 12 + 3))
+    stages: dict[str, float] = {}
+    began = time.perf_counter()
+    timed = rate_fast([DISPUTES / "points.jsonl"], None, load_tariff(), months, stages)
+    elapsed = time.perf_counter() - began
+    assert list(stages) == list(BILL_STAGES)
+    assert all(seconds >= 0 for seconds in stages.values()) and sum(stages.values()) <= elapsed
+    untimed = rate_fast([DISPUTES / "points.jsonl"], None, load_tariff(), months)
+    assert [timed.documents[m].dumps() for m in months] == [untimed.documents[m].dumps() for m in months]
 
 
 def test_bench_sim_runs_the_shipped_load_scenario_from_any_folder(tmp_path: Path) -> None:
