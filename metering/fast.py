@@ -907,9 +907,10 @@ def rate_fast(
         db: A store to rate (alone, in place) or to read before the logs.
         tariff: The tariff to rate under.
         months: The months to rate.
-        timings: Filled, when given, with the seconds of each stage: ``read`` (logs into the
-            working store), ``settle`` (repeated ids), the rater's phases (:attr:`FastRater.timings`)
-            and ``documents`` (the invoice documents built, evidence ids included).
+        timings: Filled, when given, with the seconds of each stage: ``read`` (the logs, and a
+            store given with them, into the working store), ``settle`` (repeated ids), the rater's
+            phases (:attr:`FastRater.timings`) and ``documents`` (the invoice documents built,
+            evidence ids included).
 
     Raises:
         StoreError: For a damaged, locked or unreadable store, or a working store that ran out of
@@ -976,7 +977,7 @@ def rate_events(events: Sequence[Event], tariff: Tariff, months: Sequence[int]) 
                 memory.append(events)
         except StoreError as exc:
             return Rating({}, {}, (EventError(str(exc)),))
-        return _materialised(rate_connection(memory.connection, tariff, months))
+        return _rated(memory.connection, tariff, months, {})
 
 
 def _materialised(rating: Rating) -> Rating:
