@@ -156,14 +156,18 @@ def daily_records(
         first = np.flatnonzero(np.concatenate(([True], (sim[1:] != sim[:-1]) | (day[1:] != day[:-1]))))
     up = np.add.reduceat(pieces.up, first)
     down = np.add.reduceat(pieces.down, first)
-    last_end = np.maximum.reduceat(np.where(carrying, pieces.end, -1), first)
-    first_carrying = np.minimum.reduceat(np.where(carrying, np.arange(len(day)), len(day)), first)
     kept = np.flatnonzero((up + down) > 0)
+    # a kept group has a carrying piece: its first and last are found among the carrying positions
+    # (far fewer groups than pieces; pieces of a group are in time order, so its last ends last)
+    carriers = np.flatnonzero(carrying)
+    group_end = np.append(first[1:], len(day))
+    first_carrying = carriers[np.searchsorted(carriers, first[kept])]
+    last_carrying = carriers[np.searchsorted(carriers, group_end[kept]) - 1]
     return (
         sim[first[kept]],
         day[first[kept]],
         up[kept],
         down[kept],
-        last_end[kept] - 1,
-        routes[pieces.session[first_carrying[kept]]],
+        pieces.end[last_carrying] - 1,
+        routes[pieces.session[first_carrying]],
     )

@@ -119,8 +119,12 @@ class BulkCauses:
         return ["coverage_lost"] * self.coverage_lost + ([self.last] if self.last is not None else [])
 
 
-BULK_BATCH_PIECES: Final = 2_000_000
-"""About how many session pieces wait before their traffic is counted in one numpy pass."""
+BULK_BATCH_PIECES: Final = 100_000
+"""About how many session pieces wait before their traffic is counted in one numpy pass.
+
+Small enough that the pass's arrays (eight bytes a piece each) stay in a core's cache between its
+steps, large enough that numpy's cost per call is spread over many sessions: measured on load-100k,
+2,000,000 pieces took about a fifth longer to simulate."""
 
 
 class FastEngine:

@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+import simulator.fast_engine
 from devices.coverage import ZONES
 from devices.traffic import PROFILES
 from metering.events import EVENT_COLUMNS, Event
@@ -291,3 +292,78 @@ def test_chains_of_sessions_cut_for_mass_traffic_match_the_reference() -> None:
     engine = FastEngine(scenario)
     engine.run()
     assert engine.stats.interruptions > 2 * 24 * 50, "about one cut an hour per device"
+
+
+BULK_FLEETS = """
+[scenario]
+name = "bulk"
+start = "2026-03-01T00:00:00+09:00"
+months = 1
+seed = 11
+traffic_records = "daily"
+
+[[accounts]]
+id = "a1"
+
+[[gateways]]
+id = "gw0"
+account = "a1"
+switch = true
+internet = true
+
+[[fleets]]
+name = "vans-tunnel"
+account = "a1"
+gateway = "gw0"
+count = 4
+profile = "fleet"
+route = ["tunnel", "car_park"]
+
+[[fleets]]
+name = "meters-underground"
+account = "a1"
+gateway = "gw0"
+count = 3
+profile = "telemetry"
+route = ["underground"]
+
+[[operations]]
+at = "2026-03-10T10:00:00+09:00"
+do = "device.power"
+fleet = "vans-tunnel"
+count = 2
+value = false
+
+[[operations]]
+at = "2026-03-10T18:00:00+09:00"
+do = "device.power"
+fleet = "vans-tunnel"
+count = 2
+value = true
+"""
+"""Devices of two profiles through tunnels (sessions between outages, counted in bulk), two of
+them switched off for eight hours (two stretches on one day)."""
+
+
+def test_the_fast_engine_counts_the_same_traffic_whatever_its_batch_of_pieces(monkeypatch: Any) -> None:
+    """Bulk sessions wait for a batch of pieces, counted between devices: the batch size changes nothing.
+
+    With a batch of one piece every device is counted as soon as it is planned; with the default,
+    the whole (small) fleet at the end. A count inside a device's stretches would split its days.
+    """
+    scenario = scenario_from_text(BULK_FLEETS, "bulk.toml")
+    counted: list[int] = []
+    flush = FastEngine.flush_bulk
+
+    def counting(engine: FastEngine) -> None:
+        counted.append(sum(len(waiting) for waiting in engine.bulk.values()))
+        flush(engine)
+
+    monkeypatch.setattr(FastEngine, "flush_bulk", counting)
+    whole = Counter(map(key, FastEngine(scenario).run()))
+    assert len(counted) == 1
+    monkeypatch.setattr(simulator.fast_engine, "BULK_BATCH_PIECES", 1)
+    one_by_one = Counter(map(key, FastEngine(scenario).run()))
+    assert one_by_one == whole
+    assert len(counted) == 1 + scenario.sim_count + 1, "one count per device, and the last (empty) one"
+    assert sum(1 for event in whole if event[1] == "sim.traffic") > 7 * 25, "a record a day per device"
