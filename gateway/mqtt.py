@@ -181,11 +181,18 @@ _DATA: Final = "00" * PAYLOAD_BYTES
 
 
 def platform_messages(events: Iterable[Any]) -> Iterator[PlatformMessage]:
-    """One message per counted platform message of the ``mono.message`` events of a log."""
-    for event in events:
-        if event.type == "mono.message" and event.sim is not None:
-            for number in range(1, (event.count or 1) + 1):
-                yield PlatformMessage(f"{event.id}#{number}", event.account, event.sim, event.ts)
+    """One message per counted platform message of the ``mono.message`` events of a log, in time order.
+
+    A log is in log order (by account, then by time); the platform publishes as time goes, so
+    the messages are put in time order (those of one instant in log order).
+    """
+    messages = [
+        PlatformMessage(f"{event.id}#{number}", event.account, event.sim, event.ts)
+        for event in events
+        if event.type == "mono.message" and event.sim is not None
+        for number in range(1, (event.count or 1) + 1)
+    ]
+    yield from sorted(messages, key=lambda message: message.ts_us)
 
 
 def _credentials_refused(exc: BaseException) -> bool:

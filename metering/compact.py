@@ -13,9 +13,10 @@ block: it iterates, counts, writes and rates like a list of events, and is one w
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
-import heapq
+import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metering.eventlog import ARROW_SCHEMA, event_line, events_to_arrow
+from metering.eventlog import ARROW_SCHEMA, event_line, events_to_arrow, log_order
 from metering.events import EVENT_COLUMNS, ROUTES, Event
 from metering.timeutil import JST_OFFSET_US
 
@@ -53,7 +54,7 @@ _ROW_COLUMNS: Final = ("second", "sim", "up_bytes", "down_bytes", "route", "key"
 
 @dataclass(frozen=True, eq=False)
 class CompactTraffic:
-    """``sim.traffic`` events in columns, in any order (:meth:`in_time_order` sorts them).
+    """``sim.traffic`` events in columns, in any order (:meth:`in_log_order` sorts them).
 
     Attributes:
         origin_us: Epoch microseconds that ``second`` counts from.
@@ -85,16 +86,41 @@ class CompactTraffic:
         """Number of rows (events)."""
         return len(self.second)
 
-    def in_time_order(self) -> CompactTraffic:
-        """The rows sorted by time (rows of the same second keep their order), sorted where they are.
+    def account_ranks(self) -> IntArray:
+        """Per SIM code, the rank of its account among the block's accounts in name order."""
+        rank = {name: number for number, name in enumerate(sorted(set(self.accounts)))}
+        return np.array([rank[account] for account in self.accounts], dtype=np.int64)
 
-        The columns are reordered in place, one at a time, so a log of tens of millions of rows
-        needs one column's copy at a time rather than a second copy of the whole block (the block's
-        users take its rows in any order, or want them in time order).
+    def account_rows(self) -> dict[str, tuple[int, int]]:
+        """Per account, its rows ``first:last`` (of a block in log order, see :meth:`in_log_order`)."""
+        names = sorted(set(self.accounts))
+        bounds = np.searchsorted(self.account_ranks()[self.sim], np.arange(len(names) + 1), side="left").tolist()
+        return {name: (bounds[number], bounds[number + 1]) for number, name in enumerate(names)}
+
+    def in_log_order(self) -> CompactTraffic:
+        """The rows in log order (:func:`~metering.eventlog.log_order`), sorted where they are.
+
+        By account, then by time, then by SIM code (the engine's device order, as the reference
+        engine writes the records of one instant), so that a row's place does not depend on the
+        other accounts of the block or on the order the rows were counted in; one SIM's rows of
+        one second keep their order. The columns are reordered in place, one at a time, so a log
+        of tens of millions of rows needs one column's copy at a time rather than a second copy
+        of the whole block (the block's users take its rows in any order, or want them in log
+        order).
         """
-        if len(self) < 2 or bool(np.all(self.second[1:] >= self.second[:-1])):
+        if len(self) < 2:
             return self
-        order = np.argsort(self.second, kind="stable")
+        ranks = self.account_ranks()
+        span = int(self.second.max()) + 1 if int(self.second.min()) >= 0 else 0
+        sims = len(self.iccids)
+        if span and (int(ranks.max()) + 1) * span * sims < 2**62:  # one sortable number a row
+            order_key = (ranks[self.sim] * span + self.second) * sims + self.sim
+            if bool(np.all(order_key[1:] >= order_key[:-1])):
+                return self
+            order = np.argsort(order_key, kind="stable")
+            del order_key
+        else:
+            order = np.lexsort((self.sim, self.second, ranks[self.sim]))
         columns = {name: getattr(self, name) for name in _ROW_COLUMNS}
         if not all(column.flags.writeable for column in columns.values()):  # e.g. a Ray result's shared memory
             return dataclasses.replace(self, **{name: column[order] for name, column in columns.items()})
@@ -227,11 +253,12 @@ class CompactTraffic:
 class CompactLog(Sequence[Event]):
     """An event log of ordinary events and a block of compact ``sim.traffic`` rows.
 
-    Iterated in log order, by time; at the same instant the ordinary events come first (a
-    registration before the traffic it allows). The store takes the rows in any order.
+    Iterated in log order (:func:`~metering.eventlog.log_order`: by account, then by time); at
+    the same instant of an account the ordinary events come first (a registration before the
+    traffic it allows). The store takes the rows in any order.
 
     Attributes:
-        events: The ordinary events, sorted by time.
+        events: The ordinary events, in log order.
         traffic: The compact traffic rows.
     """
 
@@ -240,7 +267,7 @@ class CompactLog(Sequence[Event]):
 
     @functools.cached_property
     def _ordered(self) -> CompactTraffic:
-        return self.traffic.in_time_order()
+        return self.traffic.in_log_order()
 
     def __len__(self) -> int:
         """Number of events in all."""
@@ -253,15 +280,37 @@ class CompactLog(Sequence[Event]):
     def __iter__(self) -> Iterator[Event]:
         """The events in log order."""
         traffic = self._ordered
-        times = traffic.ts()
         row = 0
-        for event in self.events:
-            until = int(np.searchsorted(times, event.ts, side="left"))
-            if until > row:
-                yield from traffic.events(row, until)
-                row = until
+        for event, place in zip(self.events, self._places().tolist(), strict=True):
+            if place > row:
+                yield from traffic.events(row, place)
+                row = place
             yield event
         yield from traffic.events(row)
+
+    def _places(self) -> IntArray:
+        """For each ordinary event, the traffic row (in log order) it goes before.
+
+        The first row of its account at or after its instant, or the row after its account's
+        last; in order, as the events are.
+        """
+        traffic = self._ordered
+        times = traffic.ts()
+        rows = traffic.account_rows()
+        accounts = sorted(rows)
+        ts = np.array([event.ts for event in self.events], dtype=np.int64)
+        places = np.empty(len(self.events), dtype=np.int64)
+        first = 0
+        for account, group in itertools.groupby(event.account for event in self.events):
+            last = first + sum(1 for _ in group)
+            if account in rows:
+                low, high = rows[account]
+            else:  # an account without traffic: between the rows of the accounts around it
+                after = bisect.bisect_left(accounts, account)
+                low = high = rows[accounts[after]][0] if after < len(accounts) else len(traffic)
+            places[first:last] = low + np.searchsorted(times[low:high], ts[first:last], side="left")
+            first = last
+        return places
 
     def _merged_chunks(self, size: int = CHUNK_ROWS) -> Iterator[tuple[int, int, list[Event], IntArray]]:
         """The log in chunks of about ``size`` traffic rows, each with the ordinary events among them.
@@ -272,8 +321,7 @@ class CompactLog(Sequence[Event]):
         every other instant is not cut into thousands of small ones.
         """
         traffic = self._ordered
-        times = traffic.ts()
-        places = np.searchsorted(times, np.array([event.ts for event in self.events], dtype=np.int64), side="left")
+        places = self._places()
         total = len(traffic)
         starts = list(range(0, total, size)) or [0]
         for number, first in enumerate(starts):
@@ -371,14 +419,15 @@ def traffic_insert_sql(id_infix: str, origin_us: int, first_seq: int) -> str:
 def concatenate_logs(logs: Sequence[Sequence[Event]]) -> Sequence[Event]:
     """One log of several logs of disjoint accounts (the shards of a run), in log order.
 
-    Events at the same instant keep the order of ``logs``; compact logs stay compact.
+    The events of each account keep their order (:func:`~metering.eventlog.log_order`); compact
+    logs stay compact.
     """
     if not logs:
         return []
     if not all(isinstance(log, CompactLog) for log in logs):
-        return list(heapq.merge(*logs, key=lambda event: event.ts))
+        return sorted(itertools.chain.from_iterable(logs), key=log_order)
     compacts = [log for log in logs if isinstance(log, CompactLog)]
-    events = list(heapq.merge(*(log.events for log in compacts), key=lambda event: event.ts))
+    events = sorted(itertools.chain.from_iterable(log.events for log in compacts), key=log_order)
     blocks = [log.traffic for log in compacts]
     offsets = np.cumsum([0] + [len(block.iccids) for block in blocks[:-1]])
     infixes = {(block.id_infix, block.origin_us) for block in blocks}

@@ -48,6 +48,19 @@ ARROW_SCHEMA: Final = pa.schema(
     ]
 )
 """The columnar form of the event log (Parquet files and the DuckDB store)."""
+ROW_GROUP_ROWS: Final = 1_000_000
+"""Rows of each Parquet row group mgwsim writes (the last one holds the rest), however the log came in:
+whole, or shard by shard, the file is the same."""
+
+
+def log_order(event: Event) -> tuple[str, int]:
+    """Where an event goes in a log mgwsim writes: by account, then by time (a sort key).
+
+    Accounts share nothing, so this is the order of a run in shards of whole accounts, whatever
+    the shard size; a stable sort keeps the order in which an account's events of one instant
+    were emitted (the order metering processes them in, EVENTS.md: ties by file order).
+    """
+    return event.account, event.ts
 
 
 class EventLogError(Exception):
@@ -252,6 +265,8 @@ class EventLogAppender:
     The one writer of every format: :func:`write_event_log` writes one log with it, a run in
     shards (:mod:`simulator.streamed_run`) one shard's log after another. A compact log goes in
     as it is held (its Arrow batches, or its lines built column by column); other events one by one.
+    Parquet rows are written in row groups of :data:`ROW_GROUP_ROWS`, whatever the logs added, so
+    the same events give the same file however they were handed in.
     """
 
     def __init__(self, path: Path, fmt: str) -> None:
@@ -266,6 +281,21 @@ class EventLogAppender:
             self.file.close()
             raise
         self.events = 0
+        self.pending: list[pa.Table] = []  # Parquet rows not yet a whole row group
+        self.pending_rows = 0
+
+    def _write_groups(self, last: bool = False) -> None:
+        """Write the pending rows in whole row groups (``last``: the rest too, as the last group)."""
+        assert self.parquet is not None
+        if self.pending_rows < ROW_GROUP_ROWS and not (last and self.pending_rows):
+            return
+        rows = pa.concat_tables(self.pending)
+        whole = self.pending_rows if last else self.pending_rows - self.pending_rows % ROW_GROUP_ROWS
+        for first in range(0, whole, ROW_GROUP_ROWS):
+            group = rows.slice(first, min(ROW_GROUP_ROWS, whole - first))
+            self.parquet.write_table(group, row_group_size=group.num_rows)
+        rest = rows.slice(whole)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
     def add(self, events: Iterable[Event]) -> int:
         """Append events; return how many."""
@@ -273,8 +303,10 @@ class EventLogAppender:
         if self.parquet is not None:
             batches = getattr(events, "to_arrow_batches", None)
             for batch in batches() if batches is not None else [events_to_arrow(events)]:
-                self.parquet.write_table(batch)
+                self.pending.append(batch)
+                self.pending_rows += batch.num_rows
                 self.events += batch.num_rows
+                self._write_groups()
             return self.events - before
         assert self.lines is not None
         chunks = getattr(events, "jsonl_chunks", None)
@@ -292,6 +324,7 @@ class EventLogAppender:
         """Finish the file (its Parquet footer, the end of its gzip stream) and close it."""
         try:
             if self.parquet is not None:
+                self._write_groups(last=True)
                 self.parquet.close()
             elif self.lines is not None and self.lines is not self.file:
                 self.lines.close()  # the gzip stream: its end goes into the file

@@ -31,6 +31,7 @@ from devices.device import PIN_RETRY_S, PUK_RETRY_S, DeviceEvent, DeviceState, w
 from devices.sim_card import CardState, Command
 from devices.traffic import DAY, Bursts, session_bursts
 from gateway.mobile_gateway import Admission
+from metering.eventlog import log_order
 from metering.events import Event
 from metering.timeutil import month_indexes
 from simulator.scenario import Scenario
@@ -239,9 +240,10 @@ class Engine:
     def run(self, progress: Any = None) -> Sequence[Event]:
         """Run to the end of the last month; return the events in log order.
 
-        The log is ordered by time; events at the same instant keep the order in which they
-        happened (a registration before the traffic it allows), which is the tie order the
-        metering core reads.
+        The log is ordered by account, then by time (:func:`~metering.eventlog.log_order`, the
+        order of a run in shards whatever their size); an account's events of one instant keep
+        the order in which they happened (a registration before the traffic it allows), which is
+        the tie order the metering core reads.
 
         Args:
             progress: Called with the fraction of simulated time done, about once a simulated day.
@@ -260,7 +262,7 @@ class Engine:
         self.steps.flush_daily()
         if progress is not None:
             progress(1.0)
-        return sorted(self.events, key=lambda event: event.ts)
+        return sorted(self.events, key=log_order)
 
 
 class SessionSteps:

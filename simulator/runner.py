@@ -195,7 +195,7 @@ def run_streamed(
         why = (
             "asked for"
             if log_format == "parquet"
-            else (f"a run in {count} shards (a fleet of more than {shard_sims:,} SIMs): --log-format jsonl for JSONL")
+            else "a run in shards (a fleet of more SIMs than --shard-sims): --log-format jsonl for JSONL"
         )
     found: list[RunResult] = []
 

@@ -6,17 +6,19 @@ write and rate exactly like the same events as a plain list.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metering.compact import CompactLog
-from metering.eventlog import read_event_log, write_event_log
+from metering.eventlog import log_order, read_event_log, write_event_log
 from metering.fast import rate_events
 from metering.store import EventStore, StoreError
 from simulator.daily_columns import ColumnarDailyTraffic
@@ -61,15 +63,15 @@ def test_columns_sum_per_sim_and_day_like_the_reference_dict(drawn: list[tuple[A
             else:
                 columns.add(device, day, up, down, stamp, route, device.fleet.gateway)
         columns.device_done(device)
-    expected = sorted(
-        ((stamp, index, day), (up, down, route))
+    expected = sorted(  # log order: by account, then by time
+        ((f"acct-{index % 2}", stamp, index, day), (up, down, route))
         for (index, day), (up, down, stamp, route, _) in reference.days.items()
         if up + down
     )
-    compact = columns.compact(devices, start_us=0).in_time_order()
+    compact = columns.compact(devices, start_us=0).in_log_order()
     got = [
         (
-            (event.ts // 1_000_000, int(str(event.sim)[-14:]), int(event.id.rsplit("/", 1)[1])),
+            (event.account, event.ts // 1_000_000, int(str(event.sim)[-14:]), int(event.id.rsplit("/", 1)[1])),
             (event.up_bytes, event.down_bytes, event.route),
         )
         for event in compact.events()
@@ -80,11 +82,47 @@ def test_columns_sum_per_sim_and_day_like_the_reference_dict(drawn: list[tuple[A
 def test_a_compact_log_writes_and_reads_back_as_the_same_events(small_load_log: CompactLog, tmp_path: Path) -> None:
     listed = list(small_load_log)
     assert len(listed) == len(small_load_log)
-    assert [event.ts for event in listed] == sorted(event.ts for event in listed)
+    assert [log_order(event) for event in listed] == sorted(log_order(event) for event in listed)
     for name in ("log.parquet", "log.jsonl"):
         path = tmp_path / name
         assert write_event_log(small_load_log, path) == len(listed)
         assert [event.content() for event in read_event_log(path)] == [event.content() for event in listed]
+
+
+def test_a_parquet_log_is_the_same_file_however_its_events_were_handed_in(
+    small_load_log: CompactLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups of one size: a log written whole, or in pieces as a run in shards appends it, is one file."""
+    from metering import eventlog
+
+    monkeypatch.setattr(eventlog, "ROW_GROUP_ROWS", 4_000)
+    listed = list(small_load_log)
+    whole = tmp_path / "whole.parquet"
+    write_event_log(small_load_log, whole)
+    pieces = tmp_path / "pieces.parquet"
+    appender = eventlog.EventLogAppender(pieces, "parquet")
+    for first in range(0, len(listed), 777):
+        appender.add(listed[first : first + 777])
+    appender.close()
+    assert pieces.read_bytes() == whole.read_bytes()
+    groups = pq.ParquetFile(whole).metadata
+    sizes = [groups.row_group(number).num_rows for number in range(groups.num_row_groups)]
+    assert sizes[:-1] == [4_000] * (len(sizes) - 1) and 0 < sizes[-1] <= 4_000 and sum(sizes) == len(listed)
+
+
+def test_a_compact_log_has_one_order_whatever_order_its_rows_were_counted_in(small_load_log: CompactLog) -> None:
+    """Traffic rows of one account and second come in SIM order, not in the order they were counted."""
+    traffic = small_load_log.traffic
+    order = np.random.default_rng(5).permutation(len(traffic))  # the rows as another batch size counts them
+    shuffled = dataclasses.replace(
+        traffic,
+        **{
+            name: getattr(traffic, name)[order].copy()
+            for name in ("second", "sim", "up_bytes", "down_bytes", "route", "key")
+        },
+    )
+    again = CompactLog(list(small_load_log.events), shuffled)
+    assert [event.content() for event in again] == [event.content() for event in small_load_log]
 
 
 def test_a_compact_log_rates_like_the_same_events_in_a_list(small_load: Scenario, small_load_log: CompactLog) -> None:
