@@ -265,8 +265,9 @@ class EventLogAppender:
     The one writer of every format: :func:`write_event_log` writes one log with it, a run in
     shards (:mod:`simulator.streamed_run`) one shard's log after another. A compact log goes in
     as it is held (its Arrow batches, or its lines built column by column); other events one by one.
-    Parquet rows are written in row groups of :data:`ROW_GROUP_ROWS`, whatever the logs added, so
-    the same events give the same file however they were handed in.
+    Parquet rows are written in row groups of :data:`ROW_GROUP_ROWS`, whatever the logs added, each
+    group's columns handed to the writer in one piece, so the same events give the same file
+    however they were handed in.
     """
 
     def __init__(self, path: Path, fmt: str) -> None:
@@ -292,7 +293,9 @@ class EventLogAppender:
         rows = pa.concat_tables(self.pending)
         whole = self.pending_rows if last else self.pending_rows - self.pending_rows % ROW_GROUP_ROWS
         for first in range(0, whole, ROW_GROUP_ROWS):
-            group = rows.slice(first, min(ROW_GROUP_ROWS, whole - first))
+            # one chunk per column: where the writer cuts a page or gives up a dictionary follows
+            # the chunks it is handed, so the pieces the rows came in must not reach it
+            group = rows.slice(first, min(ROW_GROUP_ROWS, whole - first)).combine_chunks()
             self.parquet.write_table(group, row_group_size=group.num_rows)
         rest = rows.slice(whole)
         self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows

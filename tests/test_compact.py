@@ -7,6 +7,7 @@ write and rate exactly like the same events as a plain list.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -96,6 +97,10 @@ def test_a_parquet_log_is_the_same_file_however_its_events_were_handed_in(
     from metering import eventlog
 
     monkeypatch.setattr(eventlog, "ROW_GROUP_ROWS", 4_000)
+    # pages and dictionaries as small as a group of a million rows fills them: where the writer
+    # cuts a page or gives up a dictionary must not depend on where the pieces were cut
+    small_pages = functools.partial(pq.ParquetWriter, data_page_size=8_192, dictionary_pagesize_limit=16_384)
+    monkeypatch.setattr(pq, "ParquetWriter", small_pages)  # the module the writer looks it up in
     listed = list(small_load_log)
     whole = tmp_path / "whole.parquet"
     write_event_log(small_load_log, whole)
