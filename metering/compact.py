@@ -28,7 +28,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metering.eventlog import ARROW_SCHEMA, event_line, events_to_arrow, log_order
+from metering.eventlog import ARROW_SCHEMA, event_line, event_sim, events_to_arrow, log_order
 from metering.events import EVENT_COLUMNS, ROUTES, Event
 from metering.timeutil import JST_OFFSET_US
 
@@ -253,9 +253,10 @@ class CompactTraffic:
 class CompactLog(Sequence[Event]):
     """An event log of ordinary events and a block of compact ``sim.traffic`` rows.
 
-    Iterated in log order (:func:`~metering.eventlog.log_order`: by account, then by time); at
-    the same instant of an account the ordinary events come first (a registration before the
-    traffic it allows). The store takes the rows in any order.
+    Iterated in log order (:func:`~metering.eventlog.run_log_order`: by account, then by time);
+    at the same instant of an account the ordinary events about no SIM come first, then SIM by
+    SIM (by SIM code, the engine's device order) that SIM's ordinary events before its traffic row
+    (a registration before the traffic it allows). The store takes the rows in any order.
 
     Attributes:
         events: The ordinary events, in log order.
@@ -291,11 +292,13 @@ class CompactLog(Sequence[Event]):
     def _places(self) -> IntArray:
         """For each ordinary event, the traffic row (in log order) it goes before.
 
-        The first row of its account at or after its instant, or the row after its account's
-        last; in order, as the events are.
+        The first row of its account at or after its instant — past the rows of that instant
+        of SIMs before the event's own (:func:`~metering.eventlog.run_log_order`) — or the row
+        after its account's last; in order, as the events are.
         """
         traffic = self._ordered
         times = traffic.ts()
+        codes = {iccid: code for code, iccid in enumerate(traffic.iccids)}
         rows = traffic.account_rows()
         accounts = sorted(rows)
         ts = np.array([event.ts for event in self.events], dtype=np.int64)
@@ -309,6 +312,12 @@ class CompactLog(Sequence[Event]):
                 after = bisect.bisect_left(accounts, account)
                 low = high = rows[accounts[after]][0] if after < len(accounts) else len(traffic)
             places[first:last] = low + np.searchsorted(times[low:high], ts[first:last], side="left")
+            ends = low + np.searchsorted(times[low:high], ts[first:last], side="right")
+            for position in (first + np.flatnonzero(ends > places[first:last])).tolist():
+                sim = event_sim(self.events[position])
+                if sim is not None:  # after the rows of its instant of the SIMs before its own
+                    tied = slice(int(places[position]), int(ends[position - first]))
+                    places[position] += int(np.searchsorted(traffic.sim[tied], codes[sim], side="left"))
             first = last
         return places
 

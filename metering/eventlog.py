@@ -11,7 +11,7 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,10 +57,39 @@ def log_order(event: Event) -> tuple[str, int]:
     """Where an event goes in a log mgwsim writes: by account, then by time (a sort key).
 
     Accounts share nothing, so this is the order of a run in shards of whole accounts, whatever
-    the shard size; a stable sort keeps the order in which an account's events of one instant
-    were emitted (the order metering processes them in, EVENTS.md: ties by file order).
+    the shard size; a stable sort keeps the order of an account's events of one instant (the
+    order metering processes them in, EVENTS.md: ties by file order), which a run sets with
+    :func:`run_log_order`.
     """
     return event.account, event.ts
+
+
+def event_sim(event: Event) -> str | None:
+    """The SIM an event is about: its ``sim`` field, or a diagnostic event's ``sim`` among its extra fields."""
+    if event.sim is not None or '"sim"' not in event.extra:
+        return event.sim
+    sim = json.loads(event.extra).get("sim")
+    return sim if isinstance(sim, str) else None
+
+
+def run_log_order(sim_ranks: Mapping[str, int]) -> Callable[[Event], tuple[str, int, int]]:
+    """The order a simulated run writes its log in: :func:`log_order`, and one order for ties.
+
+    An account's events of one instant: first those about no SIM (a gateway's, points, SMS), in
+    the order they happened; then SIM by SIM in the rank ``sim_ranks`` gives (the engine's device
+    order), each SIM's other events in the order they happened before its ``sim.traffic`` records
+    (in the order they were written). How an engine happens to visit its devices — SimPy's order
+    of processes, or fleet by fleet in bulk — so does not show in the log: every engine writes the
+    same bytes. A compact traffic block keeps this order with its rows
+    (:class:`metering.compact.CompactLog`).
+    """
+
+    def key(event: Event) -> tuple[str, int, int]:
+        sim = event_sim(event)
+        tie = -1 if sim is None else 2 * sim_ranks[sim] + (event.type == "sim.traffic")
+        return event.account, event.ts, tie
+
+    return key
 
 
 class EventLogError(Exception):

@@ -31,7 +31,7 @@ from devices.device import PIN_RETRY_S, PUK_RETRY_S, DeviceEvent, DeviceState, w
 from devices.sim_card import CardState, Command
 from devices.traffic import DAY, Bursts, session_bursts
 from gateway.mobile_gateway import Admission
-from metering.eventlog import log_order
+from metering.eventlog import run_log_order
 from metering.events import Event
 from metering.timeutil import month_indexes
 from simulator.scenario import Scenario
@@ -262,7 +262,7 @@ class Engine:
         self.steps.flush_daily()
         if progress is not None:
             progress(1.0)
-        return sorted(self.events, key=log_order)
+        return sorted(self.events, key=run_log_order(self.world.sim_ranks))
 
 
 class SessionSteps:

@@ -40,7 +40,7 @@ from devices.sim_card import CardState, Command
 from devices.traffic import DAY, TrafficProfile, all_device_phases, month_starts, session_bursts
 from gateway.mobile_gateway import Admission, MobileGateway
 from metering.compact import CompactLog
-from metering.eventlog import log_order
+from metering.eventlog import run_log_order
 from metering.events import Event
 from simulator.bulk_traffic import daily_records, piece_traffic
 from simulator.daily_columns import ROUTE_CODES, ColumnarDailyTraffic
@@ -764,7 +764,7 @@ class FastEngine:
         LOG.info(
             "sessions planned: %d sessions, %d events besides daily traffic", self.stats.sessions, len(self.events)
         )
-        events = sorted(self.events, key=log_order)
+        events = sorted(self.events, key=run_log_order(self.world.sim_ranks))
         if isinstance(self.daily_traffic, ColumnarDailyTraffic):
             return CompactLog(events, self.daily_traffic.compact(self.devices, self.scenario.start_us))
         return events

@@ -245,6 +245,9 @@ class World:
         self.fleets: dict[str, list[Device]] = {}
         for device in self.devices:
             self.fleets.setdefault(device.fleet.name, []).append(device)
+        self.sim_ranks: dict[str, int] = {device.iccid: device.index for device in self.devices}
+        """Each SIM's device number: the order of its events among an instant's of other SIMs in the log
+        (:func:`~metering.eventlog.run_log_order`)."""
 
     def set_status(self, device: Device, status: str) -> None:
         """Change a device's status, keeping the counts per status (for the daily census)."""
