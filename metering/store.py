@@ -38,6 +38,35 @@ THREADS_VARIABLE: Final = "MGWSIM_DUCKDB_THREADS"
 """Environment variable: DuckDB threads per store (default: DuckDB's, one per core). Ray tasks set 1."""
 BATCH_EVENTS: Final = 500_000
 
+SPILL_PREFIX: Final = "mgwsim-duckdb-"
+"""How a store's spill folder in the temporary folder is named: ``mgwsim-duckdb-PID-…``, PID its process's."""
+
+
+def spill_folder() -> str:
+    """A new spill folder for a store of this process, once those of processes that are gone are removed.
+
+    A store removes its own folder when it closes. A process killed before that (SIGKILL, a lost Ray
+    worker, the machine's OOM killer) cannot, so the next store opened on the machine does: every
+    ``mgwsim-duckdb-PID-…`` folder whose process no longer runs.
+    """
+    for folder in Path(tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*"):
+        pid = folder.name.removeprefix(SPILL_PREFIX).partition("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 COLUMNS_SQL: Final = """
     seq BIGINT NOT NULL,
     ts BIGINT NOT NULL,
@@ -201,7 +230,7 @@ class EventStore:
         existed = self.path != ":memory:" and Path(self.path).exists()
         if existed and not read_only:
             self.check(self.path)  # a damaged store is refused before anything could write to it
-        self.spill = tempfile.mkdtemp(prefix="mgwsim-duckdb-")
+        self.spill = spill_folder()
         try:
             self.connection = without_progress_bar(
                 duckdb.connect(self.path, read_only=read_only, config=self._config())

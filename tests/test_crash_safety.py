@@ -7,8 +7,10 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import write_jsonl
 
@@ -87,3 +89,36 @@ def test_a_killed_ingest_keeps_the_whole_log_or_none_and_a_rerun_completes(tmp_p
     with EventStore(store, read_only=True) as opened:
         assert opened.count() == total
     assert bill("--db", store) == expected
+
+
+KILLED_WITH_A_STORE_OPEN = """
+import os, signal, sys
+from metering.store import EventStore
+store = EventStore(":memory:")
+print(store.spill, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_spill_folder_of_a_killed_process_is_removed_by_the_next_store(tmp_path: Path, monkeypatch: Any) -> None:
+    """A store's process killed while it is open leaves its DuckDB spill folder; the next store removes it."""
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WITH_A_STORE_OPEN],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = Path(killed.stdout.strip())
+    assert left.parent == tmp_path and left.name.startswith("mgwsim-duckdb-") and left.is_dir()
+    (left / "duckdb_temp_storage-0.tmp").write_bytes(b"spilled")  # as DuckDB leaves it
+    elsewhere = tmp_path / "mgwsim-duckdb-notes"  # not a store's (no process number): kept
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with EventStore(":memory:") as first:
+        assert not left.exists(), "the killed process's folder is gone"
+        with EventStore(":memory:") as second:  # a store of a running process keeps its folder
+            assert Path(first.spill).is_dir() and Path(second.spill).is_dir()
+            assert Path(first.spill).name.startswith(f"mgwsim-duckdb-{os.getpid()}-")
+    assert not Path(first.spill).exists() and elsewhere.is_dir()
