@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from metering.atomic import AtomicWriter
-from metering.eventlog import write_event_log
+from metering.eventlog import read_event_log, write_event_log
 from metering.timeutil import format_month
 from simulator.results import MeteringFailure, RunResult, ShardResult
 from simulator.run_folder import write_folder
@@ -188,15 +188,8 @@ def run_streamed(
 
     groups = shards_of(scenario, shard_sims)
     count = len(groups)
-    if log_format == "jsonl":
-        name, why = "events.jsonl", "asked for"
-    else:
-        name = "events.parquet"
-        why = (
-            "asked for"
-            if log_format == "parquet"
-            else "a run in shards (a fleet of more SIMs than --shard-sims): --log-format jsonl for JSONL"
-        )
+    # the shards stream JSONL when it is asked for, else Parquet; ``auto`` then settles as a whole run would
+    name = "events.jsonl" if log_format == "jsonl" else "events.parquet"
     found: list[RunResult] = []
 
     def results_of() -> Iterator[ShardResult]:
@@ -210,7 +203,18 @@ def run_streamed(
         result, written = run_in_shards(scenario, folder, name, results_of(), count, progress)
         found.append(result)
         LOG.info("wrote %s and %d invoice documents in %d shards; drawing the report", name, len(written) - 1, count)
-        return [*written, *_report_and_summary(result, folder, name, why)]
+        settled, why = folder_log_name(result, log_format)
+        if settled != name:  # ``auto``, and no more events than a JSONL log takes: the whole run's log
+            LOG.info(
+                "%d events: rewriting %s as %s, as a run of the fleet whole writes it",
+                result.event_count,
+                name,
+                settled,
+            )
+            write_event_log(read_event_log(folder / name), folder / settled)
+            (folder / name).unlink()
+            written[0] = folder / settled
+        return [*written, *_report_and_summary(result, folder, settled, why)]
 
     if out is None:  # only the figures and the checks: the shards are joined, nothing is written
         result, _ = run_in_shards(scenario, None, name, results_of(), count, progress)

@@ -165,7 +165,7 @@ def test_a_run_in_shards_on_the_cluster_writes_the_serial_run_folder_byte_for_by
     """
     serial, out = tmp_path / "serial", tmp_path / "ray"
     for folder, extra in ((serial, ()), (out, ("--engine", "ray", "--ray-address", cluster))):
-        run = _run(folder, *extra, "--shard-sims", "1000")
+        run = _run(folder, *extra, "--shard-sims", "1000", "--log-format", "parquet")  # fewer than 1 M events
         _, err = run.communicate(timeout=600)
         assert run.returncode == 0, err[-2000:]
     assert "4 shards joined" in err  # 10 accounts of 300 SIMs: 3, 3, 3 and 1 a shard

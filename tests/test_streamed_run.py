@@ -44,7 +44,8 @@ def _events(out: Path) -> Counter[tuple[object, ...]]:
 @pytest.mark.parametrize("shard_sims", [1, 450])
 def test_a_run_in_shards_writes_what_the_whole_run_writes(whole: Path, tmp_path: Path, shard_sims: int) -> None:
     out = tmp_path / "run"
-    done = mgwsim("run", LOAD, "--scale", "0.02", "--out", out, "--shard-sims", str(shard_sims), columns=200)
+    shards = ["--shard-sims", str(shard_sims), "--log-format", "parquet"]
+    done = mgwsim("run", LOAD, "--scale", "0.02", "--out", out, *shards, columns=200)
     assert done.returncode == 0, done.stderr
     names = sorted(path.name for path in (whole / "invoices").iterdir())
     assert names == sorted(path.name for path in (out / "invoices").iterdir()) and len(names) == 12
@@ -53,13 +54,35 @@ def test_a_run_in_shards_writes_what_the_whole_run_writes(whole: Path, tmp_path:
     assert _summary(out) == _summary(whole)
     assert done.stdout == (whole.parent / "stdout.txt").read_text()
     log = json.loads((out / "summary.json").read_text())["event_log"]
-    assert log["file"] == "events.parquet" and "shards" in log["why"]
+    assert log == {"file": "events.parquet", "why": "asked for"}
     assert _events(out) == _events(whole)
     # the same bytes: one log order (by account, then by time) and row groups of one size
     assert (out / "events.parquet").read_bytes() == (whole / "events.parquet").read_bytes()
     assert (out / "report.png").stat().st_size > 10_000
     listed = {entry["path"] for entry in json.loads((out / "manifest.json").read_text())["files"]}
     assert listed == {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()} - {"manifest.json"}
+
+
+def test_a_run_in_shards_settles_its_log_format_as_the_whole_run_does(tmp_path: Path) -> None:
+    """``--log-format auto``: the same folder in shards as whole, every file, summary and log format included.
+
+    The shards stream Parquet, not knowing yet how many events the run will have; a run of at most
+    1,000,000 events then gets the JSONL log a run of the fleet whole writes, and the same reason
+    for it in its summary.
+    """
+    folders = {}
+    for shard_sims in ("450", "100000"):
+        folders[shard_sims] = tmp_path / shard_sims
+        done = mgwsim("run", LOAD, "--scale", "0.02", "--out", folders[shard_sims], "--shard-sims", shard_sims)
+        assert done.returncode == 0, done.stderr
+    in_shards, whole = folders["450"], folders["100000"]
+    files = sorted(path.relative_to(whole) for path in whole.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(in_shards) for path in in_shards.rglob("*") if path.is_file())
+    assert Path("events.jsonl") in files and len(files) == 16, files
+    for name in files:
+        assert (in_shards / name).read_bytes() == (whole / name).read_bytes(), name
+    log = json.loads((in_shards / "summary.json").read_text())["event_log"]
+    assert log == {"file": "events.jsonl", "why": "at most 1,000,000 events"}
 
 
 def test_shards_are_whole_accounts_in_order_within_the_bound() -> None:
