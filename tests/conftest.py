@@ -45,3 +45,10 @@ def small_load_log(small_load: Scenario) -> CompactLog:
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
     return path
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under a run folder, by its path in the folder: what `diff -r` of two folders compares."""
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+    }

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, folder_files
 
 pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'mgwsim[ray]'")
 
@@ -150,10 +150,6 @@ def test_a_worker_killed_in_the_middle_of_a_shard_is_retried_and_the_invoices_ar
     assert _invoices(out) == serial_invoices
 
 
-def _folder(out: Path) -> dict[str, bytes]:
-    return {path.relative_to(out).as_posix(): path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
-
-
 def test_a_run_in_shards_on_the_cluster_writes_the_serial_run_folder_byte_for_byte(
     cluster: str, serial_invoices: dict[str, bytes], tmp_path: Path
 ) -> None:
@@ -170,9 +166,9 @@ def test_a_run_in_shards_on_the_cluster_writes_the_serial_run_folder_byte_for_by
         assert run.returncode == 0, err[-2000:]
     assert "4 shards joined" in err  # 10 accounts of 300 SIMs: 3, 3, 3 and 1 a shard
     assert _invoices(out) == serial_invoices
-    written = _folder(out)
+    written = folder_files(out)
     assert {"events.parquet", "summary.json", "report.png", "manifest.json"} <= set(written)
-    assert written == _folder(serial)
+    assert written == folder_files(serial)
 
 
 def test_an_address_nothing_answers_on_is_refused_at_once_naming_it(tmp_path: Path) -> None:
