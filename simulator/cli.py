@@ -5,7 +5,9 @@ standard error naming the file and line (or key) and the reason, exit status 2, 
 half-written; a damaged store counts as bad input. Every other failure is one line too, with its
 own status (:data:`EXIT_STATUSES`): an unavailable resource (a broker, Ray, a store another process
 holds) 3, an I/O failure (a full disk, a file that cannot be written or read) 4, and a bug in
-mgwsim 70 — with the traceback under ``-v``.
+mgwsim 70 — with the traceback under ``-v``. Stopped by Ctrl-C (SIGINT) or SIGTERM, a command
+unwinds as on any failure — an unfinished run folder or file is removed, ``--out`` keeps what it held —
+says ``mgwsim: interrupted`` or ``mgwsim: terminated`` and exits 130 or 143 (128 + the signal).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import sys
 import traceback
 from enum import StrEnum
@@ -48,8 +51,11 @@ EXIT_STATUSES: Final = (
     "Exit status: 0 done; 1 an \\[expect] check or a golden comparison failed; 2 bad input (the file, "
     "line or key is named, or a damaged store); 3 a resource is unavailable (MQTT broker, Ray, a store "
     "another process holds); 4 an I/O failure (full disk, permissions, an I/O error); 70 a bug in mgwsim "
-    "(run with -v for the traceback)."
+    "(run with -v for the traceback); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what was being "
+    "written is removed, an earlier run folder kept."
 )
+STOP_SIGNALS: Final = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+"""The signals that stop a command cleanly, with the word said; the exit status is 128 + the signal."""
 ISSUES_URL: Final = "https://github.com/mgwsim/mgwsim/issues"
 """Where a bug is reported."""
 
@@ -1179,51 +1185,91 @@ def _flush_stdout() -> int | None:
     return None
 
 
+_stopped_by: signal.Signals | None = None
+"""The stop signal this invocation received, if any (see :func:`_on_stop_signal`)."""
+
+
+def _on_stop_signal(number: int, frame: object) -> None:
+    """Unwind on SIGINT or SIGTERM as on Ctrl-C, remembering which came.
+
+    A ``KeyboardInterrupt`` is what every library here (DuckDB, Ray, thread pools) knows to stop
+    on, and every ``finally`` of ours removes what it was writing. Without this handler SIGTERM
+    would kill the process where it stood, leaving a run's staging folder behind.
+    """
+    global _stopped_by
+    _stopped_by = signal.Signals(number)
+    raise KeyboardInterrupt
+
+
+def _install_stop_handlers() -> None:
+    """Route SIGINT and SIGTERM to :func:`_on_stop_signal` (unless SIGINT is ignored, as in ``nohup … &``)."""
+    for number in STOP_SIGNALS:
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, _on_stop_signal)
+
+
+def _stop_status(default: signal.Signals = signal.SIGINT) -> int:
+    """Say how the command was stopped (one line) and return 128 + the signal."""
+    stopped = _stopped_by or default
+    stderr.print(f"mgwsim: {STOP_SIGNALS[stopped]}", markup=False)
+    return 128 + stopped
+
+
 def main() -> None:
     """Console-script entry point: every failure ends as one line and a documented exit status."""
-    from typer.exceptions import Abort, TyperException
-
+    _install_stop_handlers()
     status: int | str | None = 0
     try:
         status = app(standalone_mode=False)
-    except SystemExit as exit_:
-        status = exit_.code
-    except Abort:
-        stderr.print("mgwsim: interrupted", markup=False)
-        status = 130
-    except TyperException as exc:  # a bad option or argument: one line, as every other failure
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        context = getattr(exc, "ctx", None)
-        command = "mgwsim" + (context.command_path[len(context.find_root().command_path) :] if context else "")
-        if message:  # (no message: mgwsim without a command, its help already shown)
-            _error_line(f"{message} (see {command} --help)")
-        status = getattr(exc, "exit_code", BAD_INPUT)
-    except KeyboardInterrupt:
-        stderr.print("mgwsim: interrupted", markup=False)
-        status = 130
-    except BrokenPipeError:
-        status = 141
-    except MemoryError:
-        _error_line("out of memory (the input or the scenario is larger than this machine can hold)")
-        status = IO_FAILURE
-    except OSError as exc:
-        _error_line(os_error_text(exc))
-        status = IO_FAILURE
-    except Exception as exc:  # a bug: say so in one line, the traceback only when asked for
-        frame = traceback.extract_tb(exc.__traceback__)[-1]
-        said = str(exc).splitlines()[0][:200] if str(exc) else ""
-        _error_line(
-            f"internal error, a bug in mgwsim: {type(exc).__name__}: {said}"
-            f" (at {Path(frame.filename).name}:{frame.lineno}); please report it at {ISSUES_URL}"
-            + ("" if _VERBOSE else "; run with -v for the traceback")
-        )
-        if _VERBOSE:
-            traceback.print_exception(exc, file=sys.stderr)
-        status = BUG
+        if _stopped_by is not None:  # typer turns a KeyboardInterrupt into a silent return of 130
+            status = _stop_status()
+    except BaseException as exc:  # each kind gets its one line in _failure_status
+        status = _failure_status(exc)
     flushed = _flush_stdout()
     if flushed is not None and status in (0, None):
         status = flushed
     sys.exit(status)
+
+
+def _failure_status(raised: BaseException) -> int | str | None:
+    """The one line for what ended a command, printed; its exit status returned."""
+    from typer.exceptions import Abort, TyperException
+
+    if _stopped_by is not None:  # whatever a library made of the interrupt, it was a stop
+        return _stop_status()
+    match raised:
+        case SystemExit():
+            return raised.code
+        case Abort() | KeyboardInterrupt():
+            return _stop_status()
+        case TyperException():  # a bad option or argument: one line, as every other failure
+            message = raised.format_message() if hasattr(raised, "format_message") else str(raised)
+            context = getattr(raised, "ctx", None)
+            command = "mgwsim" + (context.command_path[len(context.find_root().command_path) :] if context else "")
+            if message:  # (no message: mgwsim without a command, its help already shown)
+                _error_line(f"{message} (see {command} --help)")
+            return int(getattr(raised, "exit_code", BAD_INPUT))
+        case BrokenPipeError():
+            return 141
+        case MemoryError():
+            _error_line("out of memory (the input or the scenario is larger than this machine can hold)")
+            return IO_FAILURE
+        case OSError():
+            _error_line(os_error_text(raised))
+            return IO_FAILURE
+        case Exception():  # a bug: say so in one line, the traceback only when asked for
+            frame = traceback.extract_tb(raised.__traceback__)[-1]
+            said = str(raised).splitlines()[0][:200] if str(raised) else ""
+            _error_line(
+                f"internal error, a bug in mgwsim: {type(raised).__name__}: {said}"
+                f" (at {Path(frame.filename).name}:{frame.lineno}); please report it at {ISSUES_URL}"
+                + ("" if _VERBOSE else "; run with -v for the traceback")
+            )
+            if _VERBOSE:
+                traceback.print_exception(raised, file=sys.stderr)
+            return BUG
+        case _:  # GeneratorExit and the like: not ours to swallow
+            raise raised
 
 
 if __name__ == "__main__":

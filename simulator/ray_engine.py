@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -83,6 +85,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         return False
     if address is not None:
         probe_address(address)
+    handlers = _stop_handlers()
     try:
         if address is None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -91,7 +94,36 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray"
         raise RayUnavailable(f"cannot start or reach {where}: {str(exc).splitlines()[0]}") from None
+    except BaseException as stopped:  # stopped while ray.init ran: take down the Ray it was starting
+        ray.shutdown()
+        caller = handlers.get(signal.SIGTERM)
+        if isinstance(stopped, SystemExit) and stopped.code == signal.SIGTERM and callable(caller):
+            caller(signal.SIGTERM, None)  # ray.init's handler exited: the caller's own way to stop instead
+        raise
+    finally:
+        _restore(handlers)
     return True
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_handlers() -> dict[signal.Signals, Any]:
+    """The caller's SIGINT and SIGTERM handlers (empty off the main thread, where they cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+
+
+def _restore(handlers: dict[signal.Signals, Any]) -> None:
+    """Put back the handlers ``ray.init`` replaced.
+
+    ``ray.init`` makes SIGTERM exit the driver at once (status 1, a stack dump from its core
+    worker); the caller's handler unwinds instead, so a stopped run removes what it was writing.
+    """
+    for number, handler in handlers.items():
+        if handler is not None:  # (None: set outside Python, nothing to put back)
+            signal.signal(number, handler)
 
 
 SHARD_RETRIES = 3

@@ -1,0 +1,88 @@
+"""A run stopped by Ctrl-C (SIGINT) or SIGTERM: one line, 128 + the signal, nothing half-written.
+
+A service manager, ``timeout`` or a CI runner stops a long ``mgwsim run`` with SIGTERM; a person
+with Ctrl-C. Either way the unfinished run folder is removed, an earlier run in ``--out`` is kept
+as it was, and standard error says what happened in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import folder_files
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "scenarios"
+
+
+def start_run(out: Path, *extra: str) -> subprocess.Popen[str]:
+    """``mgwsim run`` of load-100k at 5 % (several seconds of work), SIGINT not ignored whatever the caller's shell."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulator.cli", "run", str(SCENARIOS / "load-100k.toml"), "--scale", "0.05",
+         "--out", str(out), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background job's SIGINT is ignored
+    )  # fmt: skip
+
+
+def staging_folders(out: Path) -> list[Path]:
+    """The unfinished folders of runs into ``out`` (beside it, hidden)."""
+    return sorted(out.parent.glob(f".{out.name}.mgwsim-*"))
+
+
+def spill_folders(pid: int) -> list[Path]:
+    """The DuckDB spill folders of process ``pid``."""
+    return sorted(Path(tempfile.gettempdir()).glob(f"mgwsim-duckdb-{pid}-*"))
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "said", "engine"),
+    [
+        (signal.SIGTERM, 143, "mgwsim: terminated", ()),
+        (signal.SIGINT, 130, "mgwsim: interrupted", ()),
+        # ray.init makes SIGTERM end the driver at once (status 1, a stack dump): mgwsim puts its handler back
+        (signal.SIGTERM, 143, "mgwsim: terminated", ("--engine", "ray", "--shard-sims", "1000")),
+    ],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-ray"],
+)
+def test_a_stopped_run_says_so_and_leaves_the_earlier_run(
+    tmp_path: Path, stop: signal.Signals, status: int, said: str, engine: tuple[str, ...]
+) -> None:
+    out = tmp_path / "run"
+    earlier = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", "run", str(SCENARIOS / "quickstart.toml"), "--out", str(out)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert earlier.returncode == 0, earlier.stderr
+    kept = folder_files(out)
+
+    running = start_run(out, *engine)
+    deadline = time.monotonic() + 120
+    while not staging_folders(out):  # the run is writing its folder: stop it in the middle
+        assert running.poll() is None, running.communicate()
+        assert time.monotonic() < deadline, "the run never started its folder"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert running.poll() is None, "the run ended before it could be stopped: give it more work"
+    running.send_signal(stop)
+    _, err = running.communicate(timeout=60)
+
+    assert running.returncode == status, err
+    lines = err.strip().splitlines()
+    assert lines[-1] == said, err
+    assert "Traceback" not in err and "SIGTERM received" not in err, err
+    ours = [line for line in lines if line.startswith("mgwsim: ") and not line.startswith("mgwsim: note: ")]
+    assert ours == [said], "one line says how the run ended"  # (Ray's own start-up chatter aside)
+    assert staging_folders(out) == [], "the unfinished run folder is removed"
+    assert spill_folders(running.pid) == [], "the DuckDB spill folder is removed"
+    assert folder_files(out) == kept, "the earlier run in --out is kept, byte for byte"
