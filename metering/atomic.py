@@ -10,6 +10,8 @@ line can say in one line which output could not be written.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import os
 import tempfile
@@ -63,11 +65,49 @@ def open_write_behind(path: Path) -> io.BufferedWriter:
     return io.BufferedWriter(WriteBehindFile(path), buffer_size=1 << 20)
 
 
+class InUseError(Exception):
+    """Another process is writing this output now (one line naming it)."""
+
+
+def hold(handle: int) -> None:
+    """Mark the open file or folder ``handle`` as being written by this process, until it is closed.
+
+    An advisory ``flock``: the kernel drops it when the process ends, however it ends, so an
+    unfinished output that nobody holds was left by a writer that is gone (:func:`held`).
+    """
+    with contextlib.suppress(OSError):  # a file system without locks: the output is written all the same
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def held(path: Path) -> bool:
+    """Whether a running process holds ``path`` (:func:`hold`): it is being written, not left over."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:  # gone meanwhile, or not ours to open: nothing to take care of
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without locks: taken as left over, as before locks existed
+        return False
+    finally:
+        os.close(handle)
+    return False
+
+
 def partial_files(target: Path) -> list[Path]:
-    """Temporary files of ``target`` that an interrupted writer left beside it."""
+    """Temporary files of ``target`` that an interrupted writer left beside it.
+
+    Raises:
+        InUseError: If another process is writing ``target`` now.
+    """
     if not target.parent.is_dir():
         return []
-    return sorted(target.parent.glob(f".{target.name}.*{PARTIAL_SUFFIX}"))
+    found = sorted(target.parent.glob(f".{target.name}.*{PARTIAL_SUFFIX}"))
+    if any(held(path) for path in found):
+        raise InUseError(f"{target}: another mgwsim is writing it now; wait for it to end, or choose another name")
+    return found
 
 
 def fsync_directory(directory: Path) -> None:
@@ -100,6 +140,7 @@ class AtomicWriter:
         """Prepare to write ``target``."""
         self.target = target
         self.temporary = Path()
+        self._handle = -1
 
     def __enter__(self) -> Path:
         """Return the temporary path to write to.
@@ -114,7 +155,8 @@ class AtomicWriter:
             )
         except OSError as exc:
             raise naming(exc, self.target) from exc
-        os.close(handle)
+        hold(handle)  # kept open until the file is in place: it is being written, not left over
+        self._handle = handle
         self.temporary = Path(name)
         return self.temporary
 
@@ -124,6 +166,13 @@ class AtomicWriter:
         Raises:
             OSError: Naming the target, for a failure while writing, syncing or renaming.
         """
+        try:
+            self._finish(exc_type, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self._handle)
+
+    def _finish(self, exc_type: object, exc: object) -> None:
         if exc_type is None:
             try:
                 umask = os.umask(0)

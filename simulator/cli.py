@@ -550,23 +550,29 @@ def note(message: str) -> None:
 
 def _prepare_outputs(folder: Path | None, files: list[Path]) -> None:
     """Before a long run: refuse an output folder mgwsim did not write, and clear what killed runs left."""
-    from metering.atomic import partial_files
+    from metering.atomic import InUseError, partial_files
     from simulator.run_folder import OutputFolderError, prepare
 
-    if folder is not None:
-        try:
+    try:
+        if folder is not None:
             for message in prepare(folder):
                 note(message)
-        except OutputFolderError as exc:
-            fail(str(exc))
-    for path in files:
-        if path.is_dir():
-            fail(f"{path}: is a folder; give a file name")
-        stale = partial_files(path)
-        for leftover in stale:
-            leftover.unlink(missing_ok=True)
-        if stale:
-            note(f"an earlier write of {path} was interrupted; {len(stale)} unfinished file(s) beside it removed")
+        for path in files:
+            if path.is_dir():
+                fail(f"{path}: is a folder; give a file name")
+            _remove_partial_files(path, partial_files(path))
+    except OutputFolderError as exc:
+        fail(str(exc))
+    except InUseError as exc:
+        fail(str(exc), status=UNAVAILABLE)
+
+
+def _remove_partial_files(path: Path, stale: list[Path]) -> None:
+    """Remove what an interrupted write of ``path`` left beside it, with a note."""
+    for leftover in stale:
+        leftover.unlink(missing_ok=True)
+    if stale:
+        note(f"an earlier write of {path} was interrupted; {len(stale)} unfinished file(s) beside it removed")
 
 
 def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path]:

@@ -6,6 +6,8 @@ is the new folder swapped in for ``DIR`` (one atomic ``renameat2(RENAME_EXCHANGE
 system has it, else two renames) and the old one removed. So ``DIR`` always holds one whole run —
 the previous one or the new one, never a mix — and a run that fails (a full disk, a crash) leaves
 ``DIR`` as it was; its half-written folder is found and removed by the next run, with a note.
+A run holds its unfinished folder (an ``flock``, dropped by the kernel however the run ends), so a
+second run into the same ``DIR`` meanwhile is refused instead of removing the first one's folder.
 
 A folder is taken to be mgwsim's when it has a manifest naming all its files, or (written before
 the manifest existed) holds only the files a run writes. Any other non-empty folder is refused,
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from metering.atomic import PARTIAL_SUFFIX, AtomicWriter, fsync_directory
+from metering.atomic import PARTIAL_SUFFIX, AtomicWriter, InUseError, fsync_directory, held, hold
 
 MANIFEST: Final = "manifest.json"
 """The file a run writes last into its folder: the list of the run's files and their sizes."""
@@ -92,6 +94,12 @@ def prepare(out: Path) -> list[str]:
             )
     notes = []
     for stale in _stale_staging(out):
+        if held(stale):
+            raise InUseError(
+                f"--out {out}: another mgwsim run is writing it now (its unfinished folder {stale.name}); "
+                "wait for it to end, or choose another folder"
+            )
+    for stale in _stale_staging(out):
         shutil.rmtree(stale, ignore_errors=True)
         notes.append(f"an earlier run into {out} was interrupted; its unfinished folder {stale.name} was removed")
     return notes
@@ -129,6 +137,8 @@ def write_folder(out: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING_INFIX}", dir=out.parent))
     leftover: Path | None = staging  # removed at the end: the failed new run, or the old one after a swap
+    handle = os.open(staging, os.O_RDONLY)
+    hold(handle)  # a run starting into ``out`` meanwhile sees this folder is being written (see prepare)
     try:
         written = write(staging)
         entries: list[dict[str, str | int]] = [
@@ -150,6 +160,7 @@ def write_folder(out: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
     finally:
         if leftover is not None:
             shutil.rmtree(leftover, ignore_errors=True)
+        os.close(handle)
     return [out / str(entry["path"]) for entry in entries] + [out / MANIFEST]
 
 

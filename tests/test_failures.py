@@ -6,12 +6,14 @@ skip them). Damaged stores are real DuckDB files with a block overwritten or cut
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,22 +202,28 @@ def test_a_damaged_store_is_named_and_left_untouched(good_store: Path, tmp_path:
     assert not Path(f"{store}.wal").exists()
 
 
+@contextlib.contextmanager
+def another_process(holding: str) -> Iterator[None]:
+    """While inside, another Python process that ran ``holding`` (it takes a lock) is alive."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import time; {holding}; print('ok', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_store_in_use_and_a_folder_as_store(good_store: Path, tmp_path: Path) -> None:
     import duckdb
 
     store = tmp_path / "busy.duckdb"
     shutil.copy(good_store, store)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(store)!r}); print('ok', flush=True); "
-         "time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+    with another_process(f"import duckdb; c = duckdb.connect({str(store)!r})"):
         one_line(mgwsim("bill", "--db", store, "-m", "2026-01"), 3, "in use by another process")
-    finally:
-        holder.kill()
-        holder.wait()
     assert duckdb.connect(str(store), read_only=True).execute("SELECT count(*) FROM events").fetchone()
     one_line(mgwsim("bill", "--db", tmp_path, "-m", "2026-01"), 2, "is a directory")
 
@@ -265,6 +273,47 @@ def test_leftovers_of_killed_runs_are_removed_with_a_note(tmp_path: Path) -> Non
     assert not list(out.rglob("*.partial")) and events.is_file()
 
 
+def test_a_run_into_a_folder_another_run_is_writing_is_refused(tmp_path: Path) -> None:
+    """Two runs into one --out: the second is refused (3), the first's unfinished folder untouched.
+
+    Before, the second took the first's folder for a killed run's leftover and removed it, so the
+    first failed on its own files.
+    """
+    out = tmp_path / "out"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "simulator.cli", "run", str(ROOT / "scenarios/load-100k.toml"), "--scale", "0.05",
+         "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.mgwsim-*")):
+        assert first.poll() is None and time.monotonic() < deadline, "the first run never started its folder"
+        time.sleep(0.05)
+    second = mgwsim("run", ROOT / "scenarios/idle-fleet.toml", "--out", out)
+    _, first_err = first.communicate(timeout=300)
+    one_line(second, 3, f"--out {out}: another mgwsim run is writing it now", "wait for it to end")
+    assert first.returncode == 0, first_err
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    files = {entry["path"] for entry in manifest["files"]}
+    assert {"summary.json", "invoices/2026-01.json", "invoices/2026-12.json"} <= files, "the first run, whole"
+    assert files & {"events.jsonl", "events.parquet"}, files
+    assert not list(tmp_path.glob(".out.mgwsim-*"))
+
+
+def test_a_file_another_process_is_writing_is_left_alone(tmp_path: Path) -> None:
+    """An unfinished file a live writer holds (its flock) is not a leftover: refused (3), kept; removed once it is."""
+    events = tmp_path / "copy.jsonl"
+    partial = tmp_path / ".copy.jsonl.live01.partial"
+    partial.write_text("{", encoding="utf-8")
+    with another_process(f"import fcntl, os; fcntl.flock(os.open({str(partial)!r}, os.O_RDONLY), fcntl.LOCK_EX)"):
+        one_line(mgwsim("run", ROOT / "scenarios/idle-fleet.toml", "--events", events), 3, f"{events}: another mgwsim")
+        assert partial.read_text(encoding="utf-8") == "{" and not events.exists()
+    result = mgwsim("run", ROOT / "scenarios/idle-fleet.toml", "--events", events)
+    assert result.returncode == 0, result.stderr
+    assert "1 unfinished file(s) beside it removed" in result.stderr
+    assert not partial.exists() and events.is_file()
+
+
 # --- smaller things -------------------------------------------------------------------------
 
 
@@ -304,6 +353,7 @@ def test_unreadable_inputs_are_io_failures() -> None:
 
 BUG_SCRIPT = """
 import sys
+import time
 import metering.explain
 def broken(*args, **kwargs):
     return 1 / 0
