@@ -31,6 +31,7 @@ from metering.rating import Rating
 from metering.tariff import TariffError, load_tariff
 from metering.timeutil import TimeFormatError, parse_month_range
 from simulator.capture import SIM_MAP_COLUMNS
+from simulator.shipped import shipped_names
 from simulator.streamed_run import SHARD_SIMS, shards_of
 
 if TYPE_CHECKING:
@@ -323,8 +324,7 @@ ScenarioArg = Annotated[
     Path,
     typer.Argument(
         help="Scenario file (TOML), e.g. scenarios/quickstart.toml, or the name of a shipped scenario "
-        "(quickstart, pin-lockout, tunnel-coverage, mass-traffic, idle-fleet, internet-toggle, load-100k), "
-        "which runs the copy installed with mgwsim when no such file is at hand.",
+        f"({', '.join(shipped_names())}), which runs the copy installed with mgwsim when no such file is at hand.",
         readable=False,
     ),
 ]
@@ -345,7 +345,7 @@ def _scenario(path: Path) -> Scenario:
 def _scenario_file(path: Path) -> tuple[Path, Scenario]:
     """The scenario file ``path`` names (a shipped scenario's installed copy for a bare name), loaded."""
     from simulator.scenario import ScenarioError, load_scenario
-    from simulator.shipped import names_shipped_scenario, shipped_names, shipped_path
+    from simulator.shipped import names_shipped_scenario, shipped_path
 
     path = shipped_path(path) or path
     try:
@@ -632,7 +632,7 @@ def scenarios() -> None:
     """
     from rich.table import Table
 
-    from simulator.shipped import shipped_names, shipped_summary
+    from simulator.shipped import shipped_summary
 
     table = Table(title="shipped scenarios (mgwsim run NAME)")
     table.add_column("name", no_wrap=True)

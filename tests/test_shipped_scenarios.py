@@ -30,6 +30,14 @@ def test_mgwsim_scenarios_lists_every_shipped_scenario_with_what_it_shows() -> N
         assert " ".join(first_words) in row, (path.stem, row)
 
 
+def test_run_help_names_every_shipped_scenario() -> None:
+    """``mgwsim run --help`` lists the names that run by name (it once left out load-1m)."""
+    done = mgwsim("run", "--help", columns=400)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.replace("│", " ").split())
+    assert f"shipped scenario ({', '.join(path.stem for path in SHIPPED)})" in said, said
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[path.stem for path in SHIPPED])
 def test_every_shipped_scenario_runs_clean(path: Path, tmp_path: Path) -> None:
     scale = ["--scale", "0.02"] if path in LOADS else []
