@@ -13,6 +13,7 @@ says ``mgwsim: interrupted`` or ``mgwsim: terminated`` and exits 130 or 143 (128
 from __future__ import annotations
 
 import errno
+import inspect
 import json
 import os
 import signal
@@ -1277,6 +1278,34 @@ def _failure_status(raised: BaseException) -> int | str | None:
         case _:  # GeneratorExit and the like: not ours to swallow
             raise raised
 
+
+def reflowed(doc: str) -> str:
+    """A command's docstring as ``--help`` should show it: each paragraph one line, for the terminal to wrap.
+
+    Typer keeps a docstring's line breaks after its first paragraph, so at 80 columns every source
+    line would wrap again on its own. A line ``Example: …`` stays a paragraph of its own.
+    """
+    paragraphs: list[list[str]] = []
+    for block in inspect.cleandoc(doc).split("\n\n"):
+        paragraphs.append([])
+        for line in block.splitlines():
+            if line.startswith("Example:") and paragraphs[-1]:
+                paragraphs.append([])
+            paragraphs[-1].append(line.strip())
+    return "\n\n".join(" ".join(lines) for lines in paragraphs if lines)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    """Give every command of ``group`` (and of its sub-groups) its :func:`reflowed` docstring as help."""
+    for command in group.registered_commands:
+        if command.help is None and command.callback is not None and command.callback.__doc__:
+            command.help = reflowed(command.callback.__doc__)
+    for sub_group in group.registered_groups:
+        if sub_group.typer_instance is not None:
+            _reflow_help(sub_group.typer_instance)
+
+
+_reflow_help(app)
 
 if __name__ == "__main__":
     main()
