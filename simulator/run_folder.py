@@ -6,8 +6,9 @@ is the new folder swapped in for ``DIR`` (one atomic ``renameat2(RENAME_EXCHANGE
 system has it, else two renames) and the old one removed. So ``DIR`` always holds one whole run —
 the previous one or the new one, never a mix — and a run that fails (a full disk, a crash) leaves
 ``DIR`` as it was; its half-written folder is found and removed by the next run, with a note.
-A run holds its unfinished folder (an ``flock``, dropped by the kernel however the run ends), so a
-second run into the same ``DIR`` meanwhile is refused instead of removing the first one's folder.
+A run holds its unfinished folder (an ``flock``, dropped by the kernel however the run ends) from
+the check before it starts (:func:`prepare` makes the folder) to the swap, so a second run into the
+same ``DIR`` meanwhile is refused instead of removing the first one's folder.
 
 A folder is taken to be mgwsim's when it has a manifest naming all its files, or (written before
 the manifest existed) holds only the files a run writes. Any other non-empty folder is refused,
@@ -16,6 +17,7 @@ never overwritten: nothing a user gave us is lost.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno
 import json
@@ -40,6 +42,10 @@ _LEGACY_FILES: Final = re.compile(
 """Files of a run folder written before manifests existed."""
 _RENAME_EXCHANGE: Final = 2
 _AT_FDCWD: Final = -100
+
+
+_RESERVED: dict[Path, tuple[Path, int]] = {}
+"""The staging folder :func:`prepare` made and holds for each ``out`` (by absolute path), and its handle."""
 
 
 class OutputFolderError(Exception):
@@ -93,16 +99,38 @@ def prepare(out: Path) -> list[str]:
                 "nothing was changed: choose another folder, or empty this one"
             )
     notes = []
-    for stale in _stale_staging(out):
+    own = _RESERVED.get(out.absolute())  # (prepared before in this process: kept)
+    others = [stale for stale in _stale_staging(out) if own is None or stale != own[0]]
+    for stale in others:
         if held(stale):
             raise InUseError(
                 f"--out {out}: another mgwsim run is writing it now (its unfinished folder {stale.name}); "
                 "wait for it to end, or choose another folder"
             )
-    for stale in _stale_staging(out):
+    for stale in others:
         shutil.rmtree(stale, ignore_errors=True)
         notes.append(f"an earlier run into {out} was interrupted; its unfinished folder {stale.name} was removed")
+    if own is None and out.parent.is_dir():  # held from now on (no parent yet: made when the run writes)
+        _RESERVED[out.absolute()] = _staging_folder(out)
+        if len(_RESERVED) == 1:
+            atexit.register(_release_reserved)
     return notes
+
+
+def _staging_folder(out: Path) -> tuple[Path, int]:
+    """A new staging folder beside ``out``, held (:func:`~metering.atomic.hold`) through the returned handle."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING_INFIX}", dir=out.parent))
+    handle = os.open(staging, os.O_RDONLY)
+    hold(handle)  # a run starting into ``out`` meanwhile sees this folder is being written (see prepare)
+    return staging, handle
+
+
+def _release_reserved() -> None:
+    """Remove the staging folders :func:`prepare` made that no run wrote (it failed or stopped before)."""
+    for staging, handle in _RESERVED.values():
+        shutil.rmtree(staging, ignore_errors=True)
+        os.close(handle)
+    _RESERVED.clear()
 
 
 def _exchange(first: Path, second: Path) -> bool:
@@ -135,10 +163,9 @@ def write_folder(out: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
         OSError: Naming the file that could not be written.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING_INFIX}", dir=out.parent))
+    reserved = _RESERVED.pop(out.absolute(), None)
+    staging, handle = reserved if reserved is not None else _staging_folder(out)
     leftover: Path | None = staging  # removed at the end: the failed new run, or the old one after a swap
-    handle = os.open(staging, os.O_RDONLY)
-    hold(handle)  # a run starting into ``out`` meanwhile sees this folder is being written (see prepare)
     try:
         written = write(staging)
         entries: list[dict[str, str | int]] = [

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,22 +280,28 @@ def test_leftovers_of_killed_runs_are_removed_with_a_note(tmp_path: Path) -> Non
     assert not list(out.rglob("*.partial")) and events.is_file()
 
 
-def test_a_run_into_a_folder_another_run_is_writing_is_refused(tmp_path: Path) -> None:
-    """Two runs into one --out: the second is refused (3), the first's unfinished folder untouched.
+@pytest.mark.parametrize("shards", [["--shard-sims", "100000"], []], ids=["whole", "in-shards"])
+def test_a_run_into_a_folder_another_run_is_writing_is_refused(tmp_path: Path, shards: list[str]) -> None:
+    """Two runs into one --out: the second is refused (3) from the first's start, its folder untouched.
 
     Before, the second took the first's folder for a killed run's leftover and removed it, so the
-    first failed on its own files.
+    first failed on its own files; and a run of the fleet whole made its folder only when it began
+    to write, so a second run started while it simulated went ahead.
     """
     out = tmp_path / "out"
     first = subprocess.Popen(
-        [sys.executable, "-m", "simulator.cli", "run", str(ROOT / "scenarios/load-100k.toml"), "--scale", "0.05",
-         "--out", str(out)],
+        [sys.executable, "-m", "simulator.cli", "-v", "run", str(ROOT / "scenarios/load-100k.toml"),
+         "--scale", "0.05", "--out", str(out), *shards],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.mgwsim-*")):
-        assert first.poll() is None and time.monotonic() < deadline, "the first run never started its folder"
-        time.sleep(0.05)
+    assert first.stderr is not None
+    said = []
+    for line in first.stderr:  # the first run is simulating: nothing of its folder is written yet
+        said.append(line)
+        if " INFO simulating load-100k" in line:
+            break
+    else:
+        pytest.fail("".join(said))
     second = mgwsim("run", ROOT / "scenarios/idle-fleet.toml", "--out", out)
     _, first_err = first.communicate(timeout=300)
     one_line(second, 3, f"--out {out}: another mgwsim run is writing it now", "wait for it to end")
@@ -306,6 +311,15 @@ def test_a_run_into_a_folder_another_run_is_writing_is_refused(tmp_path: Path) -
     assert {"summary.json", "invoices/2026-01.json", "invoices/2026-12.json"} <= files, "the first run, whole"
     assert files & {"events.jsonl", "events.parquet"}, files
     assert not list(tmp_path.glob(".out.mgwsim-*"))
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path: Path) -> None:
+    """The folder a run holds from its start is removed when the run ends without writing it."""
+    out, events = tmp_path / "out", tmp_path / "copy.jsonl"
+    load: list[str | Path] = [ROOT / "scenarios/load-100k.toml", "--scale", "0.01", "--shard-sims", "100"]
+    result = mgwsim("run", *load, "--out", out, "--events", events)
+    assert result.returncode == 2 and "--events: not with a run in" in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == [], "neither the folder nor its staging folder is left"
 
 
 def test_a_file_another_process_is_writing_is_left_alone(tmp_path: Path) -> None:
