@@ -68,7 +68,7 @@ def test_a_stopped_run_says_so_and_leaves_the_earlier_run(
 
     running = start_run(out, *engine)
     deadline = time.monotonic() + 120
-    while not staging_folders(out):  # the run is writing its folder: stop it in the middle
+    while not staging_folders(out):  # the run holds its folder (from its start): stop it in the middle
         assert running.poll() is None, running.communicate()
         assert time.monotonic() < deadline, "the run never started its folder"
         time.sleep(0.05)
