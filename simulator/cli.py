@@ -1215,9 +1215,9 @@ def _install_stop_handlers() -> None:
             signal.signal(number, _on_stop_signal)
 
 
-def _stop_status(default: signal.Signals = signal.SIGINT) -> int:
-    """Say how the command was stopped (one line) and return 128 + the signal."""
-    stopped = _stopped_by or default
+def _stop_status() -> int:
+    """Say how the command was stopped (one line) and return 128 + the signal (Ctrl-C when no handler saw it)."""
+    stopped = _stopped_by or signal.SIGINT
     stderr.print(f"mgwsim: {STOP_SIGNALS[stopped]}", markup=False)
     return 128 + stopped
 
