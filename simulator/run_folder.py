@@ -112,8 +112,6 @@ def prepare(out: Path) -> list[str]:
         notes.append(f"an earlier run into {out} was interrupted; its unfinished folder {stale.name} was removed")
     if own is None and out.parent.is_dir():  # held from now on (no parent yet: made when the run writes)
         _RESERVED[out.absolute()] = _staging_folder(out)
-        if len(_RESERVED) == 1:
-            atexit.register(_release_reserved)
     return notes
 
 
@@ -131,6 +129,9 @@ def _release_reserved() -> None:
         shutil.rmtree(staging, ignore_errors=True)
         os.close(handle)
     _RESERVED.clear()
+
+
+atexit.register(_release_reserved)
 
 
 def _exchange(first: Path, second: Path) -> bool:

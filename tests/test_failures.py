@@ -375,7 +375,6 @@ def test_unreadable_inputs_are_io_failures() -> None:
 
 BUG_SCRIPT = """
 import sys
-import time
 import metering.explain
 def broken(*args, **kwargs):
     return 1 / 0
