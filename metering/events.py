@@ -12,9 +12,10 @@ import hashlib
 import itertools
 import json
 import math
+import operator
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from metering.timeutil import INSTANT_RANGE, MAX_INSTANT, MIN_INSTANT, TimeFormatError, parse_instant
@@ -185,6 +186,13 @@ class Event:
     source: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its fields' values, in order: half the time a slotted dataclass's state takes, or less.
+
+        A Ray worker hands back its shard's ordinary events this way, to the driver that writes them.
+        """
+        return Event, _event_values(self)
+
     @property
     def where(self) -> str:
         """``file:line`` of the event, for messages."""
@@ -194,6 +202,10 @@ class Event:
         """The event's normalised content (no id, no source), used for the content hash."""
         columns = {name: getattr(self, name) for name in EVENT_COLUMNS}
         return event_content(self.ts, self.type, self.account, columns, self.extra)
+
+
+_event_values: Final = operator.attrgetter(*(item.name for item in fields(Event)))
+"""An event's fields' values, in order (what :meth:`Event.__reduce__` pickles)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from metering.compact import concatenate_logs
+from metering.compact import CompactLog, concatenate_logs
 from metering.events import Event
 from metering.store import THREADS_VARIABLE
 from simulator.results import ShardResult, join_shards
@@ -228,6 +228,8 @@ def _shard(
     # one task per CPU already: DuckDB's own threads would only fight the other tasks for the cores
     os.environ.setdefault(THREADS_VARIABLE, "1")
     result = simulate_shard(scenario, accounts, rater, "fast", keep_events)
+    if isinstance(result.events, CompactLog):  # sorted here, on a worker's core, not by the driver
+        result.events.put_in_log_order()
     if lay_out:  # a run in shards: the worker lays out its invoice text, the driver only appends it
         from simulator.streamed_run import laid_out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,8 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.compact import CompactLog
+from metering.compact import CompactLog, CompactTraffic
 from metering.eventlog import log_order, read_event_log, write_event_log
+from metering.events import Event
 from metering.fast import rate_events
 from metering.store import EventStore, StoreError
 from simulator.daily_columns import ColumnarDailyTraffic
@@ -227,3 +229,47 @@ def test_compact_rows_as_jsonl_match_their_events_at_any_value(rows: list[tuple[
         id_infix="/d/",
     )
     assert traffic.jsonl() == "".join(event_line(event) + "\n" for event in traffic.events()).encode()
+
+
+def test_a_log_put_in_log_order_crosses_a_process_boundary_in_that_order(
+    small_load_log: CompactLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray worker sorts its log before handing it back: the driver that writes it sorts nothing."""
+    traffic = small_load_log.traffic
+    order = np.random.default_rng(7).permutation(len(traffic))
+    shuffled = dataclasses.replace(
+        traffic,
+        **{
+            name: getattr(traffic, name)[order].copy()
+            for name in ("second", "sim", "up_bytes", "down_bytes", "route", "key")
+        },
+    )
+    sent = pickle.dumps(CompactLog(list(small_load_log.events), shuffled).put_in_log_order())
+
+    def sorted_again(self: CompactTraffic) -> CompactTraffic:
+        raise AssertionError("the driver sorted a log the worker had put in order")
+
+    monkeypatch.setattr(CompactTraffic, "in_log_order", sorted_again)
+    received = pickle.loads(sent)
+    assert [event.content() for event in received] == [event.content() for event in small_load_log]
+
+
+def test_events_cross_a_process_boundary_with_every_field(small_load_log: CompactLog) -> None:
+    """Events pickle as their fields' values: all come back, the file and line (not compared by ==) too."""
+    events = [
+        *small_load_log.events[:50],
+        Event(
+            1,
+            "sim.pin_failed",
+            "acct-1",
+            "e-1",
+            sim="8981300000000000001",
+            extra='{"attempt": 2}',
+            source="a.jsonl",
+            line=7,
+        ),
+        Event(2, "points.granted", "acct-1", "e-2", points=5, expires=3, delivered=False, source="b.parquet", line=9),
+    ]
+    received = pickle.loads(pickle.dumps(events))
+    assert [dataclasses.astuple(event) for event in received] == [dataclasses.astuple(event) for event in events]
+    assert all(type(event) is Event for event in received)
