@@ -117,18 +117,16 @@ def test_a_parquet_log_is_the_same_file_however_its_events_were_handed_in(
     assert sizes[:-1] == [4_000] * (len(sizes) - 1) and 0 < sizes[-1] <= 4_000 and sum(sizes) == len(listed)
 
 
+def _shuffled(traffic: CompactTraffic, seed: int) -> CompactTraffic:
+    """The same rows in another order (as another batch size counts them), in fresh columns."""
+    order = np.random.default_rng(seed).permutation(len(traffic))
+    rows = ("second", "sim", "up_bytes", "down_bytes", "route", "key")
+    return dataclasses.replace(traffic, **{name: getattr(traffic, name)[order].copy() for name in rows})
+
+
 def test_a_compact_log_has_one_order_whatever_order_its_rows_were_counted_in(small_load_log: CompactLog) -> None:
     """Traffic rows of one account and second come in SIM order, not in the order they were counted."""
-    traffic = small_load_log.traffic
-    order = np.random.default_rng(5).permutation(len(traffic))  # the rows as another batch size counts them
-    shuffled = dataclasses.replace(
-        traffic,
-        **{
-            name: getattr(traffic, name)[order].copy()
-            for name in ("second", "sim", "up_bytes", "down_bytes", "route", "key")
-        },
-    )
-    again = CompactLog(list(small_load_log.events), shuffled)
+    again = CompactLog(list(small_load_log.events), _shuffled(small_load_log.traffic, seed=5))
     assert [event.content() for event in again] == [event.content() for event in small_load_log]
 
 
@@ -235,15 +233,7 @@ def test_a_log_put_in_log_order_crosses_a_process_boundary_in_that_order(
     small_load_log: CompactLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Ray worker sorts its log before handing it back: the driver that writes it sorts nothing."""
-    traffic = small_load_log.traffic
-    order = np.random.default_rng(7).permutation(len(traffic))
-    shuffled = dataclasses.replace(
-        traffic,
-        **{
-            name: getattr(traffic, name)[order].copy()
-            for name in ("second", "sim", "up_bytes", "down_bytes", "route", "key")
-        },
-    )
+    shuffled = _shuffled(small_load_log.traffic, seed=7)
     sent = pickle.dumps(CompactLog(list(small_load_log.events), shuffled).put_in_log_order())
 
     def sorted_again(self: CompactTraffic) -> CompactTraffic:
