@@ -105,14 +105,17 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SIGNALS_RAY_INIT_SETS = (signal.SIGINT, signal.SIGTERM)
+"""The signals whose handlers ``ray.init`` may replace: SIGTERM's in Ray's ``worker.init``; SIGINT's
+is saved as well, in case Ray's core worker sets one. (That they are also the CLI's stop signals is
+why their handlers matter, not what this list says.)"""
 
 
 def _stop_handlers() -> dict[signal.Signals, Any]:
     """The caller's SIGINT and SIGTERM handlers (empty off the main thread, where they cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+    return {number: signal.getsignal(number) for number in _SIGNALS_RAY_INIT_SETS}
 
 
 def _restore(handlers: dict[signal.Signals, Any]) -> None:
