@@ -266,6 +266,7 @@ def explain(
     """
     from metering.explain import explain as explain_rating
 
+    _prepare_outputs(None, [] if html is None else [html])
     inputs = _load(events, db, tariff, month)
     asked = list(inputs.months)
     if html is not None:  # the timelines show the 12 months before, with their charges
@@ -871,6 +872,7 @@ def check(
     """Rerun a scenario and compare its invoices with golden files; exit 1 on any drift."""
     from simulator.runner import compare_golden
 
+    _prepare_outputs(None, [] if junit is None or update else [junit])
     scenario = _scenario(scenario_path)
     result = _simulate(scenario, "fast", engine.value)
     if junit is not None and not update:
@@ -955,6 +957,7 @@ def diff(
         fail(f"--month: {exc}")
     if tariff is not None and not explain_logs:
         fail("--tariff: only with --explain")
+    _prepare_outputs(None, [] if junit is None else [junit])
     try:
         found = compare(read_charges(left), read_charges(right), months)
     except CompareInputError as exc:

@@ -344,6 +344,24 @@ def test_a_folder_given_as_a_log(tmp_path: Path) -> None:
         one_line(mgwsim("bill", tmp_path, "-m", "2026-01", "--rater", rater), 2, str(tmp_path), "is a folder")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["explain", DISPUTES / "data-pack.jsonl", "-m", "2026-01", "--html"],
+        ["check", "quickstart", "--golden", ROOT / "scenarios/golden/quickstart", "--junit"],
+        ["diff", ROOT / "scenarios/golden/quickstart", ROOT / "scenarios/golden/quickstart", "--junit"],
+    ],
+    ids=["explain --html", "check --junit", "diff --junit"],
+)
+def test_a_folder_given_as_an_output_file(tmp_path: Path, command: list[str | Path]) -> None:
+    """Refused as bad input (2) before any work, the folder untouched (was: 4, 'Is a directory', at the end)."""
+    folder = tmp_path / "report"
+    (folder / "kept.txt").parent.mkdir()
+    (folder / "kept.txt").write_text("a user's file\n")
+    one_line(mgwsim(*command, folder), 2, str(folder), "is a folder; give a file name")
+    assert tree(tmp_path) == {"report/kept.txt": hashlib.sha256(b"a user's file\n").hexdigest()}
+
+
 def test_unreadable_inputs_are_io_failures() -> None:
     """Permissions refuse a log or a scenario: exit 4 (root reads everything, so run as nobody then)."""
     import tempfile
