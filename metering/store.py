@@ -156,13 +156,26 @@ def without_progress_bar(connection: duckdb.DuckDBPyConnection) -> duckdb.DuckDB
     return connection
 
 
-def _has_duckdb_header(path: str) -> bool:
-    """Whether a file starts like a DuckDB database (the magic ``DUCK`` at byte 8)."""
+def _first_bytes(path: str) -> bytes:
+    """The first 12 bytes of a file (fewer if it is shorter; none if it cannot be read)."""
     try:
         with open(path, "rb") as stream:
-            return stream.read(12)[8:12] == b"DUCK"
+            return stream.read(12)
     except OSError:
-        return False
+        return b""
+
+
+def _has_duckdb_header(path: str) -> bool:
+    """Whether a file starts like a DuckDB database (the magic ``DUCK`` at byte 8)."""
+    return _first_bytes(path)[8:12] == b"DUCK"
+
+
+def _not_a_store(path: str) -> str:
+    """Why a file without a DuckDB header is not a store: an event log given as one, or another file."""
+    first = _first_bytes(path)
+    if first.startswith(b"PAR1") or first.lstrip()[:1] == b"{" or first.startswith(b"\x1f\x8b"):
+        return f"{path}: not a DuckDB store but an event log, by its first bytes; name it as a log, without --db"
+    return f"{path}: not a DuckDB store (no DuckDB header: another kind of file, or its first block is damaged)"
 
 
 def store_failure(path: str, exc: duckdb.Error) -> StoreError:
@@ -171,10 +184,11 @@ def store_failure(path: str, exc: duckdb.Error) -> StoreError:
     lowered = text.lower()
     if "could not set lock" in lowered or "conflicting lock" in lowered:
         return StoreUnavailable(f"{path}: the store is in use by another process ({text})")
-    if "not a valid duckdb database" in lowered and not _has_duckdb_header(path):
-        return StoreDamaged(
-            f"{path}: not a DuckDB store (no DuckDB header: another kind of file, or its first block is damaged)"
-        )
+    # DuckDB opens a file named .parquet, .csv or .json as a table of an in-memory database, which
+    # a read-only connection refuses ("Cannot launch in-memory database in read-only mode").
+    not_duckdb = ("not a valid duckdb database", "cannot launch in-memory database")
+    if any(sign in lowered for sign in not_duckdb) and not _has_duckdb_header(path):
+        return StoreDamaged(_not_a_store(path))
     if any(sign in lowered for sign in _DAMAGE_SIGNS) or isinstance(exc, duckdb.SerializationException):
         return StoreDamaged(f"{path}: the store is damaged ({text}); nothing was changed; {REINGEST_HINT}")
     if isinstance(exc, duckdb.IOException) or "no space left" in lowered or "permission denied" in lowered:

@@ -235,6 +235,34 @@ def test_a_store_in_use_and_a_folder_as_store(good_store: Path, tmp_path: Path) 
     one_line(mgwsim("bill", "--db", tmp_path, "-m", "2026-01"), 2, "is a directory")
 
 
+def test_an_event_log_or_another_file_given_as_the_store(tmp_path: Path) -> None:
+    """Named for what it is, exit 2, the file untouched.
+
+    Before, a file named .parquet or .csv got DuckDB's "Cannot launch in-memory database in
+    read-only mode": DuckDB opens such a name as a table, not as a database.
+    """
+    log = tmp_path / "events.parquet"
+    assert mgwsim("run", "quickstart", "--log-format", "parquet", "--out", tmp_path / "run").returncode == 0
+    shutil.copy(tmp_path / "run" / "events.parquet", log)
+    other = tmp_path / "noise.csv"
+    other.write_bytes(bytes(range(256)) * 8)
+    jsonl = Path(shutil.copy(DISPUTES / "points.jsonl", tmp_path / "points.jsonl"))
+    cases = [
+        (log, "not a DuckDB store but an event log"),
+        (jsonl, "not a DuckDB store but an event log"),
+        (other, "not a DuckDB store (no DuckDB header"),
+    ]
+    for given, reason in cases:
+        before = given.read_bytes()
+        commands: list[list[str | Path]] = [
+            ["bill", "--db", given, "-m", "2026-01"],
+            ["ingest", DISPUTES / "points.jsonl", "--db", given],
+        ]
+        for command in commands:
+            one_line(mgwsim(*command), 2, str(given), reason)
+        assert given.read_bytes() == before
+
+
 # --- output folders as a set ------------------------------------------------------------------
 
 
