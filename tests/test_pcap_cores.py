@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_pcap import require_tshark
 
-from gateway.pcap_reader import read_capture
+from gateway.pcap_reader import CaptureReadError, read_capture
 from metering.eventlog import read_event_log
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "captures"
@@ -446,8 +446,15 @@ def contents_summary(contents: Any) -> tuple[Any, ...]:
 
 
 def assert_readers_agree(capture: Path) -> None:
-    fast, reference = read_capture(capture, engine="fast"), read_capture(capture, engine="reference")
-    assert contents_summary(fast) == contents_summary(reference)
+    """Both readers count the same, or refuse the file with the same message (damage can hit its header)."""
+
+    def outcome(engine: str) -> object:
+        try:
+            return contents_summary(read_capture(capture, engine=engine))
+        except CaptureReadError as exc:
+            return f"refused: {exc}"
+
+    assert outcome("fast") == outcome("reference")
 
 
 transfer_sizes = st.one_of(st.just(0), st.integers(28, 120_000))
@@ -516,6 +523,7 @@ def test_the_fast_reader_agrees_on_public_captures(capture: Path) -> None:
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.integers(0, 2**32), st.integers(0, 60))
+@example(seed=275579269, damage=15)  # one of the bytes hits the file's magic: both readers refuse it alike
 def test_the_fast_reader_agrees_on_pcapng_of_every_kind(tmp_path: Path, seed: int, damage: int) -> None:
     """pcapng read in bulk: every block kind and interface, damaged at random bytes too, as the reference reads it."""
     import random
