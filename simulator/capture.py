@@ -19,6 +19,7 @@ from devices.carrier import imsi_of, msisdn_of
 from gateway.pcap import CaptureSession, Transfer
 from gateway.pcap_reader import CaptureContents
 from metering.events import ICCID_PATTERN, Event, encode_extra
+from metering.timeutil import format_instant
 
 
 class CaptureInputError(Exception):
@@ -106,7 +107,6 @@ class SimMap:
 def write_sim_map(events: Iterable[Event], path: Path) -> int:
     """Write the ``imsi,iccid,registered_at`` map of the SIMs in a log (what ``meter-pcap --sims`` reads)."""
     from metering.atomic import AtomicWriter
-    from metering.timeutil import format_instant
 
     registered: dict[str, int] = {}
     seen: set[str] = set()
@@ -129,6 +129,7 @@ def read_sim_map(path: Path) -> SimMap:
 
     Raises:
         CaptureInputError: For a missing file or column, or a bad row (file and line named).
+        OSError: When the file exists but cannot be read (permissions, an I/O error).
     """
     import re
 
@@ -136,8 +137,12 @@ def read_sim_map(path: Path) -> SimMap:
 
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CaptureInputError(f"{path}: cannot read the SIM map ({exc})") from None
+    except FileNotFoundError:
+        raise CaptureInputError(f"{path}: no such SIM map") from None
+    except IsADirectoryError:
+        raise CaptureInputError(f"{path}: is a folder, not a SIM map file") from None
+    except UnicodeDecodeError as exc:
+        raise CaptureInputError(f"{path}: the SIM map is not UTF-8 text (byte {exc.start})") from None
     rows = csv.DictReader(text.splitlines())
     if rows.fieldnames is None or not {"imsi", "iccid"} <= set(rows.fieldnames):
         raise CaptureInputError(f"{path}:1: the SIM map needs the columns imsi and iccid")
@@ -208,11 +213,17 @@ def events_from_capture(contents: CaptureContents, account: str, sim_map: SimMap
     for session in contents.sessions:
         iccid = sim_map.get(session.imsi)
         if iccid is None:
-            raise CaptureInputError(f"IMSI {session.imsi} of a session in the capture is not in the SIM map")
+            raise CaptureInputError(
+                f"the session of IMSI {session.imsi} created {format_instant(session.start_us)} "
+                "has no row in the SIM map"
+            )
         at = sim_map.registered.get(iccid)
         if at is not None and iccid not in registered:
             if at > session.start_us:
-                raise CaptureInputError(f"SIM {iccid}: registered_at is after its first session in the capture")
+                raise CaptureInputError(
+                    f"SIM {iccid}: its first session, created {format_instant(session.start_us)}, is before its "
+                    f"registered_at {format_instant(at)} in the SIM map"
+                )
             registered.add(iccid)
             events.append(
                 Event(ts=at, type="sim.registered", account=account, id=f"pcap-registered/{iccid}", sim=iccid)

@@ -799,7 +799,9 @@ def meter_pcap(
     account: Annotated[str, typer.Option(help="The account the SIMs belong to (the events' account).")],
     sims: Annotated[
         Path,
-        typer.Option(help=f"The SIM map, a CSV (mgwsim run --pcap writes one). Columns: {SIM_MAP_COLUMNS}."),
+        typer.Option(
+            help=f"The SIM map, a CSV (mgwsim run --pcap writes one). Columns: {SIM_MAP_COLUMNS}.", readable=False
+        ),
     ],
     out: Annotated[
         Path | None, typer.Option(help="Write the events here (.jsonl, .jsonl.gz, .parquet); default: stdout.")
@@ -830,9 +832,13 @@ def meter_pcap(
         _prepare_outputs(None, [out])
     try:
         sim_map = read_sim_map(sims)
-        metered = events_from_capture(read_capture(capture), account, sim_map)
+        contents = read_capture(capture)
     except (CaptureReadError, CaptureInputError) as exc:
         fail(str(exc))
+    try:
+        metered = events_from_capture(contents, account, sim_map)
+    except CaptureInputError as exc:
+        fail(f"{capture}: {exc} {sims}")
     if out is None:
         for event in metered.events:
             write_stdout(event_line(event) + "\n")

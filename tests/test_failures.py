@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -404,9 +405,19 @@ def test_unreadable_inputs_are_io_failures() -> None:
         folder.chmod(0o777)  # the store may be created; the log may not be read
         log = Path(shutil.copy(DISPUTES / "points.jsonl", folder / "secret.jsonl"))
         scenario = Path(shutil.copy(ROOT / "scenarios/pin-lockout.toml", folder / "secret.toml"))
-        for path in (log, scenario):
+        sim_map = folder / "secret.sims.csv"
+        sim_map.write_text("imsi,iccid\n440511234567890,8981300000000000001\n", encoding="utf-8")
+        for path in (log, scenario, sim_map):
             path.chmod(0)
-        for command in (["bill", log, "-m", "2026-01"], ["run", scenario], ["ingest", log, "--db", folder / "s.db"]):
+        capture = folder / "empty.pcap"  # a pcap file header (Ethernet), no packets
+        capture.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        commands: list[tuple[list[str | Path], Path]] = [
+            (["bill", log, "-m", "2026-01"], log),
+            (["run", scenario], scenario),
+            (["ingest", log, "--db", folder / "s.db"], log),
+            (["meter-pcap", capture, "--account", "acct-1", "--sims", sim_map], sim_map),  # was 2, typer's check
+        ]
+        for command, unreadable in commands:
             result = subprocess.run(
                 [*as_user, sys.executable, "-m", "simulator.cli", *map(str, command)],
                 capture_output=True,
@@ -414,7 +425,7 @@ def test_unreadable_inputs_are_io_failures() -> None:
                 timeout=120,
                 cwd=ROOT,
             )
-            one_line(result, 4, str(command[1]), "Permission denied")
+            one_line(result, 4, str(unreadable), "Permission denied")
     finally:
         shutil.rmtree(folder)
 

@@ -161,3 +161,39 @@ def test_broken_packets_are_counted_not_fatal(tmp_path: Path) -> None:
         "skipped 1 packet(s): inner packet not IP" in done.stderr
         and "skipped 1 packet(s): truncated packet" in done.stderr
     )
+
+
+def test_a_sim_map_that_does_not_fit_the_capture_is_named(tmp_path: Path) -> None:
+    """One line naming the capture, the session (IMSI, when created) and the SIM map; exit 2, nothing written."""
+    session = CaptureSession(
+        1, "440511234567890", "817012345678901", "350000000000001", "10.128.0.9", "internet",
+        1_767_193_200_000_000, 1_767_193_260_000_000, (Transfer(1_767_193_230_000_000, 3000, 100),),
+    )  # fmt: skip
+    capture = tmp_path / "core.pcap"
+    write_capture([session], capture)
+    out = tmp_path / "events.jsonl"
+    cases = {
+        "other.csv": (
+            "imsi,iccid\n440519999999999,8981300000000000001\n",
+            "core.pcap: the session of IMSI 440511234567890 created 2026-01-01T00:00:00+09:00 has no row in the "
+            "SIM map",
+        ),
+        "late.csv": (
+            "imsi,iccid,registered_at\n440511234567890,8981300000000000001,2026-01-02T00:00:00+09:00\n",
+            "core.pcap: SIM 8981300000000000001: its first session, created 2026-01-01T00:00:00+09:00, is before "
+            "its registered_at 2026-01-02T00:00:00+09:00 in the SIM map",
+        ),
+        "latin1.csv": ("imsi,iccid\n# caf\xe9\n", "the SIM map is not UTF-8 text (byte 16)"),
+    }
+    for name, (text, reason) in cases.items():
+        sim_map = tmp_path / name
+        sim_map.write_bytes(text.encode("latin-1"))
+        done = mgwsim("meter-pcap", capture, "--account", "acct-1", "--sims", sim_map, "--out", out)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        (line,) = done.stderr.splitlines()
+        assert reason in line and str(sim_map) in line, line
+        assert not out.exists()
+    unusable = ((tmp_path / "missing.csv", "no such SIM map"), (tmp_path, "is a folder, not a SIM map file"))
+    for sim_map, reason in unusable:
+        done = mgwsim("meter-pcap", capture, "--account", "acct-1", "--sims", sim_map)
+        assert done.returncode == 2 and done.stderr.strip() == f"mgwsim: error: {sim_map}: {reason}", done.stderr
