@@ -58,6 +58,25 @@ class MqttAdapterError(Exception):
     """The broker cannot be used (one line, never with the password)."""
 
 
+def check_ca_file(path: Path) -> None:
+    """Load the CA certificates of ``--mqtt-ca`` once, before any connection, so that a bad file is named.
+
+    Raises:
+        MqttAdapterError: When the file is missing, a folder, or holds no certificate (PEM) TLS can load.
+        OSError: When it exists but cannot be read (permissions, an I/O error), with its name.
+    """
+    if not path.exists():
+        raise MqttAdapterError(f"{path}: no such file")
+    if path.is_dir():
+        raise MqttAdapterError(f"{path}: is a folder, not a file of CA certificates")
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        raise MqttAdapterError(f"{path}: no CA certificate TLS can load (PEM expected; {exc.reason or exc})") from None
+    except OSError as exc:  # ssl does not say which file
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
 @dataclass(frozen=True)
 class Broker:
     """Where and how to connect.

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from metering.events import Event, EventError, event_from_mapping
+from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, format_instant, format_month, month_of_instant, parse_instant
 
 GATEWAY_CLASS: Final = "mobilegateway"
@@ -128,11 +129,9 @@ def read_documents(files: Sequence[Fetched]) -> _Found:
     documents = []
     for fetched in files:
         try:
-            text = fetched.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SacloudImportError(
-                f"{fetched.path}: cannot be read ({getattr(exc, 'strerror', None) or exc})"
-            ) from None
+            text = read_text(fetched.path)
+        except ValueError as exc:
+            raise SacloudImportError(str(exc)) from None
         try:
             document = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
         except ValueError as exc:

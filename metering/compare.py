@@ -14,6 +14,7 @@ decimal string (no float rounding: amounts are read as :class:`~decimal.Decimal`
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, Final
 from xml.sax.saxutils import quoteattr
 
 from metering.money import format_money
+from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, format_month, parse_month
 
 CSV_COLUMNS: Final = ("month", "account", "item", "subject", "quantity", "amount")
@@ -198,11 +200,11 @@ def charges_of(documents: Iterable[Mapping[str, Any]], source: str) -> Charges:
 
 def _document(path: Path) -> dict[Key, tuple[int, Decimal]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CompareInputError(f"{path}: cannot be read ({exc})") from None
-    except json.JSONDecodeError as exc:
+        data = json.loads(read_text(path), parse_float=Decimal)
+    except json.JSONDecodeError as exc:  # (a ValueError: before the one read_text raises)
         raise CompareInputError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    except ValueError as exc:
+        raise CompareInputError(str(exc)) from None
     if isinstance(data, list):  # `mgwsim bill --month A..B --format json`: the documents of a range
         return _merged(_document_lines(document, f"{path} [{index}]") for index, document in enumerate(data))
     return _document_lines(data, str(path))
@@ -228,12 +230,11 @@ def _document_lines(data: Any, path: str) -> dict[Key, tuple[int, Decimal]]:
 
 def _csv(path: Path) -> dict[Key, tuple[int, Decimal]]:
     try:
-        with path.open(encoding="utf-8", newline="") as stream:
-            rows = list(csv.reader(stream))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CompareInputError(f"{path}: cannot be read ({exc})") from None
-    except csv.Error as exc:
+        rows = list(csv.reader(io.StringIO(read_text(path), newline="")))
+    except csv.Error as exc:  # (before ValueError: read_text's, for a file that cannot be read)
         raise CompareInputError(f"{path}: not CSV ({exc})") from None
+    except ValueError as exc:
+        raise CompareInputError(str(exc)) from None
     if not rows:
         raise CompareInputError(f"{path}:1: empty; the header is {','.join(CSV_COLUMNS)}")
     header = [name.strip() for name in rows[0]]

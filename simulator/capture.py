@@ -19,6 +19,7 @@ from devices.carrier import imsi_of, msisdn_of
 from gateway.pcap import CaptureSession, Transfer
 from gateway.pcap_reader import CaptureContents
 from metering.events import ICCID_PATTERN, Event, encode_extra
+from metering.textfile import read_text
 from metering.timeutil import format_instant
 
 
@@ -136,13 +137,9 @@ def read_sim_map(path: Path) -> SimMap:
     from metering.timeutil import TimeFormatError, parse_instant
 
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CaptureInputError(f"{path}: no such SIM map") from None
-    except IsADirectoryError:
-        raise CaptureInputError(f"{path}: is a folder, not a SIM map file") from None
-    except UnicodeDecodeError as exc:
-        raise CaptureInputError(f"{path}: the SIM map is not UTF-8 text (byte {exc.start})") from None
+        text = read_text(path)
+    except ValueError as exc:
+        raise CaptureInputError(f"{exc} (the SIM map)") from None
     rows = csv.DictReader(text.splitlines())
     if rows.fieldnames is None or not {"imsi", "iccid"} <= set(rows.fieldnames):
         raise CaptureInputError(f"{path}:1: the SIM map needs the columns imsi and iccid")

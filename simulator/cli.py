@@ -171,7 +171,9 @@ TariffOpt = Annotated[
 ]
 DbOpt = Annotated[
     Path | None,
-    typer.Option("--db", help="DuckDB event store (see `mgwsim ingest`), read instead of or besides files."),
+    typer.Option(
+        "--db", help="DuckDB event store (see `mgwsim ingest`), read instead of or besides files.", readable=False
+    ),
 ]
 
 
@@ -257,6 +259,7 @@ def explain(
             help="Write the dispute report here as one self-contained HTML page (no network): per account the "
             "invoice with every line's rule, article and evidence, the fees not charged and why, and per SIM a "
             "timeline of the month and the 12 before it.",
+            readable=False,
         ),
     ] = None,
 ) -> None:
@@ -289,7 +292,7 @@ def explain(
 @app.command(epilog=EXIT_STATUSES)
 def ingest(
     events: Annotated[list[Path], typer.Argument(help="Event logs to append to the store.", readable=False)],
-    db: Annotated[Path, typer.Option("--db", help="DuckDB file; created when missing.")],
+    db: Annotated[Path, typer.Option("--db", help="DuckDB file; created when missing.", readable=False)],
     batch: Annotated[
         int,
         typer.Option(
@@ -331,7 +334,9 @@ ScenarioArg = Annotated[
     ),
 ]
 MqttUsernameOpt = Annotated[str | None, typer.Option(help="MQTT user name.")]
-MqttCaOpt = Annotated[Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.")]
+MqttCaOpt = Annotated[
+    Path | None, typer.Option(help="CA certificates for the broker's TLS certificate.", readable=False)
+]
 MqttRetriesOpt = Annotated[
     int, typer.Option(min=1, help="Connection attempts in a row before giving up on the broker.")
 ]
@@ -410,7 +415,8 @@ def run(
         Path | None,
         typer.Option(
             help="Write the event log (events.jsonl; events.parquet above 1,000,000 events, see --log-format), "
-            "invoices/YYYY-MM.json, report.png, summary.json here."
+            "invoices/YYYY-MM.json, report.png, summary.json here.",
+            readable=False,
         ),
     ] = None,
     log_format: Annotated[
@@ -418,7 +424,8 @@ def run(
         typer.Option(help="The format of --out's event log: auto (Parquet above 1,000,000 events), jsonl, parquet."),
     ] = LogFormat.auto,
     events: Annotated[
-        Path | None, typer.Option("--events", help="Also write the event log here (.jsonl, .jsonl.gz or .parquet).")
+        Path | None,
+        typer.Option("--events", help="Also write the event log here (.jsonl, .jsonl.gz or .parquet).", readable=False),
     ] = None,
     rater: Annotated[Rater, typer.Option(help="Rater of the online metering.")] = Rater.fast,
     engine: Annotated[
@@ -436,7 +443,8 @@ def run(
         Path | None,
         typer.Option(
             help="Write a GTP capture of the gateway's core side (GTPv2-C sessions, GTP-U traffic) here, and "
-            'the IMSI-to-ICCID map beside it (FILE.sims.csv). Needs traffic_records = "session".'
+            'the IMSI-to-ICCID map beside it (FILE.sims.csv). Needs traffic_records = "session".',
+            readable=False,
         ),
     ] = None,
     pcap_sims: Annotated[
@@ -594,10 +602,13 @@ def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path
 
 
 def _broker(url: str, username: str | None, ca_file: Path | None, attempts: int, backoff_s: float) -> Any:
-    from gateway.mqtt import Broker, MqttAdapterError
+    from gateway.mqtt import Broker, MqttAdapterError, check_ca_file
 
-    if ca_file is not None and not ca_file.is_file():
-        fail(f"--mqtt-ca: {ca_file}: no such file")
+    if ca_file is not None:
+        try:
+            check_ca_file(ca_file)
+        except MqttAdapterError as exc:
+            fail(f"--mqtt-ca: {exc}")
     try:
         return Broker.from_url(url, username, ca_file, attempts, backoff_s)
     except MqttAdapterError as exc:
@@ -655,7 +666,7 @@ def import_sacloud(
         ),
     ],
     account: Annotated[str, typer.Option(help="The account (project) the events belong to.")],
-    out: Annotated[Path, typer.Option(help="Write the events here (.jsonl, .jsonl.gz or .parquet).")],
+    out: Annotated[Path, typer.Option(help="Write the events here (.jsonl, .jsonl.gz or .parquet).", readable=False)],
     at: Annotated[
         str | None,
         typer.Option(
@@ -700,7 +711,9 @@ def meter_mqtt(
         str, typer.Option("--broker", help="mqtt://HOST[:PORT] or mqtts://… (password: $MGWSIM_MQTT_PASSWORD).")
     ],
     topic: Annotated[str, typer.Option(help="Topic filter, e.g. 'mono/#'.")],
-    out: Annotated[Path, typer.Option(help="Write the mono.message events here (.jsonl, .jsonl.gz, .parquet).")],
+    out: Annotated[
+        Path, typer.Option(help="Write the mono.message events here (.jsonl, .jsonl.gz, .parquet).", readable=False)
+    ],
     expect: Annotated[
         int | None,
         typer.Option(
@@ -804,7 +817,8 @@ def meter_pcap(
         ),
     ],
     out: Annotated[
-        Path | None, typer.Option(help="Write the events here (.jsonl, .jsonl.gz, .parquet); default: stdout.")
+        Path | None,
+        typer.Option(help="Write the events here (.jsonl, .jsonl.gz, .parquet); default: stdout.", readable=False),
     ] = None,
 ) -> None:
     """Meter a GTP capture: sessions from GTP-C, T-PDU bytes per session and JST day from the G-PDUs.
@@ -867,12 +881,16 @@ def meter_pcap(
 @app.command(epilog=EXIT_STATUSES)
 def check(
     scenario_path: ScenarioArg,
-    golden: Annotated[Path, typer.Option(help="Directory of golden invoices (one YYYY-MM.json per month).")],
+    golden: Annotated[
+        Path, typer.Option(help="Directory of golden invoices (one YYYY-MM.json per month).", readable=False)
+    ],
     update: Annotated[bool, typer.Option("--update", help="Rewrite the golden files from this run.")] = False,
     engine: Annotated[EngineName, typer.Option(help="Simulation engine.")] = EngineName.fast,
     junit: Annotated[
         Path | None,
-        typer.Option(help="Also write JUnit XML here: one test case per account and month, as mgwsim diff."),
+        typer.Option(
+            help="Also write JUnit XML here: one test case per account and month, as mgwsim diff.", readable=False
+        ),
     ] = None,
 ) -> None:
     """Rerun a scenario and compare its invoices with golden files; exit 1 on any drift."""
@@ -918,14 +936,17 @@ class DiffFormat(StrEnum):
 
 @app.command(epilog=EXIT_STATUSES)
 def diff(
-    left: Annotated[Path, typer.Argument(help="Invoice document (.json), a folder of them, or a charges CSV.")],
-    right: Annotated[Path, typer.Argument(help="The same kinds as LEFT.")],
+    left: Annotated[
+        Path, typer.Argument(help="Invoice document (.json), a folder of them, or a charges CSV.", readable=False)
+    ],
+    right: Annotated[Path, typer.Argument(help="The same kinds as LEFT.", readable=False)],
     month: Annotated[
         str | None, typer.Option("--month", "-m", help="Only this month (YYYY-MM) or range (YYYY-MM..YYYY-MM).")
     ] = None,
     output: Annotated[DiffFormat, typer.Option("--format", help="table (for people) or json.")] = DiffFormat.table,
     junit: Annotated[
-        Path | None, typer.Option(help="Also write JUnit XML here: one test case per account and month.")
+        Path | None,
+        typer.Option(help="Also write JUnit XML here: one test case per account and month.", readable=False),
     ] = None,
     explain_logs: Annotated[
         list[Path] | None,
@@ -1041,7 +1062,9 @@ def _explanations(differences: Any, logs: list[Path], tariff_path: Path | None) 
 def bench_metering(
     events: Annotated[int, typer.Option("--events", "-n", help="sim.traffic events to generate.")] = 10_000_000,
     sims: Annotated[int, typer.Option(help="SIMs the traffic is spread over.")] = 100_000,
-    workdir: Annotated[Path | None, typer.Option(help="Directory for the temporary Parquet file and store.")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Directory for the temporary Parquet file and store.", readable=False)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 1,
 ) -> None:
     """Ingest + rate 12 months of generated traffic, beside a bare DuckDB GROUP BY of the same file."""
@@ -1054,7 +1077,9 @@ def bench_metering(
 @bench_app.command("jsonl", epilog=EXIT_STATUSES)
 def bench_jsonl(
     lines: Annotated[int, typer.Option(min=1, help="Lines of the JSONL log.")] = 10_000_000,
-    workdir: Annotated[Path, typer.Option(help="Where the log is written (and removed after).")] = Path("."),
+    workdir: Annotated[Path, typer.Option(help="Where the log is written (and removed after).", readable=False)] = Path(
+        "."
+    ),
 ) -> None:
     """Bill a large JSONL log (12 months), beside DuckDB's bare read_json + GROUP BY sim, month of it.
 
@@ -1092,6 +1117,7 @@ def bench_sim(
             help="Load scenario: a TOML file, or the name of a shipped scenario (its installed copy when no "
             "such file is at hand).",
             show_default=True,
+            readable=False,
         ),
     ] = Path("load-100k"),
     sims: Annotated[int, typer.Option(min=1, help="Scale the fleets to about this many SIMs.")] = 100_000,
@@ -1104,7 +1130,8 @@ def bench_sim(
         ),
     ] = False,
     directory: Annotated[
-        Path | None, typer.Option("--dir", help="With --outputs: write the run folder here (default: $TMPDIR).")
+        Path | None,
+        typer.Option("--dir", help="With --outputs: write the run folder here (default: $TMPDIR).", readable=False),
     ] = None,
 ) -> None:
     """Simulate a load scenario; compare the cost per session with a bare SimPy loop's cost per event."""
@@ -1123,7 +1150,11 @@ def bench_pcap(
     sample: Annotated[int, typer.Option(min=10, help="G-PDUs scapy builds one by one for the comparison.")] = 3_000,
     directory: Annotated[
         Path | None,
-        typer.Option("--dir", help="Write the capture here (e.g. /dev/shm to leave the disk out); default: $TMPDIR."),
+        typer.Option(
+            "--dir",
+            help="Write the capture here (e.g. /dev/shm to leave the disk out); default: $TMPDIR.",
+            readable=False,
+        ),
     ] = None,
 ) -> None:
     """Capture writing (templates patched in bulk) beside building the same packets with scapy."""
@@ -1138,7 +1169,11 @@ def bench_meter_pcap(
     sessions: Annotated[int, typer.Option(min=1, help="Sessions in the capture (a fleet device's day each).")] = 9_000,
     directory: Annotated[
         Path | None,
-        typer.Option("--dir", help="Write the capture here (e.g. /dev/shm to leave the disk out); default: $TMPDIR."),
+        typer.Option(
+            "--dir",
+            help="Write the capture here (e.g. /dev/shm to leave the disk out); default: $TMPDIR.",
+            readable=False,
+        ),
     ] = None,
     reference: Annotated[bool, typer.Option(help="Also time the one-by-one reference reader.")] = True,
     tshark: Annotated[

@@ -373,6 +373,34 @@ def test_a_folder_given_as_a_log(tmp_path: Path) -> None:
         one_line(mgwsim("bill", tmp_path, "-m", "2026-01", "--rater", rater), 2, str(tmp_path), "is a folder")
 
 
+def test_a_ca_file_that_tls_cannot_load_is_named_before_any_work(tmp_path: Path) -> None:
+    """--mqtt-ca of run and meter-mqtt: one line, exit 2, before the run or a connection.
+
+    Before, a file without a certificate failed at the first connection: exit 4, ssl's text, no file named.
+    """
+    not_pem = Path(shutil.copy(DISPUTES / "points.jsonl", tmp_path / "ca.pem"))
+    cases = [
+        (not_pem, "no CA certificate TLS can load (PEM expected"),
+        (tmp_path, "is a folder, not a file of CA certificates"),
+        (tmp_path / "missing.pem", "no such file"),
+    ]
+    for ca, reason in cases:
+        meter: list[str | Path] = [
+            "meter-mqtt",
+            "--broker",
+            "mqtts://127.0.0.1:1",
+            "--topic",
+            "t",
+            "--out",
+            tmp_path / "m.jsonl",
+        ]
+        run: list[str | Path] = ["run", "quickstart", "--mqtt", "mqtts://127.0.0.1:1"]
+        for command in (run, meter):
+            command += ["--mqtt-ca", ca]
+            one_line(mgwsim(*command), 2, f"--mqtt-ca: {ca}: {reason}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ca.pem"], "nothing written"
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -407,7 +435,12 @@ def test_unreadable_inputs_are_io_failures() -> None:
         scenario = Path(shutil.copy(ROOT / "scenarios/pin-lockout.toml", folder / "secret.toml"))
         sim_map = folder / "secret.sims.csv"
         sim_map.write_text("imsi,iccid\n440511234567890,8981300000000000001\n", encoding="utf-8")
-        for path in (log, scenario, sim_map):
+        charges = folder / "secret.csv"
+        charges.write_text("month,account,item,subject,quantity,amount\n", encoding="utf-8")
+        invoice = Path(shutil.copy(ROOT / "scenarios/golden/quickstart/2026-01.json", folder / "secret.json"))
+        export = Path(shutil.copy(ROOT / "scenarios/sacloud-export/sims-2026-01-31.json", folder / "sims.json"))
+        ca = Path(shutil.copy(DISPUTES / "points.jsonl", folder / "ca.pem"))
+        for path in (log, scenario, sim_map, charges, invoice, export, ca):
             path.chmod(0)
         capture = folder / "empty.pcap"  # a pcap file header (Ethernet), no packets
         capture.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
@@ -416,6 +449,34 @@ def test_unreadable_inputs_are_io_failures() -> None:
             (["run", scenario], scenario),
             (["ingest", log, "--db", folder / "s.db"], log),
             (["meter-pcap", capture, "--account", "acct-1", "--sims", sim_map], sim_map),  # was 2, typer's check
+            (["diff", charges, charges], charges),  # these three were 2, 'cannot be read'
+            (["diff", invoice, invoice], invoice),
+            (
+                [
+                    "meter-mqtt",
+                    "--broker",
+                    "mqtts://127.0.0.1:1",
+                    "--topic",
+                    "t",
+                    "--mqtt-ca",
+                    ca,
+                    "--out",
+                    folder / "m.jsonl",
+                ],
+                ca,
+            ),
+            (
+                [
+                    "import",
+                    "sacloud",
+                    f"{export}@2026-01-31T23:59:59+09:00",
+                    "--account",
+                    "a",
+                    "--out",
+                    folder / "o.jsonl",
+                ],
+                export,
+            ),
         ]
         for command, unreadable in commands:
             result = subprocess.run(

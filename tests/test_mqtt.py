@@ -20,7 +20,14 @@ import pytest
 from conftest import ROOT
 
 from gateway.bench import free_port, mosquitto_binary, start_mosquitto
-from gateway.mqtt import Broker, MqttAdapterError, PlatformMessage, platform_messages, publish_messages
+from gateway.mqtt import (
+    Broker,
+    MqttAdapterError,
+    PlatformMessage,
+    check_ca_file,
+    platform_messages,
+    publish_messages,
+)
 from metering.eventlog import read_event_log
 from simulator.runner import run_scenario
 from simulator.scenario import load_scenario
@@ -266,6 +273,9 @@ def test_tls_with_a_test_ca(tmp_path: Path) -> None:
         messages = [
             PlatformMessage(f"tls/{n}#1", "acct-1", "8981300000000000001", 1_767_193_200_000_000) for n in range(50)
         ]
+        check_ca_file(tmp_path / "ca.crt")  # --mqtt-ca's check passes a CA file; a key is no certificate
+        with pytest.raises(MqttAdapterError, match=r"server\.key: no CA certificate TLS can load"):
+            check_ca_file(tmp_path / "server.key")
         trusted = Broker.from_url(f"mqtts://127.0.0.1:{port}/mono", ca_file=tmp_path / "ca.crt")
         assert asyncio.run(publish_messages(trusted, messages)) == 50
         untrusted = Broker.from_url(f"mqtts://127.0.0.1:{port}/mono", attempts=1)  # the system CAs only

@@ -183,7 +183,7 @@ def test_a_sim_map_that_does_not_fit_the_capture_is_named(tmp_path: Path) -> Non
             "core.pcap: SIM 8981300000000000001: its first session, created 2026-01-01T00:00:00+09:00, is before "
             "its registered_at 2026-01-02T00:00:00+09:00 in the SIM map",
         ),
-        "latin1.csv": ("imsi,iccid\n# caf\xe9\n", "the SIM map is not UTF-8 text (byte 16)"),
+        "latin1.csv": ("imsi,iccid\n# caf\xe9\n", "not UTF-8 text (byte 16) (the SIM map)"),
     }
     for name, (text, reason) in cases.items():
         sim_map = tmp_path / name
@@ -193,7 +193,7 @@ def test_a_sim_map_that_does_not_fit_the_capture_is_named(tmp_path: Path) -> Non
         (line,) = done.stderr.splitlines()
         assert reason in line and str(sim_map) in line, line
         assert not out.exists()
-    unusable = ((tmp_path / "missing.csv", "no such SIM map"), (tmp_path, "is a folder, not a SIM map file"))
-    for sim_map, reason in unusable:
+    for sim_map, reason in ((tmp_path / "missing.csv", "no such file"), (tmp_path, "is a folder, not a file")):
         done = mgwsim("meter-pcap", capture, "--account", "acct-1", "--sims", sim_map)
-        assert done.returncode == 2 and done.stderr.strip() == f"mgwsim: error: {sim_map}: {reason}", done.stderr
+        said = f"mgwsim: error: {sim_map}: {reason} (the SIM map)"
+        assert done.returncode == 2 and done.stderr.strip() == said, done.stderr
