@@ -1060,12 +1060,12 @@ def _explanations(differences: Any, logs: list[Path], tariff_path: Path | None) 
 
 @bench_app.command("metering", epilog=EXIT_STATUSES)
 def bench_metering(
-    events: Annotated[int, typer.Option("--events", "-n", help="sim.traffic events to generate.")] = 10_000_000,
-    sims: Annotated[int, typer.Option(help="SIMs the traffic is spread over.")] = 100_000,
+    events: Annotated[int, typer.Option("--events", "-n", min=1, help="sim.traffic events to generate.")] = 10_000_000,
+    sims: Annotated[int, typer.Option(min=1, help="SIMs the traffic is spread over.")] = 100_000,
     workdir: Annotated[
         Path | None, typer.Option(help="Directory for the temporary Parquet file and store.", readable=False)
     ] = None,
-    seed: Annotated[int, typer.Option(help="Generator seed.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, help="Generator seed.")] = 1,
 ) -> None:
     """Ingest + rate 12 months of generated traffic, beside a bare DuckDB GROUP BY of the same file."""
     from metering.bench import run_metering_bench

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -55,6 +56,35 @@ def test_every_help_renders(command: list[str]) -> None:
     assert "Usage:" in result.stdout
     if command and command[-1] not in ("bench", "import"):
         assert "Exit status" in result.stdout and "4 an I/O failure" in result.stdout
+
+
+def number_options(group: object, path: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    """Every integer or float option of every command, with the command's name."""
+    found: list[tuple[str, Any]] = []
+    for name, command in getattr(group, "commands", {}).items():
+        found += number_options(command, (*path, name))
+    for parameter in getattr(group, "params", []):
+        if parameter.bare_type() in ("int", "float"):  # (typer names the annotation's type)
+            found.append((" ".join(path), parameter))
+    return found
+
+
+CHECKED_BY_MGWSIM = {("run", "scale")}
+"""Number options with no bound in the CLI: the command checks the value itself (and names the file)."""
+
+
+def test_every_number_option_has_a_lower_bound() -> None:
+    """A count, a size or a seed below its range is a bad option (2), not a traceback from deep inside (70)."""
+    options = number_options(typer.main.get_command(app))
+    assert len(options) >= 15
+    unbounded = [f"{command} --{option.name}" for command, option in options if option.min is None]
+    assert sorted(unbounded) == sorted(f"{command} --{name}" for command, name in CHECKED_BY_MGWSIM)
+
+
+@pytest.mark.parametrize("option", [["--sims", "0"], ["--events", "-1"], ["--seed", "-1"]], ids=lambda o: " ".join(o))
+def test_bench_metering_refuses_counts_out_of_range(option: list[str]) -> None:
+    """Was exit 70: numpy's ValueError from the generator, after the work began."""
+    one_line(mgwsim("bench", "metering", *option), 2, f"Invalid value for '{option[0]}'")
 
 
 @pytest.mark.parametrize("command", COMMANDS[1:], ids=[" ".join(command) for command in COMMANDS[1:]])
