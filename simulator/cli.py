@@ -894,14 +894,20 @@ def check(
     ] = None,
 ) -> None:
     """Rerun a scenario and compare its invoices with golden files; exit 1 on any drift."""
-    from simulator.runner import compare_golden
+    from simulator.runner import GoldenError, compare_golden, golden_folder_problem
 
     _prepare_outputs(None, [] if junit is None or update else [junit])
+    problem = golden_folder_problem(golden, update)
+    if problem is not None:
+        fail(f"--golden: {problem}")
     scenario = _scenario(scenario_path)
     result = _simulate(scenario, "fast", engine.value)
     if junit is not None and not update:
         _check_junit(golden, result.documents, junit)
-    differences = compare_golden(result, golden, update)
+    try:
+        differences = compare_golden(result, golden, update)
+    except GoldenError as exc:
+        fail(f"--golden: {exc}")
     if update:
         stderr.print(f"{golden}: {len(result.documents)} golden invoice file(s) written", markup=False)
         return

@@ -24,11 +24,13 @@ from simulator.scenario import Scenario
 from simulator.shard import simulate_shard
 
 __all__ = [
+    "GoldenError",
     "MeteringFailure",
     "RunResult",
     "ShardResult",
     "check_expectations",
     "compare_golden",
+    "golden_folder_problem",
     "run_scenario",
     "simulate_shard",
     "write_outputs",
@@ -242,8 +244,44 @@ def summary_of(result: RunResult) -> dict[str, Any]:
     }
 
 
+class GoldenError(ValueError):
+    """A golden folder or file that cannot be compared with (one line: the file and the reason)."""
+
+
+def golden_folder_problem(golden: Path, update: bool) -> str | None:
+    """Why ``golden`` cannot be a golden folder (checked before a run): a file, or missing unless ``update``."""
+    if golden.exists() and not golden.is_dir():
+        return f"{golden}: is a file, not a folder of golden invoices"
+    if not update and not golden.exists():
+        return f"{golden}: no such folder (create it with --update)"
+    return None
+
+
+def _golden_document(path: Path) -> dict[str, Any]:
+    """A golden invoice document, read and checked to be one.
+
+    Raises:
+        GoldenError: When it cannot be read, is not JSON, or is not an mgwsim invoice document.
+    """
+    from metering.textfile import read_text
+
+    try:
+        document = json.loads(read_text(path))
+    except json.JSONDecodeError as exc:  # (a ValueError: before the one read_text raises)
+        raise GoldenError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+    except ValueError as exc:
+        raise GoldenError(str(exc)) from None
+    if not isinstance(document, dict) or document.get("schema") != "mgwsim.invoice/1":
+        raise GoldenError(f"{path}: not an mgwsim invoice document (schema mgwsim.invoice/1)")
+    return document
+
+
 def compare_golden(result: RunResult, golden: Path, update: bool) -> list[str]:
-    """Compare (or, with ``update``, rewrite) the golden invoices; return the differences found."""
+    """Compare (or, with ``update``, rewrite) the golden invoices; return the differences found.
+
+    Raises:
+        GoldenError: For a golden file that is not an mgwsim invoice document (file named).
+    """
     differences: list[str] = []
     expected_files = {path.name for path in golden.glob("*.json")} if golden.is_dir() else set()
     produced = {f"{format_month(document.month)}.json": document for document in result.documents}
@@ -261,8 +299,13 @@ def compare_golden(result: RunResult, golden: Path, update: bool) -> list[str]:
         if name not in expected_files:
             differences.append(f"{name}: no golden file (run with --update to create it)")
             continue
-        expected = json.loads((golden / name).read_text(encoding="utf-8"))
-        differences.extend(f"{name}: {text}" for text in diff_documents(expected, document.to_json()))
+        expected = _golden_document(golden / name)
+        try:
+            differences.extend(f"{name}: {text}" for text in diff_documents(expected, document.to_json()))
+        except (KeyError, TypeError, AttributeError, ArithmeticError, ValueError) as exc:  # the golden's structure
+            raise GoldenError(
+                f"{golden / name}: not an mgwsim invoice document ({type(exc).__name__}: {exc})"
+            ) from None
     return differences
 
 

@@ -403,6 +403,34 @@ def test_a_folder_given_as_a_log(tmp_path: Path) -> None:
         one_line(mgwsim("bill", tmp_path, "-m", "2026-01", "--rater", rater), 2, str(tmp_path), "is a folder")
 
 
+def test_a_golden_folder_that_cannot_be_compared_with_is_named(tmp_path: Path) -> None:
+    """check --golden: one line naming the folder or file, exit 2 (was: exit 1 'no golden file' for a
+    mistyped folder, exit 70 for a golden file that is not JSON or not an invoice document)."""
+    golden = ROOT / "scenarios/golden/quickstart"
+    broken = {
+        "not-json": ('{"schema": "mgwsim.invoice/1",\n  "month": 2026-01}\n', "2026-01.json:2: not JSON"),
+        "a-list": ("[1, 2]\n", "2026-01.json: not an mgwsim invoice document (schema mgwsim.invoice/1)"),
+        "no-subtotal": (None, "2026-01.json: not an mgwsim invoice document (KeyError: 'subtotal')"),
+    }
+    for name, (text, reason) in broken.items():
+        folder = Path(shutil.copytree(golden, tmp_path / name))
+        if text is None:
+            document = json.loads((folder / "2026-01.json").read_text(encoding="utf-8"))
+            del document["invoices"][0]["subtotal"]
+            text = json.dumps(document)
+        (folder / "2026-01.json").write_text(text, encoding="utf-8")
+        before = tree(folder)
+        one_line(mgwsim("check", "quickstart", "--golden", folder), 2, f"--golden: {folder / reason}")
+        assert tree(folder) == before
+    file = Path(shutil.copy(golden / "2026-01.json", tmp_path / "file.json"))
+    for update in ([], ["--update"]):
+        one_line(mgwsim("check", "quickstart", "--golden", file, *update), 2, f"--golden: {file}: is a file, not a")
+    one_line(
+        mgwsim("check", "quickstart", "--golden", tmp_path / "typo"), 2, "no such folder (create it with --update)"
+    )
+    assert not (tmp_path / "typo").exists()
+
+
 def test_a_ca_file_that_tls_cannot_load_is_named_before_any_work(tmp_path: Path) -> None:
     """--mqtt-ca of run and meter-mqtt: one line, exit 2, before the run or a connection.
 
