@@ -168,6 +168,9 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     for name in ("ts", "type", "account"):
         if name not in schema.names:
             raise EventLogError(f"{path}: Parquet file has no column {name!r}")
+    twice = next((name for index, name in enumerate(schema.names) if name in schema.names[:index]), None)
+    if twice is not None:  # as a JSON object may not name a key twice
+        raise EventLogError(f"{path}: Parquet file has the column {twice[:60]!r} twice")
     for name in ("ts", "expires"):
         if name in schema.names:
             column_type = schema.field(name).type

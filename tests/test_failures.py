@@ -398,6 +398,34 @@ def test_a_file_another_process_is_writing_is_left_alone(tmp_path: Path) -> None
 # --- smaller things -------------------------------------------------------------------------
 
 
+def test_a_parquet_log_with_a_column_twice(tmp_path: Path) -> None:
+    """Refused as a JSON line naming a key twice is (was: exit 70, pyarrow's KeyError)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert mgwsim("run", "quickstart", "--log-format", "parquet", "--out", tmp_path / "run").returncode == 0
+    table = pq.read_table(tmp_path / "run" / "events.parquet")
+    log = tmp_path / "twice.parquet"
+    pq.write_table(table.append_column("extra", pa.array(["{}"] * table.num_rows)), log)
+    for rater in ("fast", "reference"):
+        one_line(mgwsim("bill", log, "-m", "2026-01", "--rater", rater), 2, f"{log}: Parquet file has the column")
+    one_line(mgwsim("ingest", log, "--db", tmp_path / "new.duckdb"), 2, "the column 'extra' twice")
+
+
+def test_an_ingest_that_fails_in_its_first_log_leaves_no_new_store(tmp_path: Path) -> None:
+    """A new store is removed when nothing was appended to it; a store that was there is left byte for byte."""
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"type": "sim.registered"}])
+    good = DISPUTES / "points.jsonl"
+    store = tmp_path / "new.duckdb"
+    one_line(mgwsim("ingest", bad, "--db", store), 2, f"{bad}:1")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad.jsonl"], "no store left behind"
+    result = mgwsim("ingest", good, bad, "--db", store)  # the first log is appended whole: the store stays
+    assert result.returncode == 2 and store.exists()
+    before = store.read_bytes()
+    one_line(mgwsim("ingest", bad, "--db", store), 2, f"{bad}:1")
+    assert store.read_bytes() == before
+
+
 def test_a_folder_given_as_a_log(tmp_path: Path) -> None:
     for rater in ("fast", "reference"):
         one_line(mgwsim("bill", tmp_path, "-m", "2026-01", "--rater", rater), 2, str(tmp_path), "is a folder")
