@@ -305,17 +305,27 @@ def ingest(
 
     Each log is checked whole and appended in one transaction (a Parquet log with diagnostic
     events: in transactions of --batch events). If the ingest is killed, the store holds whole
-    logs (whole batches) only, and running the same command again completes it.
+    logs (whole batches) only, and running the same command again completes it. A store this
+    command creates is removed again when it fails or is stopped in the first log.
     """
     import duckdb
 
     from metering.store import EventStore, StoreError, store_failure
 
+    created = not db.exists()
+    ingested = 0  # logs appended whole
     try:
-        with EventStore(db) as store:
-            for path in events:
-                added, skipped = store.ingest_file(path, batch)
-                stderr.print(f"{path}: {added} events added, {skipped} already stored", markup=False)
+        try:
+            with EventStore(db) as store:
+                for path in events:
+                    added, skipped = store.ingest_file(path, batch)
+                    ingested += 1
+                    stderr.print(f"{path}: {added} events added, {skipped} already stored", markup=False)
+        except BaseException:  # stopped in the first log of a new store: no store is left behind
+            if created and ingested == 0:
+                for leftover in (db, Path(f"{db}.wal")):
+                    leftover.unlink(missing_ok=True)
+            raise
     except EventLogError as exc:
         fail(str(exc))
     except StoreError as exc:
