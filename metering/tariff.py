@@ -11,7 +11,6 @@ The interpretation switches fix the readings of TARIFF.md where the terms are am
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,7 +21,7 @@ from typing import Any, Final
 from metering.money import ROUNDING_MODES
 from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, parse_month
-from metering.toml_table import TomlTable
+from metering.toml_table import TomlTable, parse_toml
 
 USAGE_TESTS: Final = ("per_sim_month", "per_registration")
 DELETED_IN_FINAL_MONTH: Final = ("no_fee", "fee")
@@ -398,10 +397,7 @@ def _read_toml(path: Path | None, chain: tuple[str, ...] = ()) -> tuple[dict[str
             text = read_text(path)
         except ValueError as exc:
             raise TariffError(str(exc)) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise TariffError(f"{source}: not valid TOML ({exc})") from None
+    data = parse_toml(text, source, TariffError)
     head = data.get("tariff")
     base = head.pop("base", None) if isinstance(head, dict) else None
     if base is None:

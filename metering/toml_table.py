@@ -18,6 +18,21 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 
+def parse_toml(text: str, source: str, failure: Callable[[str], Exception]) -> dict[str, Any]:
+    """The decoded document of ``text``, the file ``source``.
+
+    Raises:
+        Exception: ``failure("source:line: not valid TOML (reason)")`` for text that is not TOML.
+    """
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # (Python 3.11's has no line attribute: its message names it)
+        match = re.search(r"line (\d+)", str(exc))
+        raise failure(f"{source}:{match.group(1) if match else 1}: not valid TOML ({exc})") from None
+
+
 class TomlTable:
     """Typed, line-aware access to one TOML table: ``file:line: key 'name': reason`` on every error."""
 

@@ -9,7 +9,6 @@ fleets of devices; operations scheduled at given times; and optional ``[expect]`
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
@@ -24,7 +23,7 @@ from metering.events import NAME_PATTERN, OPTION_PATTERN
 from metering.tariff import Tariff, TariffError, load_tariff
 from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, month_of_instant, month_start, parse_instant
-from metering.toml_table import TomlTable
+from metering.toml_table import TomlTable, parse_toml
 from simulator.operations import OPERATIONS, Arguments, DevicePower, FleetOperation, OptionChange, PointsPurchase
 
 PIN_ENTRIES: Final = ("disabled", "correct", "misconfigured")
@@ -443,11 +442,7 @@ def scenario_from_text(text: str, source: str) -> Scenario:
         ScenarioError: For the first bad key.
     """
     lines = text.splitlines()
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise ScenarioError(f"{source}:{match.group(1) if match else 1}: not valid TOML ({exc})") from None
+    data = parse_toml(text, source, ScenarioError)
     top = TomlTable(source, lines, (), data, ScenarioError)
     head = top.table("scenario")
     name = head.get("name", str, check=_named)

@@ -59,3 +59,11 @@ def test_not_toml(tmp_path: Path) -> None:
     path.write_bytes(b"[[[\x00")
     with pytest.raises(TariffError, match=r"not valid TOML|not UTF-8"):
         load_tariff(path)
+
+
+def test_not_toml_names_the_line(tmp_path: Path) -> None:
+    """file:line, as every other tariff and scenario error (was: the file only, the line inside the reason)."""
+    path = tmp_path / "t.toml"
+    path.write_text('[tariff]\nname = "t"\n\nno equals sign here\n', encoding="utf-8")
+    with pytest.raises(TariffError, match=r"^.*t\.toml:4: not valid TOML \("):
+        load_tariff(path)
