@@ -252,6 +252,9 @@ class EventStore:
         except duckdb.Error as exc:
             shutil.rmtree(self.spill, ignore_errors=True)
             raise store_failure(self.path, exc) from None
+        except BaseException:  # a stop signal while DuckDB opens: no spill folder is left behind either
+            shutil.rmtree(self.spill, ignore_errors=True)
+            raise
         try:
             if not read_only:
                 self.connection.execute(f"CREATE TABLE IF NOT EXISTS events ({COLUMNS_SQL})")
@@ -262,6 +265,9 @@ class EventStore:
         except duckdb.Error as exc:
             self.close()
             raise store_failure(self.path, exc) from None
+        except BaseException:
+            self.close()
+            raise
         if found != STORE_SCHEMA:
             self.close()
             raise StoreError(f"{self.path}: a DuckDB file, but not an mgwsim event store ({STORE_SCHEMA})")
@@ -302,9 +308,11 @@ class EventStore:
         self.close()
 
     def close(self) -> None:
-        """Close the connection and remove the spill directory."""
-        self.connection.close()
-        shutil.rmtree(self.spill, ignore_errors=True)
+        """Close the connection and remove the spill directory (even when stopped while closing)."""
+        try:
+            self.connection.close()
+        finally:
+            shutil.rmtree(self.spill, ignore_errors=True)
 
     def scalar(self, sql: str) -> Any:
         """The single value of a query (the whole result is fetched, as DuckDB requires)."""

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import folder_files
@@ -86,3 +87,39 @@ def test_a_stopped_run_says_so_and_leaves_the_earlier_run(
     assert staging_folders(out) == [], "the unfinished run folder is removed"
     assert spill_folders(running.pid) == [], "the DuckDB spill folder is removed"
     assert folder_files(out) == kept, "the earlier run in --out is kept, byte for byte"
+
+
+@pytest.mark.parametrize("stage", ["connect", "set-up"])
+def test_a_store_stopped_while_it_opens_leaves_no_spill_folder(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt here) while DuckDB opens the store or creates its tables.
+
+    Before, only a DuckDB error removed the folder there, so a run stopped at that moment left it
+    until the next store on the machine noticed its process was gone (seen once in the SIGTERM test).
+    """
+    import duckdb
+
+    from metering import store as store_module
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    if stage == "connect":
+        monkeypatch.setattr(duckdb, "connect", stopped)
+    else:
+        monkeypatch.setattr(store_module, "without_progress_bar", lambda connection: _Stops(connection))
+    with pytest.raises(KeyboardInterrupt):
+        store_module.EventStore(":memory:")
+    assert spill_folders(os.getpid()) == []
+
+
+class _Stops:
+    """A DuckDB connection whose first statement is stopped by a KeyboardInterrupt."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def execute(self, *args: object) -> None:
+        raise KeyboardInterrupt
+
+    def close(self) -> None:
+        self.connection.close()
