@@ -8,6 +8,7 @@ each atomically; :func:`compare_golden` is the CI regression check of ``mgwsim c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any, Final
 
 from metering.atomic import AtomicWriter
 from metering.eventlog import read_event_log, write_event_log
+from metering.invoice import InvoiceDocument
 from metering.timeutil import format_month
 from simulator.results import MeteringFailure, RunResult, ShardResult
 from simulator.run_folder import write_folder
@@ -276,6 +278,30 @@ def _golden_document(path: Path) -> dict[str, Any]:
     return document
 
 
+def _update_golden(golden: Path, produced: dict[str, InvoiceDocument], stale: set[str]) -> None:
+    """Rewrite the golden folder as a set: every new file is written whole before any is renamed into place.
+
+    A full disk or another failure while writing leaves the folder as it was (and no folder at all
+    when this made it); the golden files of months the run no longer has are removed last.
+
+    Raises:
+        OSError: Naming the file that could not be written.
+    """
+    created = not golden.exists()
+    try:
+        with contextlib.ExitStack() as writers:  # on leaving: each renamed into place, or each removed
+            for name, document in produced.items():
+                temporary = writers.enter_context(AtomicWriter(golden / name))
+                temporary.write_text(document.dumps() + "\n", encoding="utf-8")
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                golden.rmdir()
+        raise
+    for name in stale:
+        (golden / name).unlink()
+
+
 def compare_golden(result: RunResult, golden: Path, update: bool) -> list[str]:
     """Compare (or, with ``update``, rewrite) the golden invoices; return the differences found.
 
@@ -286,12 +312,7 @@ def compare_golden(result: RunResult, golden: Path, update: bool) -> list[str]:
     expected_files = {path.name for path in golden.glob("*.json")} if golden.is_dir() else set()
     produced = {f"{format_month(document.month)}.json": document for document in result.documents}
     if update:
-        golden.mkdir(parents=True, exist_ok=True)
-        for name in expected_files - set(produced):
-            (golden / name).unlink()
-        for name, document in produced.items():
-            with AtomicWriter(golden / name) as temporary:
-                temporary.write_text(document.dumps() + "\n", encoding="utf-8")
+        _update_golden(golden, produced, expected_files - set(produced))
         return []
     for name in sorted(expected_files - set(produced)):
         differences.append(f"{name}: golden file has no month in this run")

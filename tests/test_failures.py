@@ -126,6 +126,31 @@ def tree(folder: Path) -> dict[str, str]:
     }
 
 
+def test_golden_files_are_updated_as_a_set(small_disk: Path) -> None:
+    """check --update into a disk with room for one new golden file, not two: the folder stays as it was.
+
+    Before, the first month was replaced and the stale month removed before the second failed.
+    """
+    golden = small_disk / "golden"
+    golden.mkdir()
+    for month in ("2026-01", "2026-02", "2026-03"):  # small old goldens; 2026-03 is a month the run no longer has
+        (golden / f"{month}.json").write_text(f'{{"schema": "mgwsim.invoice/1", "month": "{month}"}}\n')
+    before = tree(golden)
+    page = 4096
+    one_file = -(-(ROOT / "scenarios/golden/quickstart/2026-01.json").stat().st_size // page) * page
+    stats = os.statvfs(small_disk)
+    spare = stats.f_bavail * stats.f_frsize - (one_file + 2 * page)  # the first new file fits, the second not
+    (small_disk / "filler").write_bytes(b"\0" * spare)
+    line = one_line(mgwsim("check", "quickstart", "--golden", golden, "--update"), 4, "No space left")
+    assert str(golden / "2026-0") in line
+    assert tree(golden) == before, "the golden files are those of before, all of them"
+    assert [path.name for path in golden.iterdir() if path.name.startswith(".")] == [], "no temporary file left"
+    (small_disk / "filler").unlink()
+    result = mgwsim("check", "quickstart", "--golden", golden, "--update")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in golden.iterdir()) == ["2026-01.json", "2026-02.json"]
+
+
 def test_run_into_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path) -> None:
     out = small_disk / "out"
     line = one_line(mgwsim("run", ROOT / "scenarios/quickstart.toml", "--out", out, columns=60), 4, "No space left")
