@@ -383,7 +383,12 @@ def write_capture(sessions: Iterable[CaptureSession], path: Path) -> int:
     from metering.atomic import AtomicWriter
 
     with AtomicWriter(path) as temporary, temporary.open("wb") as stream:
-        writer = CaptureWriter(stream)
-        for session in sessions:
-            writer.write(session)
-        return int(writer.packets)
+        return write_capture_to(sessions, stream)
+
+
+def write_capture_to(sessions: Iterable[CaptureSession], stream: BinaryIO) -> int:
+    """Write a capture of ``sessions`` to an open binary stream; return the number of packets."""
+    writer = CaptureWriter(stream)
+    for session in sessions:
+        writer.write(session)
+    return int(writer.packets)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TextIO
 
 from devices.carrier import imsi_of, msisdn_of
 from gateway.pcap import CaptureSession, Transfer
@@ -109,6 +109,12 @@ def write_sim_map(events: Iterable[Event], path: Path) -> int:
     """Write the ``imsi,iccid,registered_at`` map of the SIMs in a log (what ``meter-pcap --sims`` reads)."""
     from metering.atomic import AtomicWriter
 
+    with AtomicWriter(path) as temporary, temporary.open("w", encoding="utf-8", newline="") as stream:
+        return write_sim_map_to(events, stream)
+
+
+def write_sim_map_to(events: Iterable[Event], stream: TextIO) -> int:
+    """Write the SIM map of :func:`write_sim_map` to an open text stream (``newline=""``); return its SIMs."""
     registered: dict[str, int] = {}
     seen: set[str] = set()
     for event in events:
@@ -116,12 +122,11 @@ def write_sim_map(events: Iterable[Event], path: Path) -> int:
             seen.add(event.sim)
             if event.type == "sim.registered":
                 registered.setdefault(event.sim, event.ts)
-    with AtomicWriter(path) as temporary, temporary.open("w", encoding="utf-8", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["imsi", "iccid", "registered_at"])
-        for iccid in sorted(seen):
-            at = registered.get(iccid)
-            writer.writerow([imsi_of(iccid), iccid, format_instant(at) if at is not None else ""])
+    writer = csv.writer(stream)
+    writer.writerow(["imsi", "iccid", "registered_at"])
+    for iccid in sorted(seen):
+        at = registered.get(iccid)
+        writer.writerow([imsi_of(iccid), iccid, format_instant(at) if at is not None else ""])
     return len(seen)
 
 

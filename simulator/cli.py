@@ -596,17 +596,24 @@ def _remove_partial_files(path: Path, stale: list[Path]) -> None:
 
 
 def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path]:
-    from gateway.pcap import write_capture
-    from simulator.capture import CaptureInputError, capture_sessions, write_sim_map
+    """``run --pcap``: the capture and its SIM map, as a set (both written whole before either is renamed)."""
+    import contextlib
+
+    from gateway.pcap import write_capture_to
+    from metering.atomic import AtomicWriter
+    from simulator.capture import CaptureInputError, capture_sessions, write_sim_map_to
 
     try:
         sessions = capture_sessions(result.events, sims)
     except CaptureInputError as exc:
         fail(f"--pcap: {exc}")
     chosen = {session.imsi for session in sessions}
-    packets = write_capture(sessions, path)
     sim_map = path.with_name(path.name + ".sims.csv")
-    write_sim_map(result.events, sim_map)
+    with contextlib.ExitStack() as files:  # on leaving: each renamed into place, or each removed
+        with files.enter_context(AtomicWriter(path)).open("wb") as stream:
+            packets = write_capture_to(sessions, stream)
+        with files.enter_context(AtomicWriter(sim_map)).open("w", encoding="utf-8", newline="") as text:
+            write_sim_map_to(result.events, text)
     stderr.print(f"{path}: {packets:,} packets of {len(sessions):,} sessions of {len(chosen):,} SIMs", markup=False)
     return [path, sim_map]
 

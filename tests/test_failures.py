@@ -151,6 +151,29 @@ def test_golden_files_are_updated_as_a_set(small_disk: Path) -> None:
     assert sorted(path.name for path in golden.iterdir()) == ["2026-01.json", "2026-02.json"]
 
 
+def test_a_capture_and_its_sim_map_are_written_as_a_set(small_disk: Path, tmp_path: Path) -> None:
+    """run --pcap into a disk with room for the new capture, not for its SIM map: both stay as they were.
+
+    Before, the new capture was renamed into place before the SIM map failed, so the map beside it
+    no longer named its SIMs.
+    """
+    scenario = ROOT / "scenarios/tunnel-coverage.toml"
+    fresh = tmp_path / "fresh.pcap"
+    assert mgwsim("run", scenario, "--pcap", fresh, "--pcap-sims", "2").returncode == 0
+    capture, sim_map = small_disk / "core.pcap", small_disk / "core.pcap.sims.csv"
+    capture.write_bytes(b"")  # an earlier capture (empty: it frees no page when replaced)
+    sim_map.write_text("imsi,iccid\n", encoding="utf-8")
+    before = tree(small_disk)
+    page = 4096
+    stats = os.statvfs(small_disk)
+    room = -(-fresh.stat().st_size // page) * page  # the capture's pages, and not one more
+    (small_disk / "filler").write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - room))
+    line = one_line(mgwsim("run", scenario, "--pcap", capture, "--pcap-sims", "2"), 4, "No space left")
+    assert str(sim_map) in line
+    (small_disk / "filler").unlink()
+    assert tree(small_disk) == before, "the earlier capture and its SIM map, both"
+
+
 def test_run_into_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path) -> None:
     out = small_disk / "out"
     line = one_line(mgwsim("run", ROOT / "scenarios/quickstart.toml", "--out", out, columns=60), 4, "No space left")
