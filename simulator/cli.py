@@ -507,6 +507,9 @@ def run(
         fail("--ray-address: only with --engine ray")
     if pcap_sims is not None and pcap is None:
         fail("--pcap-sims: only with --pcap")
+    for option, path in (("--events", events), ("--pcap", pcap)):
+        if out is not None and path is not None and path.resolve().is_relative_to(out.resolve()):
+            fail(f"{option} {path}: inside --out {out}, which each run replaces whole; name a file outside it")
     broker = _broker(mqtt, mqtt_username, mqtt_ca, mqtt_retries, mqtt_backoff) if mqtt is not None else None
     scenario = _scenario(scenario_path)
     if scale is not None and scale != 1:

@@ -507,6 +507,19 @@ def test_a_golden_folder_that_cannot_be_compared_with_is_named(tmp_path: Path) -
     assert not (tmp_path / "typo").exists()
 
 
+@pytest.mark.parametrize("option", ["--events", "--pcap"])
+def test_an_output_file_inside_the_run_folder_is_refused(tmp_path: Path, option: str) -> None:
+    """--events or --pcap inside --out: refused before the run (was: written, then swapped away with the
+    folder it was written into, though the run said 'wrote' it; or left there, so the next run refused
+    the folder as holding files mgwsim did not write)."""
+    out = tmp_path / "run"
+    inside = out / "sub" / ("extra.jsonl" if option == "--events" else "core.pcap")
+    for given in (inside, tmp_path / "." / "run" / ".." / "run" / inside.relative_to(out)):
+        command: list[str | Path] = ["run", ROOT / "scenarios/tunnel-coverage.toml", "--out", out, option, given]
+        one_line(mgwsim(*command), 2, f"{option} {given}: inside --out {out}")
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
 def test_a_ca_file_that_tls_cannot_load_is_named_before_any_work(tmp_path: Path) -> None:
     """--mqtt-ca of run and meter-mqtt: one line, exit 2, before the run or a connection.
 
