@@ -36,7 +36,7 @@ from simulator.shipped import shipped_names
 from simulator.streamed_run import SHARD_SIMS, shards_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from simulator.results import RunResult
     from simulator.scenario import Scenario
@@ -269,7 +269,7 @@ def explain(
     """
     from metering.explain import explain as explain_rating
 
-    _prepare_outputs(None, [] if html is None else [html])
+    _prepare_outputs(None, [] if html is None else [html], [*(events or []), tariff, db])
     inputs = _load(events, db, tariff, month)
     asked = list(inputs.months)
     if html is not None:  # the timelines show the 12 months before, with their charges
@@ -517,7 +517,7 @@ def run(
     if pcap is not None and scenario.traffic_records != "session":
         fail(f'--pcap: {scenario_path} writes daily traffic records; a capture needs traffic_records = "session"')
     sim_map = pcap.with_name(pcap.name + ".sims.csv") if pcap is not None else None
-    _prepare_outputs(out, [path for path in (events, pcap, sim_map) if path is not None])
+    _prepare_outputs(out, [path for path in (events, pcap, sim_map) if path is not None], [scenario_path, mqtt_ca])
     shards = len(shards_of(scenario, shard_sims)) if engine is not EngineName.reference else 1
     if shards > 1:
         given = [name for name, value in (("--events", events), ("--pcap", pcap), ("--mqtt", mqtt)) if value]
@@ -571,8 +571,12 @@ def note(message: str) -> None:
     stderr.print(f"mgwsim: note: {message}", markup=False)
 
 
-def _prepare_outputs(folder: Path | None, files: list[Path]) -> None:
-    """Before a long run: refuse an output folder mgwsim did not write, and clear what killed runs left."""
+def _prepare_outputs(folder: Path | None, files: list[Path], inputs: Sequence[Path | None] = ()) -> None:
+    """Before a long run: refuse an output folder mgwsim did not write, and clear what killed runs left.
+
+    An output file that is one of the command's ``inputs`` (a log, a scenario, a side of a diff) is
+    refused: writing it would replace what the user gave.
+    """
     from metering.atomic import InUseError, partial_files
     from simulator.run_folder import OutputFolderError, prepare
 
@@ -583,11 +587,21 @@ def _prepare_outputs(folder: Path | None, files: list[Path]) -> None:
         for path in files:
             if path.is_dir():
                 fail(f"{path}: is a folder; give a file name")
+            if any(given is not None and _same_file(path, given) for given in inputs):
+                fail(f"{path}: is also an input of this command, which would be replaced; name another file")
             _remove_partial_files(path, partial_files(path))
     except OutputFolderError as exc:
         fail(str(exc))
     except InUseError as exc:
         fail(str(exc), status=UNAVAILABLE)
+
+
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two paths name one existing file (through links, ``..`` or another spelling)."""
+    try:
+        return one.is_file() and other.is_file() and os.path.samefile(one, other)
+    except OSError:
+        return False
 
 
 def _remove_partial_files(path: Path, stale: list[Path]) -> None:
@@ -772,7 +786,7 @@ def meter_mqtt(
         log_format(out)
     except EventLogError as exc:
         fail(f"--out: {exc}")
-    _prepare_outputs(None, [out])
+    _prepare_outputs(None, [out], [mqtt_ca])
     broker = _broker(broker_url, mqtt_username, mqtt_ca, mqtt_retries, mqtt_backoff)
     try:
         journal = Journal.open(out)
@@ -863,7 +877,7 @@ def meter_pcap(
             log_format(out)
         except EventLogError as exc:
             fail(f"--out: {exc}")
-        _prepare_outputs(None, [out])
+        _prepare_outputs(None, [out], [capture, sims])
     try:
         sim_map = read_sim_map(sims)
         contents = read_capture(capture)
@@ -916,7 +930,8 @@ def check(
     """Rerun a scenario and compare its invoices with golden files; exit 1 on any drift."""
     from simulator.runner import GoldenError, compare_golden, golden_folder_problem
 
-    _prepare_outputs(None, [] if junit is None or update else [junit])
+    goldens = sorted(golden.glob("*.json")) if golden.is_dir() else []
+    _prepare_outputs(None, [] if junit is None or update else [junit], [scenario_path, *goldens])
     problem = golden_folder_problem(golden, update)
     if problem is not None:
         fail(f"--golden: {problem}")
@@ -1010,7 +1025,7 @@ def diff(
         fail(f"--month: {exc}")
     if tariff is not None and not explain_logs:
         fail("--tariff: only with --explain")
-    _prepare_outputs(None, [] if junit is None else [junit])
+    _prepare_outputs(None, [] if junit is None else [junit], [left, right, *(explain_logs or []), tariff])
     try:
         found = compare(read_charges(left), read_charges(right), months)
     except CompareInputError as exc:

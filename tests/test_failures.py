@@ -520,6 +520,29 @@ def test_an_output_file_inside_the_run_folder_is_refused(tmp_path: Path, option:
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
+def test_an_output_that_is_also_an_input_is_refused(tmp_path: Path) -> None:
+    """Nothing a user gave is replaced by an output.
+
+    Before, each was written over: the log, the scenario, a side of the diff, a golden file.
+    """
+    log = Path(shutil.copy(DISPUTES / "points.jsonl", tmp_path / "points.jsonl"))
+    scenario = Path(shutil.copy(ROOT / "scenarios/tunnel-coverage.toml", tmp_path / "tunnel.toml"))
+    golden = Path(shutil.copytree(ROOT / "scenarios/golden/quickstart", tmp_path / "golden"))
+    charges = tmp_path / "charges.csv"
+    charges.write_text("month,account,item,subject,quantity,amount\n", encoding="utf-8")
+    before = tree(tmp_path)
+    cases: list[tuple[list[str | Path], Path]] = [
+        (["explain", log, "-m", "2026-01", "--html"], log),
+        (["explain", log, "-m", "2026-01", "--html"], tmp_path / "golden" / ".." / "points.jsonl"),
+        (["run", scenario, "--pcap"], scenario),
+        (["diff", charges, golden, "--junit"], charges),
+        (["check", "quickstart", "--golden", golden, "--junit"], golden / "2026-01.json"),
+    ]
+    for command, output in cases:
+        one_line(mgwsim(*command, output), 2, f"{output}: is also an input of this command")
+    assert tree(tmp_path) == before, "every input as it was, nothing written"
+
+
 def test_a_ca_file_that_tls_cannot_load_is_named_before_any_work(tmp_path: Path) -> None:
     """--mqtt-ca of run and meter-mqtt: one line, exit 2, before the run or a connection.
 
