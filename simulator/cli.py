@@ -584,9 +584,11 @@ def _prepare_outputs(folder: Path | None, files: list[Path], inputs: Sequence[Pa
         if folder is not None:
             for message in prepare(folder):
                 note(message)
-        for path in files:
+        for index, path in enumerate(files):
             if path.is_dir():
                 fail(f"{path}: is a folder; give a file name")
+            if any(path.resolve() == other.resolve() for other in files[:index]):
+                fail(f"{path}: named for two outputs of this command; give each its own file")
             if any(given is not None and _same_file(path, given) for given in inputs):
                 fail(f"{path}: is also an input of this command, which would be replaced; name another file")
             _remove_partial_files(path, partial_files(path))

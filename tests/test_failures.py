@@ -540,6 +540,8 @@ def test_an_output_that_is_also_an_input_is_refused(tmp_path: Path) -> None:
     ]
     for command, output in cases:
         one_line(mgwsim(*command, output), 2, f"{output}: is also an input of this command")
+    same = tmp_path / "same.jsonl"  # two outputs of one run (was: the capture written over the log)
+    one_line(mgwsim("run", scenario, "--events", same, "--pcap", same), 2, f"{same}: named for two outputs")
     assert tree(tmp_path) == before, "every input as it was, nothing written"
 
 
