@@ -730,6 +730,7 @@ def import_sacloud(
         event_log_format(out)
     except EventLogError as exc:
         fail(f"--out: {exc}")
+    _prepare_outputs(None, [out])
     try:
         fetched, notes = fetched_files(files, at)
         for text in notes:

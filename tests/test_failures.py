@@ -387,6 +387,26 @@ def test_leftovers_of_killed_runs_are_removed_with_a_note(tmp_path: Path) -> Non
     assert not list(out.rglob("*.partial")) and events.is_file()
 
 
+def test_an_import_removes_what_a_killed_import_left(tmp_path: Path) -> None:
+    """import sacloud --out, as run and meter-pcap: the .partial file of a killed earlier write is removed."""
+    out = tmp_path / "imported.jsonl"
+    (tmp_path / ".imported.jsonl.k1ll3d.partial").write_text("{", encoding="utf-8")
+    export = ROOT / "scenarios/sacloud-export/sims-2026-01-31.json"
+    command: list[str | Path] = [
+        "import",
+        "sacloud",
+        f"{export}@2026-01-31T23:59:59+09:00",
+        "--account",
+        "a",
+        "--out",
+        out,
+    ]
+    result = mgwsim(*command)
+    assert result.returncode == 0, result.stderr
+    assert "1 unfinished file(s) beside it removed" in result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["imported.jsonl"]
+
+
 @pytest.mark.parametrize("shards", [["--shard-sims", "100000"], []], ids=["whole", "in-shards"])
 def test_a_run_into_a_folder_another_run_is_writing_is_refused(tmp_path: Path, shards: list[str]) -> None:
     """Two runs into one --out: the second is refused (3) from the first's start, its folder untouched.
