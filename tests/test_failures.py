@@ -387,21 +387,17 @@ def test_leftovers_of_killed_runs_are_removed_with_a_note(tmp_path: Path) -> Non
     assert not list(out.rglob("*.partial")) and events.is_file()
 
 
+def sacloud_import(export: Path, out: Path) -> list[str | Path]:
+    """``mgwsim import sacloud`` of one SIM list fetched at the end of January 2026, into ``out``."""
+    return ["import", "sacloud", f"{export}@2026-01-31T23:59:59+09:00", "--account", "acct-1", "--out", out]
+
+
 def test_an_import_removes_what_a_killed_import_left(tmp_path: Path) -> None:
     """import sacloud --out, as run and meter-pcap: the .partial file of a killed earlier write is removed."""
     out = tmp_path / "imported.jsonl"
     (tmp_path / ".imported.jsonl.k1ll3d.partial").write_text("{", encoding="utf-8")
     export = ROOT / "scenarios/sacloud-export/sims-2026-01-31.json"
-    command: list[str | Path] = [
-        "import",
-        "sacloud",
-        f"{export}@2026-01-31T23:59:59+09:00",
-        "--account",
-        "a",
-        "--out",
-        out,
-    ]
-    result = mgwsim(*command)
+    result = mgwsim(*sacloud_import(export, out))
     assert result.returncode == 0, result.stderr
     assert "1 unfinished file(s) beside it removed" in result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["imported.jsonl"]
@@ -658,15 +654,7 @@ def test_unreadable_inputs_are_io_failures() -> None:
                 ca,
             ),
             (
-                [
-                    "import",
-                    "sacloud",
-                    f"{export}@2026-01-31T23:59:59+09:00",
-                    "--account",
-                    "a",
-                    "--out",
-                    folder / "o.jsonl",
-                ],
+                sacloud_import(export, folder / "o.jsonl"),
                 export,
             ),
         ]
