@@ -152,7 +152,7 @@ def write_stdout(text: str) -> None:
 
 def fail(message: str, status: int = 2) -> NoReturn:
     """Print one error line to standard error and exit."""
-    stderr.print(f"mgwsim: error: {message}", markup=False)
+    _error_line(message)
     raise typer.Exit(status)
 
 
@@ -1254,8 +1254,18 @@ def bench_mqtt(
     Console().print(report.table())
 
 
+_LINE_BREAKING: Final = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0A, 0x20), 0x7F, 0x85)} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+"""Control characters and line separators (a file name may hold them) shown escaped: an error stays one line."""
+
+
 def _error_line(message: str) -> None:
-    stderr.print(f"mgwsim: error: {message}", markup=False)
+    """Print ``mgwsim: error: message`` as one line (control characters escaped)."""
+    stderr.print(f"mgwsim: error: {message.translate(_LINE_BREAKING)}", markup=False)
 
 
 def os_error_text(exc: OSError) -> str:

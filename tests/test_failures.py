@@ -490,6 +490,17 @@ def test_an_ingest_that_fails_in_its_first_log_leaves_no_new_store(tmp_path: Pat
     assert store.read_bytes() == before
 
 
+def test_a_file_name_that_breaks_lines_still_gives_one_line(tmp_path: Path) -> None:
+    """A newline, a carriage return or a Unicode line separator in a file's name is shown escaped."""
+    for name, shown in (
+        ("a\nb.jsonl", "a\\nb.jsonl"),
+        ("a\rb.jsonl", "a\\rb.jsonl"),
+        ("a\u2028b.jsonl", "a\\u2028b.jsonl"),
+    ):
+        log = write_jsonl(tmp_path / name, [{"type": "sim.registered"}])
+        one_line(mgwsim("bill", log, "-m", "2026-01"), 2, f"{tmp_path}/{shown}:1: sim.registered: missing")
+
+
 def test_a_folder_given_as_a_log(tmp_path: Path) -> None:
     for rater in ("fast", "reference"):
         one_line(mgwsim("bill", tmp_path, "-m", "2026-01", "--rater", rater), 2, str(tmp_path), "is a folder")
