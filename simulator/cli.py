@@ -1114,8 +1114,15 @@ def bench_metering(
     """Ingest + rate 12 months of generated traffic, beside a bare DuckDB GROUP BY of the same file."""
     from metering.bench import run_metering_bench
 
+    _bench_folder("--workdir", workdir)
     report = run_metering_bench(events, sims, workdir, seed, progress=lambda text: stderr.print(text, markup=False))
     Console().print(report.table())
+
+
+def _bench_folder(option: str, folder: Path | None) -> None:
+    """A benchmark's working folder must exist: checked before any work (``None``: the default)."""
+    if folder is not None and not folder.is_dir():
+        fail(f"{option} {folder}: " + ("is a file, not a folder" if folder.exists() else "no such folder"))
 
 
 @bench_app.command("jsonl", epilog=EXIT_STATUSES)
@@ -1136,6 +1143,7 @@ def bench_jsonl(
 
     from metering.bench import BILL_STAGES, figures_table, run_jsonl_bench
 
+    _bench_folder("--workdir", workdir)
     found = run_jsonl_bench(lines, workdir, lambda text: stderr.print(text, markup=False))
     bare = statistics.median(found["bare"]["times"])
     rows = [
@@ -1182,6 +1190,7 @@ def bench_sim(
     from simulator.bench import run_sim_bench
 
     scenario_path, _ = _scenario_file(scenario_path)  # a bad file is one line here, not a failed child
+    _bench_folder("--dir", directory)
     report = run_sim_bench(
         scenario_path, sims, engine.value, lambda text: stderr.print(text, markup=False), outputs, directory
     )
@@ -1204,6 +1213,7 @@ def bench_pcap(
     """Capture writing (templates patched in bulk) beside building the same packets with scapy."""
     from gateway.bench import run_pcap_bench
 
+    _bench_folder("--dir", directory)
     stderr.print(f"writing a capture of {sessions:,} sessions, then {sample:,} packets with scapy …", markup=False)
     Console().print(run_pcap_bench(sessions, sample, directory).table())
 
@@ -1231,6 +1241,7 @@ def bench_meter_pcap(
     """Read a capture with meter-pcap's readers, beside tshark on the same file, each in its own process."""
     from gateway.bench import run_meter_pcap_bench
 
+    _bench_folder("--dir", directory)
     stderr.print(f"writing a capture of {sessions:,} sessions, then reading it …", markup=False)
     Console().print(run_meter_pcap_bench(sessions, directory, reference, tshark).table())
 
@@ -1244,13 +1255,18 @@ def bench_mqtt(
 ) -> None:
     """Platform messages per second at QoS 1 to a broker (every PUBACK awaited)."""
     from gateway.bench import run_mqtt_bench
-    from gateway.mqtt import MqttAdapterError
+    from gateway.mqtt import Broker, MqttAdapterError
 
+    if broker is not None:
+        try:
+            Broker.from_url(broker)
+        except MqttAdapterError as exc:
+            fail(f"--broker: {exc}")
     stderr.print(f"publishing {messages:,} messages at QoS 1 …", markup=False)
     try:
         report = run_mqtt_bench(messages, broker)
-    except (MqttAdapterError, FileNotFoundError, RuntimeError) as exc:
-        fail(str(exc))
+    except (MqttAdapterError, FileNotFoundError, RuntimeError) as exc:  # no broker, or no mosquitto to start
+        fail(str(exc), status=UNAVAILABLE)
     Console().print(report.table())
 
 

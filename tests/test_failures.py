@@ -87,6 +87,35 @@ def test_bench_metering_refuses_counts_out_of_range(option: list[str]) -> None:
     one_line(mgwsim("bench", "metering", *option), 2, f"Invalid value for '{option[0]}'")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["metering", "-n", "10", "--workdir"],
+        ["jsonl", "--lines", "10", "--workdir"],
+        ["sim", "quickstart", "--sims", "10", "--outputs", "--dir"],
+        ["pcap", "--sessions", "10", "--dir"],
+        ["meter-pcap", "--sessions", "10", "--dir"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_a_benchmark_folder_that_is_not_one_is_refused_before_any_work(tmp_path: Path, command: list[str]) -> None:
+    """Was: the work done first (a simulation of 100,000 SIMs for bench sim), then exit 4, ENOENT."""
+    for folder, reason in ((tmp_path / "missing", "no such folder"), (tmp_path / "file", "is a file, not a folder")):
+        if reason.startswith("is a file"):
+            folder.write_text("", encoding="utf-8")
+        result = mgwsim("bench", *command, folder)
+        assert result.stderr == f"mgwsim: error: {command[-1]} {folder}: {reason}\n", result.stderr
+        assert result.returncode == 2
+
+
+def test_bench_mqtt_tells_a_bad_url_from_a_broker_it_cannot_reach() -> None:
+    """A bad --broker is bad input (2); a broker that does not answer is unavailable (3) (was: 2 for both)."""
+    one_line(mgwsim("bench", "mqtt", "--messages", "1", "--broker", "http://x"), 2, "--broker: 'http://x' is not")
+    result = mgwsim("bench", "mqtt", "--messages", "1", "--broker", "mqtt://127.0.0.1:1")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("mgwsim: error: mqtt://127.0.0.1:1: ")
+
+
 @pytest.mark.parametrize("command", COMMANDS[1:], ids=[" ".join(command) for command in COMMANDS[1:]])
 def test_every_help_text_flows_in_paragraphs(command: list[str]) -> None:
     """On a wide terminal each paragraph of a command's help is one line: no line ends mid-sentence.
