@@ -546,14 +546,16 @@ def scale_scenario(scenario: Scenario, factor: float) -> Scenario:
     * invoice ``totals``, which do not scale, are dropped (they are checked at full size).
 
     Raises:
-        ScenarioError: If the factor is not positive, or the scaled fleets exceed :data:`MAX_SIMS`.
+        ScenarioError: If the factor is not a finite number > 0, or the scaled fleets exceed :data:`MAX_SIMS`.
     """
-    if not factor > 0:
-        raise ScenarioError(f"{scenario.source}: --scale must be > 0, got {factor}")
+    if not 0 < factor < float("inf"):
+        raise ScenarioError(f"{scenario.source}: --scale must be a finite number > 0, got {factor}")
 
     def scaled(count: int) -> int:
         return max(1, round(count * factor))
 
+    if sum(fleet.count for fleet in scenario.fleets) * factor > MAX_SIMS + len(scenario.fleets):  # before rounding
+        raise ScenarioError(f"{scenario.source}: scaled by {factor}, the fleets exceed {MAX_SIMS:,} SIMs")
     fleets = tuple(replace(fleet, count=scaled(fleet.count)) for fleet in scenario.fleets)
     if sum(fleet.count for fleet in fleets) > MAX_SIMS:
         raise ScenarioError(f"{scenario.source}: scaled by {factor}, the fleets exceed {MAX_SIMS:,} SIMs")

@@ -81,6 +81,20 @@ def test_every_number_option_has_a_lower_bound() -> None:
     assert sorted(unbounded) == sorted(f"{command} --{name}" for command, name in CHECKED_BY_MGWSIM)
 
 
+@pytest.mark.parametrize(
+    ("scale", "reason"),
+    [
+        ("inf", "--scale must be a finite number > 0, got inf"),  # was: exit 70, OverflowError
+        ("nan", "--scale must be a finite number > 0, got nan"),
+        ("1e308", "scaled by 1e+308, the fleets exceed 10,000,000 SIMs"),  # was: exit 70, OverflowError
+        ("500001", "scaled by 500001.0, the fleets exceed 10,000,000 SIMs"),
+    ],
+)
+def test_run_scale_out_of_range_is_refused_before_any_work(scale: str, reason: str) -> None:
+    """--scale is the one number option mgwsim checks itself (CHECKED_BY_MGWSIM): the scenario is named."""
+    one_line(mgwsim("run", "quickstart", "--scale", scale), 2, f"quickstart.toml: {reason}")
+
+
 @pytest.mark.parametrize("option", [["--sims", "0"], ["--events", "-1"], ["--seed", "-1"]], ids=lambda o: " ".join(o))
 def test_bench_metering_refuses_counts_out_of_range(option: list[str]) -> None:
     """Was exit 70: numpy's ValueError from the generator, after the work began."""
