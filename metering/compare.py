@@ -198,13 +198,22 @@ def charges_of(documents: Iterable[Mapping[str, Any]], source: str) -> Charges:
     return Charges(source, _merged(_document_lines(document, source) for document in documents))
 
 
-def _document(path: Path) -> dict[Key, tuple[int, Decimal]]:
+def read_json(path: Path) -> Any:
+    """The JSON of a file of invoice documents (numbers with a fraction as :class:`~decimal.Decimal`).
+
+    Raises:
+        CompareInputError: Naming the file (and line) when it is missing, a folder, not UTF-8 or not JSON.
+    """
     try:
-        data = json.loads(read_text(path), parse_float=Decimal)
+        return json.loads(read_text(path), parse_float=Decimal)
     except json.JSONDecodeError as exc:  # (a ValueError: before the one read_text raises)
         raise CompareInputError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
     except ValueError as exc:
         raise CompareInputError(str(exc)) from None
+
+
+def _document(path: Path) -> dict[Key, tuple[int, Decimal]]:
+    data = read_json(path)
     if isinstance(data, list):  # `mgwsim bill --month A..B --format json`: the documents of a range
         return _merged(_document_lines(document, f"{path} [{index}]") for index, document in enumerate(data))
     return _document_lines(data, str(path))

@@ -265,13 +265,11 @@ def _golden_document(path: Path) -> dict[str, Any]:
     Raises:
         GoldenError: When it cannot be read, is not JSON, or is not an mgwsim invoice document.
     """
-    from metering.textfile import read_text
+    from metering.compare import CompareInputError, read_json
 
     try:
-        document = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:  # (a ValueError: before the one read_text raises)
-        raise GoldenError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
-    except ValueError as exc:
+        document = read_json(path)
+    except CompareInputError as exc:
         raise GoldenError(str(exc)) from None
     if not isinstance(document, dict) or document.get("schema") != "mgwsim.invoice/1":
         raise GoldenError(f"{path}: not an mgwsim invoice document (schema mgwsim.invoice/1)")
