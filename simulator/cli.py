@@ -420,6 +420,7 @@ def _with_progress(scenario: Scenario, work: Callable[[Callable[[float], None]],
 
 @app.command(epilog=EXIT_STATUSES)
 def run(
+    context: typer.Context,
     scenario_path: ScenarioArg,
     out: Annotated[
         Path | None,
@@ -486,7 +487,8 @@ def run(
             help="A fleet of more SIMs runs in shards, each shard's events and invoices written to --out as it "
             "completes (memory bounded by a shard; the same invoices): shards of whole accounts of at most "
             "this many SIMs, one after the other, or with --engine ray the same shards as Ray tasks (the same "
-            "files, byte for byte). On a cluster, lower it to give every CPU a few shards.",
+            "files, byte for byte). On a cluster, lower it to give every CPU a few shards. Not with --engine "
+            "reference, which runs the fleet whole.",
         ),
     ] = SHARD_SIMS,
 ) -> None:
@@ -507,6 +509,10 @@ def run(
         fail("--ray-address: only with --engine ray")
     if pcap_sims is not None and pcap is None:
         fail("--pcap-sims: only with --pcap")
+    if _given(context, "log_format") and out is None:
+        fail("--log-format: only with --out (--events takes its format from its file name)")
+    if _given(context, "shard_sims") and engine is EngineName.reference:
+        fail("--shard-sims: not with --engine reference, which runs the fleet whole")
     for option, path in (("--events", events), ("--pcap", pcap)):
         if out is not None and path is not None and path.resolve().is_relative_to(out.resolve()):
             fail(f"{option} {path}: inside --out {out}, which each run replaces whole; name a file outside it")
@@ -564,6 +570,12 @@ def _run_streamed(
             scenario, out, shard_sims, log_format, rater, progress, engine.value, ray_address
         ),
     )
+
+
+def _given(context: typer.Context, name: str) -> bool:
+    """Whether the user gave the option ``name`` (its parameter name), rather than leaving its default."""
+    source = context.get_parameter_source(name)  # typer's own copy of click's ParameterSource: compared by name
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def note(message: str) -> None:
@@ -1189,6 +1201,8 @@ def bench_sim(
     """Simulate a load scenario; compare the cost per session with a bare SimPy loop's cost per event."""
     from simulator.bench import run_sim_bench
 
+    if directory is not None and not outputs:
+        fail("--dir: only with --outputs")
     scenario_path, _ = _scenario_file(scenario_path)  # a bad file is one line here, not a failed child
     _bench_folder("--dir", directory)
     report = run_sim_bench(

@@ -95,6 +95,34 @@ def test_run_scale_out_of_range_is_refused_before_any_work(scale: str, reason: s
     one_line(mgwsim("run", "quickstart", "--scale", scale), 2, f"quickstart.toml: {reason}")
 
 
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        (["run", "quickstart", "--log-format", "parquet"], "--log-format: only with --out"),  # was: accepted
+        (["run", "quickstart", "--log-format", "auto"], "--log-format: only with --out"),
+        (
+            ["run", "quickstart", "--engine", "reference", "--shard-sims", "5"],
+            "--shard-sims: not with --engine reference",
+        ),
+        (["run", "quickstart", "--ray-address", "127.0.0.1:1"], "--ray-address: only with --engine ray"),
+        (["run", "quickstart", "--pcap-sims", "2"], "--pcap-sims: only with --pcap"),
+        (["bench", "sim", "--dir", "."], "--dir: only with --outputs"),  # was: a benchmark without outputs
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else "refused",
+)
+def test_an_option_that_would_do_nothing_is_refused_before_any_work(command: list[str], reason: str) -> None:
+    """An option given but without the one it works with would be ignored: the user is told instead."""
+    one_line(mgwsim(*command), 2, f"mgwsim: error: {reason}")
+
+
+def test_options_left_at_their_defaults_are_not_taken_as_given(tmp_path: Path) -> None:
+    """The refusals above look at what was typed: the same values as defaults are accepted."""
+    assert mgwsim("run", "quickstart", "--engine", "reference").returncode == 0
+    assert (
+        mgwsim("run", "quickstart", "--shard-sims", "100", "--log-format", "jsonl", "--out", tmp_path).returncode == 0
+    )
+
+
 @pytest.mark.parametrize("option", [["--sims", "0"], ["--events", "-1"], ["--seed", "-1"]], ids=lambda o: " ".join(o))
 def test_bench_metering_refuses_counts_out_of_range(option: list[str]) -> None:
     """Was exit 70: numpy's ValueError from the generator, after the work began."""
