@@ -509,10 +509,12 @@ def run(
         fail("--ray-address: only with --engine ray")
     if pcap_sims is not None and pcap is None:
         fail("--pcap-sims: only with --pcap")
-    if _given(context, "log_format") and out is None:
-        fail("--log-format: only with --out (--events takes its format from its file name)")
-    if _given(context, "shard_sims") and engine is EngineName.reference:
-        fail("--shard-sims: not with --engine reference, which runs the fleet whole")
+    if out is None:
+        _refuse_given(context, ["log_format"], "only with --out (--events takes its format from its file name)")
+    if engine is EngineName.reference:
+        _refuse_given(context, ["shard_sims"], "not with --engine reference, which runs the fleet whole")
+    if mqtt is None:
+        _refuse_given(context, ["mqtt_username", "mqtt_ca", "mqtt_retries", "mqtt_backoff"], "only with --mqtt")
     for option, path in (("--events", events), ("--pcap", pcap)):
         if out is not None and path is not None and path.resolve().is_relative_to(out.resolve()):
             fail(f"{option} {path}: inside --out {out}, which each run replaces whole; name a file outside it")
@@ -572,10 +574,15 @@ def _run_streamed(
     )
 
 
-def _given(context: typer.Context, name: str) -> bool:
-    """Whether the user gave the option ``name`` (its parameter name), rather than leaving its default."""
-    source = context.get_parameter_source(name)  # typer's own copy of click's ParameterSource: compared by name
-    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+def _refuse_given(context: typer.Context, names: Sequence[str], reason: str) -> None:
+    """Exit 2 if the user gave one of the options ``names`` (parameter names), which would do nothing here.
+
+    Only what was typed counts: an option left at its default is not refused.
+    """
+    for name in names:
+        source = context.get_parameter_source(name)  # typer's own copy of click's ParameterSource: by name
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            fail(f"--{name.replace('_', '-')}: {reason}")
 
 
 def note(message: str) -> None:
@@ -945,14 +952,16 @@ def check(
     """Rerun a scenario and compare its invoices with golden files; exit 1 on any drift."""
     from simulator.runner import GoldenError, compare_golden, golden_folder_problem
 
+    if junit is not None and update:
+        fail("--junit: not with --update, which writes the golden files instead of comparing with them")
     goldens = sorted(golden.glob("*.json")) if golden.is_dir() else []
-    _prepare_outputs(None, [] if junit is None or update else [junit], [scenario_path, *goldens])
+    _prepare_outputs(None, [] if junit is None else [junit], [scenario_path, *goldens])
     problem = golden_folder_problem(golden, update)
     if problem is not None:
         fail(f"--golden: {problem}")
     scenario = _scenario(scenario_path)
     result = _simulate(scenario, "fast", engine.value)
-    if junit is not None and not update:
+    if junit is not None:
         _check_junit(golden, result.documents, junit)
     try:
         differences = compare_golden(result, golden, update)

@@ -106,13 +106,21 @@ def test_run_scale_out_of_range_is_refused_before_any_work(scale: str, reason: s
         ),
         (["run", "quickstart", "--ray-address", "127.0.0.1:1"], "--ray-address: only with --engine ray"),
         (["run", "quickstart", "--pcap-sims", "2"], "--pcap-sims: only with --pcap"),
-        (["bench", "sim", "--dir", "."], "--dir: only with --outputs"),  # was: a benchmark without outputs
+        (["bench", "sim", "--dir", "TMP"], "--dir: only with --outputs"),  # was: a benchmark without outputs
+        (["run", "quickstart", "--mqtt-ca", "ca.pem"], "--mqtt-ca: only with --mqtt"),  # was: accepted
+        (["run", "quickstart", "--mqtt-username", "u"], "--mqtt-username: only with --mqtt"),
+        (["run", "quickstart", "--mqtt-retries", "5"], "--mqtt-retries: only with --mqtt"),
+        (["run", "quickstart", "--mqtt-backoff", "1"], "--mqtt-backoff: only with --mqtt"),
+        (["check", "quickstart", "--golden", "TMP", "--update", "--junit", "TMP/j.xml"], "--junit: not with --update"),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else "refused",
 )
-def test_an_option_that_would_do_nothing_is_refused_before_any_work(command: list[str], reason: str) -> None:
+def test_an_option_that_would_do_nothing_is_refused_before_any_work(
+    command: list[str], reason: str, tmp_path: Path
+) -> None:
     """An option given but without the one it works with would be ignored: the user is told instead."""
-    one_line(mgwsim(*command), 2, f"mgwsim: error: {reason}")
+    one_line(mgwsim(*(word.replace("TMP", str(tmp_path)) for word in command)), 2, f"mgwsim: error: {reason}")
+    assert not any(tmp_path.iterdir()), "nothing written"
 
 
 def test_options_left_at_their_defaults_are_not_taken_as_given(tmp_path: Path) -> None:
