@@ -7,6 +7,7 @@ first bad record with an :class:`EventLogError` that names the file and line (Pa
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -367,10 +368,19 @@ class EventLogAppender:
             self.file.close()
 
 
-def write_event_log(events: Iterable[Event], path: Path) -> int:
-    """Write events to ``path`` (format by suffix) atomically; return how many were written."""
+def write_event_log(events: Iterable[Event], path: Path, files: contextlib.ExitStack | None = None) -> int:
+    """Write events to ``path`` (format by suffix) atomically; return how many were written.
+
+    Args:
+        events: The events, in the order the log keeps.
+        path: The log's file.
+        files: When given, the log is one file of a set, a stack of :class:`AtomicWriter`: written
+            whole now under a temporary name, renamed into place when ``files`` closes without an
+            error, and removed when it closes with one.
+    """
     fmt = log_format(path)
-    with AtomicWriter(path) as temporary:
+    with contextlib.ExitStack() as own:
+        temporary = (files if files is not None else own).enter_context(AtomicWriter(path))
         appender = EventLogAppender(temporary, fmt)
         try:
             return appender.add(events)

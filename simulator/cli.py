@@ -12,6 +12,7 @@ says ``mgwsim: interrupted`` or ``mgwsim: terminated`` and exits 130 or 143 (128
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import json
@@ -537,9 +538,11 @@ def run(
         result, written = _run_streamed(scenario, out, shard_sims, log_format.value, rater.value, engine, ray_address)
     else:
         result = _simulate(scenario, rater.value, engine.value, ray_address)
-        written = write_outputs(result, out, events, log_format.value)
-    if pcap is not None:
-        written += _write_capture(result, pcap, pcap_sims)
+        with contextlib.ExitStack() as files:  # every output written whole before any is swapped or renamed in
+            captured, said = _write_capture(result, pcap, pcap_sims, files) if pcap is not None else ([], "")
+            written = write_outputs(result, out, events, log_format.value, files) + captured
+        if said:
+            stderr.print(said, markup=False)
     if broker is not None:
         _publish(result, broker)
     console = Console()
@@ -633,10 +636,13 @@ def _remove_partial_files(path: Path, stale: list[Path]) -> None:
         note(f"an earlier write of {path} was interrupted; {len(stale)} unfinished file(s) beside it removed")
 
 
-def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path]:
-    """``run --pcap``: the capture and its SIM map, as a set (both written whole before either is renamed)."""
-    import contextlib
+def _write_capture(
+    result: RunResult, path: Path, sims: int | None, files: contextlib.ExitStack
+) -> tuple[list[Path], str]:
+    """``run --pcap``: the capture and its SIM map, written whole into the set ``files`` (renamed in as it closes).
 
+    Returns both paths, and what to say of the capture once it is in place.
+    """
     from gateway.pcap import write_capture_to
     from metering.atomic import AtomicWriter
     from simulator.capture import CaptureInputError, capture_sessions, write_sim_map_to
@@ -647,13 +653,11 @@ def _write_capture(result: RunResult, path: Path, sims: int | None) -> list[Path
         fail(f"--pcap: {exc}")
     chosen = {session.imsi for session in sessions}
     sim_map = path.with_name(path.name + ".sims.csv")
-    with contextlib.ExitStack() as files:  # on leaving: each renamed into place, or each removed
-        with files.enter_context(AtomicWriter(path)).open("wb") as stream:
-            packets = write_capture_to(sessions, stream)
-        with files.enter_context(AtomicWriter(sim_map)).open("w", encoding="utf-8", newline="") as text:
-            write_sim_map_to(result.events, text)
-    stderr.print(f"{path}: {packets:,} packets of {len(sessions):,} sessions of {len(chosen):,} SIMs", markup=False)
-    return [path, sim_map]
+    with files.enter_context(AtomicWriter(path)).open("wb") as stream:
+        packets = write_capture_to(sessions, stream)
+    with files.enter_context(AtomicWriter(sim_map)).open("w", encoding="utf-8", newline="") as text:
+        write_sim_map_to(result.events, text)
+    return [path, sim_map], f"{path}: {packets:,} packets of {len(sessions):,} sessions of {len(chosen):,} SIMs"
 
 
 def _broker(url: str, username: str | None, ca_file: Path | None, attempts: int, backoff_s: float) -> Any:

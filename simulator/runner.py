@@ -123,21 +123,36 @@ def folder_log_name(result: RunResult, log_format: str = "auto") -> tuple[str, s
 
 
 def write_outputs(
-    result: RunResult, out: Path | None, events_path: Path | None, log_format: str = "auto"
+    result: RunResult,
+    out: Path | None,
+    events_path: Path | None,
+    log_format: str = "auto",
+    files: contextlib.ExitStack | None = None,
 ) -> list[Path]:
     """Write the event log, and the run folder (log, invoices per month, report, summary); return the paths.
 
     The folder is written as one set (:mod:`simulator.run_folder`): ``out`` holds this whole run
     or, if writing fails, the previous one as it was. Its log's format: :func:`folder_log_name`.
+    ``events_path`` joins the set: it is written whole before the folder and renamed into place
+    after the folder is swapped in, so a failure leaves both as they were.
+
+    Args:
+        result: The run.
+        out: The run folder, or None.
+        events_path: A further copy of the event log, or None.
+        log_format: The format of the folder's log: ``auto``, ``jsonl`` or ``parquet``.
+        files: The caller's set of further outputs (a stack of :class:`AtomicWriter`), written whole
+            before this is called; ``events_path`` joins it, and the caller renames them all into
+            place when it closes. Without it, ``events_path`` is renamed into place here, last.
     """
     written: list[Path] = []
-    if events_path is not None:
-        write_event_log(result.events, events_path)
-        written.append(events_path)
-    if out is None:
-        return written
-    written += write_folder(out, lambda folder: _run_files(result, folder, log_format))
-    LOG.info("wrote %d files to %s", len(written), out)
+    with contextlib.ExitStack() as own:
+        if events_path is not None:
+            write_event_log(result.events, events_path, files if files is not None else own)
+            written.append(events_path)
+        if out is not None:
+            written += write_folder(out, lambda folder: _run_files(result, folder, log_format))
+            LOG.info("wrote %d files to %s", len(written), out)
     return written
 
 

@@ -253,6 +253,36 @@ def test_a_capture_and_its_sim_map_are_written_as_a_set(small_disk: Path, tmp_pa
     assert tree(small_disk) == before, "the earlier capture and its SIM map, both"
 
 
+def test_a_runs_outputs_are_written_as_one_set(small_disk: Path, tmp_path: Path) -> None:
+    """run --out --events --pcap into a disk with room for the log and the capture, not the folder.
+
+    Every output stays as it was. Before, the new --events log was renamed into place before the
+    folder failed, beside the earlier capture.
+    """
+    scenario = ROOT / "scenarios/idle-fleet.toml"  # small outputs
+    fresh = {name: tmp_path / name for name in ("fresh.jsonl", "fresh.pcap", "fresh.pcap.sims.csv")}
+    done = mgwsim("run", scenario, "--events", fresh["fresh.jsonl"], "--pcap", fresh["fresh.pcap"], "--pcap-sims", "1")
+    assert done.returncode == 0, done.stderr
+    log, capture, sim_map = small_disk / "events.jsonl", small_disk / "core.pcap", small_disk / "core.pcap.sims.csv"
+    for path in (log, capture):
+        path.write_bytes(b"")  # earlier outputs (empty: replacing them frees no page)
+    sim_map.write_text("imsi,iccid\n", encoding="utf-8")
+    before = tree(small_disk)
+    page = 4096
+    room = sum(-(-path.stat().st_size // page) * page for path in fresh.values())  # the files, not the folder
+    stats = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (stats.f_bavail * stats.f_frsize - room))
+    out = small_disk / "out"
+    line = one_line(
+        mgwsim("run", scenario, "--out", out, "--events", log, "--pcap", capture, "--pcap-sims", "1"),
+        4,
+        "No space left",
+    )
+    assert str(out.parent) in line and str(log) not in line, line
+    (small_disk / "filler").unlink()
+    assert tree(small_disk) == before, "the earlier log, capture and SIM map, and no run folder"
+
+
 def test_run_into_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path) -> None:
     out = small_disk / "out"
     line = one_line(mgwsim("run", ROOT / "scenarios/quickstart.toml", "--out", out, columns=60), 4, "No space left")
