@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 from xml.sax.saxutils import quoteattr
 
+from metering.eventlog import EventLogError, log_format
 from metering.money import format_money
 from metering.textfile import read_text
 from metering.timeutil import TimeFormatError, format_month, parse_month
@@ -171,9 +172,23 @@ def read_charges(path: Path) -> Charges:
         return Charges(str(path), _merged(_document(document) for document in documents))
     if not path.exists():
         raise CompareInputError(f"{path}: no such file")
+    if _is_event_log(path):
+        raise CompareInputError(
+            f"{path}: an event log, not invoices: bill it first "
+            f"(mgwsim bill {path} --month YYYY-MM --format json > FILE.json), or give it to --explain"
+        )
     if path.suffix.lower() == ".csv":
         return Charges(str(path), _csv(path))
     return Charges(str(path), _document(path))
+
+
+def _is_event_log(path: Path) -> bool:
+    """Whether ``path`` is named as an event log (by the suffixes the log readers know)."""
+    try:
+        log_format(path)
+    except EventLogError:
+        return False
+    return True
 
 
 def _merged(parts: Iterable[Mapping[Key, tuple[int, Decimal]]]) -> dict[Key, tuple[int, Decimal]]:

@@ -88,6 +88,19 @@ def test_not_an_invoice_document_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2 and "not an mgwsim invoice document" in done.stderr
 
 
+@pytest.mark.parametrize("name", ["events.jsonl", "events.jsonl.gz", "events.parquet"])
+def test_an_event_log_given_as_a_side_is_told_to_be_billed_first(tmp_path: Path, name: str) -> None:
+    """Was "not JSON (Extra data)" at line 2 of a JSONL log, "not UTF-8 text" for Parquet."""
+    log = tmp_path / name
+    assert mgwsim("run", "pin-lockout", "--events", log).returncode == 0
+    done = mgwsim("diff", log, GOLDEN, columns=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"mgwsim: error: {log}: an event log, not invoices: bill it first "
+        f"(mgwsim bill {log} --month YYYY-MM --format json > FILE.json), or give it to --explain"
+    )
+
+
 def test_the_readme_example_shows_where_two_readings_of_i1_differ(tmp_path: Path) -> None:
     """The same log billed under I-1 per SIM-month and per registration: one line and the total differ."""
     log = ROOT / "scenarios/disputes/reregistration.jsonl"
