@@ -134,8 +134,10 @@ def read_documents(files: Sequence[Fetched]) -> _Found:
             raise SacloudImportError(str(exc)) from None
         try:
             document = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
-        except ValueError as exc:
-            raise SacloudImportError(f"{fetched.path}: not JSON ({str(exc).splitlines()[0][:80]})") from None
+        except json.JSONDecodeError as exc:
+            raise SacloudImportError(f"{fetched.path}:{exc.lineno}: not JSON ({exc.msg})") from None
+        except ValueError as exc:  # NaN or Infinity, which are not JSON numbers
+            raise SacloudImportError(f"{fetched.path}: not JSON ({exc})") from None
         documents.append((fetched, _object(document, fetched.path, "$")))
     for fetched, document in documents:
         if "CommonServiceItems" in document or "CommonServiceItem" in document:

@@ -149,3 +149,22 @@ def test_an_unknown_or_malformed_document_names_the_file_and_json_path(
     assert done.returncode == 2
     assert f"{path}: " in done.stderr and named in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('{"Servers": []}\n{"Servers": []}\n', ":2: not JSON (Extra data)"),  # was: no line; "Extra data: line 2 …"
+        ('{\n "Data":\n}\n', ":3: not JSON (Expecting value)"),
+        ('{"Data": NaN}', ": not JSON (NaN is not a JSON number)"),
+    ],
+)
+def test_a_file_that_is_not_json_names_its_line(tmp_path: Path, text: str, named: str) -> None:
+    """As every other JSON input: ``file:line: not JSON (reason)``, one line, nothing written."""
+    path = tmp_path / "metrics-8981100000000000001.json"
+    path.write_text(text)
+    out = tmp_path / "out.jsonl"
+    done = _import(out, str(path))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"mgwsim: error: {path}{named}", done.stderr
+    assert not out.exists()
