@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 from metering.compact import CompactLog, concatenate_logs
 from metering.events import Event
@@ -71,6 +71,21 @@ def probe_address(address: str) -> None:
         raise RayUnavailable(f"cannot reach the Ray cluster at {address}: {reason}") from None
 
 
+_AUTH_SETUP_LOGGER: Final = "ray._private.authentication.authentication_token_setup"
+"""The logger of Ray's notices about its token authentication."""
+
+_DEFAULT_AUTH_NOTICE: Final = "Token authentication is enabled for this Ray cluster."
+"""How Ray's notice begins, on every ``ray.init`` with ``RAY_AUTH_MODE`` unset, that its default is on."""
+
+
+def _without_default_auth_notice(record: logging.LogRecord) -> bool:
+    """Drop Ray's notice that its default, token authentication, is on; keep every other record.
+
+    A warning that authentication is *off* still reaches the user.
+    """
+    return not record.getMessage().startswith(_DEFAULT_AUTH_NOTICE)
+
+
 def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     """Connect to ``address`` or start a local Ray; return whether this call started it.
 
@@ -85,6 +100,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         return False
     if address is not None:
         probe_address(address)
+    logging.getLogger(_AUTH_SETUP_LOGGER).addFilter(_without_default_auth_notice)
     handlers = _stop_handlers()
     try:
         if address is None:

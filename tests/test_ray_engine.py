@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,3 +79,26 @@ def test_ray_engine_on_a_local_ray_with_two_cpus_gives_the_serial_invoices(
     for document in serial.documents:
         assert sharded.rating.documents[document.month].dumps() == document.dumps()
     assert Counter(map(content, sharded.events)) == Counter(map(content, serial.events))
+
+
+def test_run_on_a_local_ray_writes_the_fast_engines_folder_and_says_only_what_it_wrote(tmp_path: Path) -> None:
+    """``mgwsim run --engine ray`` as a user runs it: its own local Ray, the same files as the fast engine.
+
+    Ray's notice that its default token authentication is on ("Token authentication is enabled …")
+    once came on every such run's standard error.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_MODE"}  # Ray's default
+    folders = {engine: tmp_path / engine for engine in ("fast", "ray")}
+    said = {}
+    for engine, folder in folders.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "simulator.cli", "run", "quickstart", "--engine", engine, "--out", str(folder)],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        said[engine] = done.stderr
+    assert said["ray"] == said["fast"].replace(str(folders["fast"]), str(folders["ray"]))
+    assert all(line.startswith("wrote ") for line in said["ray"].splitlines()), said["ray"]
+    for path in sorted(folders["fast"].rglob("*")):
+        if path.is_file():
+            assert (folders["ray"] / path.relative_to(folders["fast"])).read_bytes() == path.read_bytes(), path.name
