@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from metering.atomic import PARTIAL_SUFFIX, AtomicWriter, InUseError, fsync_directory, held, hold
+from metering.atomic import PARTIAL_SUFFIX, AtomicWriter, InUseError, fsync_directory, held, hold, naming
 
 MANIFEST: Final = "manifest.json"
 """The file a run writes last into its folder: the list of the run's files and their sizes."""
@@ -116,8 +116,15 @@ def prepare(out: Path) -> list[str]:
 
 
 def _staging_folder(out: Path) -> tuple[Path, int]:
-    """A new staging folder beside ``out``, held (:func:`~metering.atomic.hold`) through the returned handle."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING_INFIX}", dir=out.parent))
+    """A new staging folder beside ``out``, held (:func:`~metering.atomic.hold`) through the returned handle.
+
+    Raises:
+        OSError: Naming ``out`` (not the staging folder, a name the user never gave).
+    """
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}{_STAGING_INFIX}", dir=out.parent))
+    except OSError as exc:
+        raise naming(exc, out) from exc
     handle = os.open(staging, os.O_RDONLY)
     hold(handle)  # a run starting into ``out`` meanwhile sees this folder is being written (see prepare)
     return staging, handle

@@ -283,6 +283,14 @@ def test_a_runs_outputs_are_written_as_one_set(small_disk: Path, tmp_path: Path)
     assert tree(small_disk) == before, "the earlier log, capture and SIM map, and no run folder"
 
 
+def test_a_run_folder_on_a_read_only_disk_is_named_before_the_run(small_disk: Path) -> None:
+    """The error names --out, not the unfinished folder mgwsim tried to make beside it (".out.mgwsim-…")."""
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    out = small_disk / "out"
+    line = one_line(mgwsim("run", "quickstart", "--out", out, columns=60), 4, "Read-only file system")
+    assert line == f"mgwsim: error: {out}: Read-only file system (EROFS)", line
+
+
 def test_run_into_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path) -> None:
     out = small_disk / "out"
     line = one_line(mgwsim("run", ROOT / "scenarios/quickstart.toml", "--out", out, columns=60), 4, "No space left")
