@@ -133,6 +133,26 @@ def naming(exc: OSError, target: Path) -> OSError:
     return OSError(exc.errno, exc.strerror or str(exc), str(target))
 
 
+def check_writable(target: Path) -> None:
+    """Fail now where ``target`` could not be written later (a read-only disk, a file as its folder).
+
+    A temporary file is made where :class:`AtomicWriter` would make it (in the nearest folder of
+    ``target`` that exists: the others are made when it is written) and removed at once.
+
+    Raises:
+        OSError: Naming ``target``.
+    """
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise naming(exc, target) from exc
+    os.close(handle)
+    os.unlink(name)
+
+
 class AtomicWriter:
     """Write a file under a temporary name beside it; rename into place only on success."""
 

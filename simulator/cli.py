@@ -599,7 +599,7 @@ def _prepare_outputs(folder: Path | None, files: list[Path], inputs: Sequence[Pa
     An output file that is one of the command's ``inputs`` (a log, a scenario, a side of a diff) is
     refused: writing it would replace what the user gave.
     """
-    from metering.atomic import InUseError, partial_files
+    from metering.atomic import InUseError, check_writable, partial_files
     from simulator.run_folder import OutputFolderError, prepare
 
     try:
@@ -614,6 +614,7 @@ def _prepare_outputs(folder: Path | None, files: list[Path], inputs: Sequence[Pa
             if any(given is not None and _same_file(path, given) for given in inputs):
                 fail(f"{path}: is also an input of this command, which would be replaced; name another file")
             _remove_partial_files(path, partial_files(path))
+            check_writable(path)  # a read-only disk is found now, not after the work
     except OutputFolderError as exc:
         fail(str(exc))
     except InUseError as exc:

@@ -291,6 +291,22 @@ def test_a_run_folder_on_a_read_only_disk_is_named_before_the_run(small_disk: Pa
     assert line == f"mgwsim: error: {out}: Read-only file system (EROFS)", line
 
 
+def test_an_output_file_on_a_read_only_disk_is_named_before_any_work(small_disk: Path, tmp_path: Path) -> None:
+    """Before, --events, --pcap and --html failed only when written: after the run or the rating.
+
+    With -v the run would log its steps; the one line shows it never began.
+    """
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    dispute = ROOT / "scenarios/disputes/reregistration.jsonl"
+    for option, path, command in (
+        ("--events", small_disk / "e.jsonl", ["-v", "run", "quickstart"]),
+        ("--pcap", small_disk / "deeper" / "c.pcap", ["-v", "run", "tunnel-coverage", "--pcap-sims", "1"]),
+        ("--html", small_disk / "x.html", ["-v", "explain", dispute, "--month", "2026-01"]),
+    ):
+        line = one_line(mgwsim(*command, option, path, columns=60), 4)
+        assert line == f"mgwsim: error: {path}: Read-only file system (EROFS)", line
+
+
 def test_run_into_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path) -> None:
     out = small_disk / "out"
     line = one_line(mgwsim("run", ROOT / "scenarios/quickstart.toml", "--out", out, columns=60), 4, "No space left")
