@@ -1146,9 +1146,21 @@ def bench_metering(
 
 
 def _bench_folder(option: str, folder: Path | None) -> None:
-    """A benchmark's working folder must exist: checked before any work (``None``: the default)."""
-    if folder is not None and not folder.is_dir():
+    """A benchmark's working folder must be a folder it can write in: checked before any work (``None``: the default).
+
+    Raises:
+        OSError: Naming the folder, when nothing can be written in it (a read-only disk).
+    """
+    from metering.atomic import check_writable, naming
+
+    if folder is None:
+        return
+    if not folder.is_dir():
         fail(f"{option} {folder}: " + ("is a file, not a folder" if folder.exists() else "no such folder"))
+    try:
+        check_writable(folder / "benchmark")
+    except OSError as exc:
+        raise naming(exc, folder) from None
 
 
 @bench_app.command("jsonl", epilog=EXIT_STATUSES)
