@@ -964,6 +964,8 @@ def check(
     problem = golden_folder_problem(golden, update)
     if problem is not None:
         fail(f"--golden: {problem}")
+    if update:
+        _writable_folder(golden)
     scenario = _scenario(scenario_path)
     result = _simulate(scenario, "fast", engine.value)
     if junit is not None:
@@ -1151,14 +1153,23 @@ def _bench_folder(option: str, folder: Path | None) -> None:
     Raises:
         OSError: Naming the folder, when nothing can be written in it (a read-only disk).
     """
-    from metering.atomic import check_writable, naming
-
     if folder is None:
         return
     if not folder.is_dir():
         fail(f"{option} {folder}: " + ("is a file, not a folder" if folder.exists() else "no such folder"))
+    _writable_folder(folder)
+
+
+def _writable_folder(folder: Path) -> None:
+    """Before any work: that files can be made in ``folder`` (or where it will be made).
+
+    Raises:
+        OSError: Naming the folder, when nothing can be written there (a read-only disk).
+    """
+    from metering.atomic import check_writable, naming
+
     try:
-        check_writable(folder / "benchmark")
+        check_writable(folder / "probe")
     except OSError as exc:
         raise naming(exc, folder) from None
 

@@ -314,6 +314,9 @@ def test_an_output_file_on_a_read_only_disk_is_named_before_any_work(small_disk:
     ):
         line = one_line(mgwsim("bench", *bench, small_disk), 4)  # (before: after the benchmark's first part)
         assert line == f"mgwsim: error: {small_disk}: Read-only file system (EROFS)", line
+    golden = small_disk / "golden"
+    line = one_line(mgwsim("-v", "check", "quickstart", "--golden", golden, "--update"), 4)  # before: after the run
+    assert line == f"mgwsim: error: {golden}: Read-only file system (EROFS)", line
 
 
 def test_run_into_a_full_disk_is_one_line_and_leaves_nothing(small_disk: Path) -> None:
