@@ -21,12 +21,12 @@ from __future__ import annotations
 import gzip
 import logging
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 import duckdb
 import numpy as np
@@ -35,7 +35,7 @@ import pyarrow as pa
 from metering.eventlog import EventLogError, decode_line
 from metering.events import BILLED_TYPES, COMMON_FIELDS, EVENT_COLUMNS, FIELD_SPECS
 from metering.parquet_ingest import VALID_SQL
-from metering.store import staging_table
+from metering.store import rollback_open, staging_table
 from metering.timeutil import instant_sql
 
 LOG: Final = logging.getLogger(__name__)
@@ -339,6 +339,47 @@ def _damage_error(path: Path, done: int) -> EventLogError:
     return EventLogError(f"{path}:{number + 1}: compressed stream is damaged or truncated")
 
 
+class RefusedByParser(Exception):
+    """DuckDB's JSON parser refused a line of the chunk starting at ``first_line``: see :func:`in_one_transaction`."""
+
+    def __init__(self, first_line: int) -> None:
+        """Name the chunk by its first line."""
+        super().__init__(first_line)
+        self.first_line = first_line
+
+
+Result = TypeVar("Result")
+
+
+def in_one_transaction(connection: duckdb.DuckDBPyConnection, work: Callable[[int | None], Result]) -> Result:
+    """Run ``work`` in one transaction and commit it; ``work(careful_from)`` reads logs with :func:`ingest_jsonl`.
+
+    A line DuckDB's parser refuses (a line that is not JSON at all, a byte order mark) fails its
+    statement, and DuckDB then aborts the whole transaction: nothing more can run in it. So it is
+    rolled back and ``work`` runs again from the start, with ``careful_from`` the first line of the
+    chunk that failed: from that chunk on, lines are parsed with :data:`CAREFUL_SQL`, which leaves
+    such a line to the row reader. The chunks before it passed once, so they pass again: a log is
+    read at most twice, and the usual log once.
+
+    Raises:
+        Exception: Whatever ``work`` raises otherwise, after the transaction is rolled back.
+    """
+    careful_from: int | None = None
+    while True:
+        connection.begin()
+        try:
+            result = work(careful_from)
+            connection.commit()
+        except RefusedByParser as refused:
+            rollback_open(connection)
+            careful_from = refused.first_line
+            continue
+        except BaseException:
+            rollback_open(connection)
+            raise
+        return result
+
+
 def ingest_jsonl(
     connection: duckdb.DuckDBPyConnection,
     path: Path,
@@ -346,15 +387,18 @@ def ingest_jsonl(
     first_seq: int,
     table: str,
     chunk_bytes: int = CHUNK_BYTES,
+    careful_from: int | None = None,
 ) -> int:
     """Read a JSONL log into ``table`` (the store's columns); return how many events were added.
 
     An event's ``seq`` is ``first_seq + line - 1``, so the file's order is kept. Nothing is checked
     against events already stored: the caller settles repeated ids (see
     :meth:`metering.store.EventStore.settle_duplicates` and :func:`metering.parquet_ingest.append_checked`).
+    Call it inside :func:`in_one_transaction`, which gives ``careful_from``.
 
     Raises:
         EventLogError: For the first bad line of the file, with the row reader's message.
+        RefusedByParser: When DuckDB's parser refused a line of a chunk before ``careful_from``.
     """
     source = str(path)
     literal = source.replace("'", "''")
@@ -364,7 +408,8 @@ def ingest_jsonl(
     try:
         for prepared in prepared_chunks(path, compressed, chunk_bytes):
             chunk = prepared.chunk
-            added += _ingest_chunk(connection, prepared, path, first_seq - 1, table, literal, stored)
+            careful = careful_from is not None and chunk.first_line >= careful_from
+            added += _ingest_chunk(connection, prepared, path, first_seq - 1, table, literal, stored, careful)
             done = chunk.first_line + chunk.lines - 1
             LOG.info("%s: %s events read into the store (to line %s)", path, f"{added:,}", f"{done:,}")
     except _Damaged:
@@ -380,8 +425,13 @@ def _ingest_chunk(
     table: str,
     literal: str,
     stored: str,
+    careful: bool,
 ) -> int:
-    """Check one chunk and add its events to ``table``; return how many."""
+    """Check one chunk and add its events to ``table``; return how many.
+
+    Raises:
+        RefusedByParser: When DuckDB's parser refused a line and the chunk was not read ``careful``.
+    """
     chunk, lines = prepared.chunk, prepared.table
     if lines is None:
         return _decode_lines(
@@ -390,12 +440,14 @@ def _ingest_chunk(
     insert = f"INSERT INTO {table} SELECT {seq_base} + line, {stored}, NULL, '{literal}', line FROM "
     connection.register("jsonl_chunk", lines)
     try:
-        try:
-            taken = connection.execute(f"{insert}({FAST_SQL})").fetchall()[0][0]
-        except duckdb.InvalidInputException:  # a line that is not JSON at all: parse the chunk carefully
-            taken = connection.execute(f"{insert}({CAREFUL_SQL})").fetchall()[0][0]
-    finally:
-        connection.unregister("jsonl_chunk")
+        taken = connection.execute(f"{insert}({CAREFUL_SQL if careful else FAST_SQL})").fetchall()[0][0]
+    except duckdb.InvalidInputException:  # a line that is not JSON at all: DuckDB aborted the transaction
+        if careful:
+            raise
+        raise RefusedByParser(chunk.first_line) from None
+    finally:  # in an aborted transaction this fails too: the failure that led here is the one to report
+        with suppress(duckdb.Error):
+            connection.unregister("jsonl_chunk")
     if taken == lines.num_rows:  # the usual case: every line was plain and valid
         return int(taken)
     # the lines left out, in order: the row reader takes them or names the first bad one

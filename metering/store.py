@@ -198,7 +198,7 @@ def store_failure(path: str, exc: duckdb.Error) -> StoreError:
     return StoreDamaged(f"{path}: the store cannot be read ({text}); nothing was changed; {REINGEST_HINT}")
 
 
-def _rollback(connection: duckdb.DuckDBPyConnection) -> None:
+def rollback_open(connection: duckdb.DuckDBPyConnection) -> None:
     """Roll back the open transaction, if DuckDB still has one: the failure that led here is the one to report."""
     with contextlib.suppress(duckdb.Error):
         connection.rollback()
@@ -361,7 +361,7 @@ class EventStore:
             added = int(self.scalar("SELECT count(*) FROM staged s SEMI JOIN events e ON s.seq = e.seq"))
             connection.commit()
         except BaseException:
-            _rollback(connection)
+            rollback_open(connection)
             raise
         finally:
             connection.unregister("staged")
@@ -410,7 +410,7 @@ class EventStore:
             added = self.count() - stored
             connection.commit()
         except BaseException:
-            _rollback(connection)
+            rollback_open(connection)
             raise
         finally:
             connection.unregister("compact_rows")
@@ -470,7 +470,7 @@ class EventStore:
             try:
                 result = ingest_parquet(self.connection, path, self._next_seq())
             except BaseException:
-                _rollback(self.connection)
+                rollback_open(self.connection)
                 raise
             if result is not None:
                 self.connection.commit()
@@ -496,27 +496,25 @@ class EventStore:
         (a throw-away store) the events go straight into the store, to be settled once with
         :meth:`settle_duplicates`.
         """
-        from metering.jsonl_ingest import ingest_jsonl
+        from metering.jsonl_ingest import in_one_transaction, ingest_jsonl
         from metering.parquet_ingest import append_checked
 
         connection = self.connection
         first_seq = self._next_seq()
-        connection.begin()
-        try:
+
+        def work(careful_from: int | None) -> tuple[int, int]:
             if not checked:
-                added = ingest_jsonl(connection, path, compressed, first_seq, "events")
-                connection.commit()
-                return added, 0
+                return ingest_jsonl(connection, path, compressed, first_seq, "events", careful_from=careful_from), 0
             connection.execute(f"CREATE OR REPLACE TEMP TABLE jsonl_incoming ({COLUMNS_SQL})")
-            ingest_jsonl(connection, path, compressed, first_seq, "jsonl_incoming")
+            ingest_jsonl(connection, path, compressed, first_seq, "jsonl_incoming", careful_from=careful_from)
             named = ", ".join(("line", "ts", "type", "account", "id", *EVENT_COLUMNS, "extra"))
             result = append_checked(connection, path, f"SELECT {named} FROM jsonl_incoming", first_seq)
             connection.execute("DROP TABLE jsonl_incoming")
-            connection.commit()
-        except BaseException:
-            _rollback(connection)
-            raise
-        LOG.info("%s: %s events added, %s already stored", path, f"{result[0]:,}", f"{result[1]:,}")
+            return result
+
+        result = in_one_transaction(connection, work)
+        if checked:
+            LOG.info("%s: %s events added, %s already stored", path, f"{result[0]:,}", f"{result[1]:,}")
         return result
 
     def settle_duplicates(self) -> int:
