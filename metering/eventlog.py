@@ -134,7 +134,8 @@ def decode_line(raw: bytes, path: Path, number: int) -> Event | None:
     except DuplicateKeyError as exc:
         raise EventLogError(f"{path}:{number}: key {exc.key[:60]!r} appears twice in one object") from None
     except json.JSONDecodeError as exc:
-        raise EventLogError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        reason = exc.msg.removesuffix(" at")  # json's "Invalid control character at" names no place of its own
+        raise EventLogError(f"{path}:{number}: not valid JSON ({reason} at column {exc.colno})") from None
     except ValueError as exc:
         raise EventLogError(f"{path}:{number}: not valid JSON ({exc})") from None
     except RecursionError:

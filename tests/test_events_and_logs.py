@@ -103,6 +103,15 @@ def test_invalid_json_and_binary_garbage(tmp_path: Path) -> None:
         list(read_event_log(path))
 
 
+def test_a_control_character_in_a_string_is_named_with_its_column(tmp_path: Path) -> None:
+    """json says "Invalid control character at"; the message once read "… at at column 39"."""
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"ts": "2026-01-10T09:00:00+09:00", "a\x01": 1}\n')
+    with pytest.raises(EventLogError) as raised:
+        list(read_event_log(path))
+    assert str(raised.value) == f"{path}:1: not valid JSON (Invalid control character at column 39)"
+
+
 def test_truncated_gzip_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl.gz"
     with gzip.open(path, "wt") as stream:
