@@ -74,6 +74,8 @@ SECRET_WORDS: Final = frozenset({"pin", "puk", "passcode", "pincode", "pukcode"}
 _CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])")
 _DIGITS_RE = re.compile(r"([0-9]+)")
 _SEPARATORS_RE = re.compile(r"[_\-. ]+")
+_PANDAS_INDEX = re.compile(r"__index_level_[0-9]+__")
+"""The column pandas' ``to_parquet`` adds for an index that is not the default one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,7 +452,8 @@ def event_from_mapping(
             continue
         spec = specs.get(name)
         if spec is None:
-            return EventError(f"{event_type}: unknown field {str(name)[:60]!r}")
+            hint = " (a pandas index: write the log with index=False)" if _PANDAS_INDEX.fullmatch(str(name)) else ""
+            return EventError(f"{event_type}: unknown field {str(name)[:60]!r}{hint}")
         if value is None:
             continue
         normalised, reason = _check_value(name, spec.kind, value)

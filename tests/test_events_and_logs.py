@@ -112,6 +112,21 @@ def test_a_control_character_in_a_string_is_named_with_its_column(tmp_path: Path
     assert str(raised.value) == f"{path}:1: not valid JSON (Invalid control character at column 39)"
 
 
+def test_a_pandas_index_column_is_named_as_one(tmp_path: Path) -> None:
+    """A Parquet log written by pandas with its index: refused (not an event field), with the way out."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    event = traffic()
+    table = pa.table({**{name: [value] for name, value in event.items()}, "__index_level_0__": [7]})
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(EventLogError) as raised:
+        list(read_event_log(path))
+    hint = "(a pandas index: write the log with index=False)"
+    assert str(raised.value) == f"{path}:1: sim.traffic: unknown field '__index_level_0__' {hint}"
+
+
 def test_truncated_gzip_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl.gz"
     with gzip.open(path, "wt") as stream:
