@@ -178,6 +178,11 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             column_type = schema.field(name).type
             if pa.types.is_timestamp(column_type) and column_type.tz is None:
                 raise EventLogError(f"{path}: column {name!r} is a timestamp without time zone")
+            if not _time_column(column_type):  # an epoch count says neither its unit nor its zone
+                raise EventLogError(
+                    f"{path}: column {name!r} is {column_type}, not a time: "
+                    "give a timestamp with a time zone, or RFC 3339 text with an offset"
+                )
     row = 0
     try:
         for batch in parquet.iter_batches(batch_size=65_536):
@@ -192,6 +197,14 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield row, {name: values[i][offset] for i, name in enumerate(names)}
     except (pa.ArrowInvalid, OSError) as exc:
         raise EventLogError(f"{path}:{row + 1}: damaged Parquet data ({exc})") from None
+
+
+def _time_column(column_type: pa.DataType) -> bool:
+    """Whether a Parquet column of this type can hold the event format's instants (or only nulls)."""
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    kinds = (pa.types.is_timestamp, pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    return any(bool(kind(column_type)) for kind in (*kinds, pa.types.is_null))
 
 
 def _read_parquet(path: Path) -> Iterator[Event]:

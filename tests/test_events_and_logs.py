@@ -10,6 +10,7 @@ import pytest
 from conftest import write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cli import mgwsim
 
 from metering import atomic
 from metering.eventlog import EventLogError, read_event_log, write_event_log
@@ -125,6 +126,27 @@ def test_a_pandas_index_column_is_named_as_one(tmp_path: Path) -> None:
         list(read_event_log(path))
     hint = "(a pandas index: write the log with index=False)"
     assert str(raised.value) == f"{path}:1: sim.traffic: unknown field '__index_level_0__' {hint}"
+
+
+@pytest.mark.parametrize("column", ["ts", "expires"])
+def test_a_parquet_time_column_of_numbers_is_refused(tmp_path: Path, column: str) -> None:
+    """Seconds or milliseconds since 1970 from another system were read as microseconds: events of
+    1970, and a month's invoice empty, exit 0. Both raters now refuse the file, naming the column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    grant = {"ts": "2026-01-10T09:00:00+09:00", "type": "points.granted", "account": "acct-1", "id": "g1",
+             "points": 100, "expires": "2026-12-31T23:59:59+09:00"}  # fmt: skip
+    table = pa.table({name: [value] for name, value in grant.items()})
+    path = tmp_path / "log.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index(column), column, pa.array([1_767_225_600])), path)
+    reason = f"{path}: column {column!r} is int64, not a time: give a timestamp with a time zone, or RFC 3339 text"
+    with pytest.raises(EventLogError) as raised:
+        list(read_event_log(path))
+    assert str(raised.value) == reason + " with an offset"
+    for rater in ("fast", "reference"):
+        done = mgwsim("bill", path, "--month", "2026-01", "--rater", rater, columns=400)
+        assert (done.returncode, done.stdout, done.stderr.strip()) == (2, "", f"mgwsim: error: {reason} with an offset")
 
 
 def test_truncated_gzip_is_reported(tmp_path: Path) -> None:
