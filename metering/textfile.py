@@ -6,14 +6,14 @@ from pathlib import Path
 
 
 def read_text(path: Path) -> str:
-    """The UTF-8 text of ``path``.
+    """The UTF-8 text of ``path``, without the byte order mark some tools write first (Excel, Windows).
 
     Raises:
         ValueError: With one line, ``path: reason`` (no such file, a folder, not UTF-8).
         OSError: When the file exists but cannot be read (permissions, I/O): an I/O failure.
     """
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8").removeprefix("\ufeff")
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -293,3 +294,51 @@ def test_bench_sim_names_a_missing_scenario_in_one_line(tmp_path: Path) -> None:
     assert_one_line_error(
         mgwsim("bench", "sim", tmp_path / "no-such.toml", columns=200), "no-such.toml", "no such file"
     )
+
+
+def _with_byte_order_mark(source: Path, folder: Path) -> Path:
+    """A copy of ``source`` in ``folder`` that starts with a UTF-8 byte order mark, as Excel and Windows tools write."""
+    copy = folder / source.name
+    copy.write_bytes(b"\xef\xbb\xbf" + source.read_bytes())
+    return copy
+
+
+def test_text_inputs_with_a_byte_order_mark_read_as_without(tmp_path: Path) -> None:
+    """A scenario, a tariff, a charges CSV and a service export: each starting with a byte order mark.
+
+    Each was refused ("the header lacks month" of a CSV whose header has it, "not valid TOML" at
+    line 1, "Unexpected UTF-8 BOM"); the mark carries nothing, and every command now reads the rest.
+    """
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    export = ROOT / "scenarios/sacloud-export"
+    log = DISPUTES / "reregistration.jsonl"
+    tariff = ROOT / "scenarios/disputes/tariffs/per-registration.toml"
+    billed = tmp_path / "billed.json"
+    billed.write_text(mgwsim("bill", log, "--month", "2026-01").stdout, encoding="utf-8")
+    at = "2026-03-31T23:59:59+09:00"
+    Source = Callable[[Path], Path]
+    commands: list[Callable[[Source], list[str | Path]]] = [
+        lambda source: ["run", source(ROOT / "scenarios/quickstart.toml")],
+        lambda source: ["bill", log, "--month", "2026-01", "--tariff", source(tariff)],
+        lambda source: ["diff", source(export / "charges.csv"), billed, "--format", "json"],
+        lambda source: [
+            "import", "sacloud", f"{source(export / 'sims-2026-01-31.json')}@{at}",
+            source(export / "mobile-gateways.json"), "--at", at, "--account", "a", "--out", tmp_path / "i.jsonl",
+        ],
+    ]  # fmt: skip
+    copies: dict[str, str] = {}
+
+    def marked_copy(path: Path) -> Path:
+        copy = _with_byte_order_mark(path, marked)
+        copies[str(copy)] = str(path)
+        return copy
+
+    for command in commands:
+        plain = mgwsim(*command(lambda path: path), columns=200)
+        with_mark = mgwsim(*command(marked_copy), columns=200)
+        said = with_mark.stdout
+        for copy, original in copies.items():  # (diff names its sides)
+            said = said.replace(copy, original)
+        assert plain.returncode in (0, 1), plain.stderr  # (diff: 1, the two sides differ)
+        assert (with_mark.returncode, said) == (plain.returncode, plain.stdout), with_mark.stderr
