@@ -150,7 +150,7 @@ def check_writable(target: Path) -> None:
     except OSError as exc:
         raise naming(exc, target) from exc
     os.close(handle)
-    os.unlink(name)
+    Path(name).unlink(missing_ok=True)  # (another run clearing leftovers beside the same output may have)
 
 
 class AtomicWriter:
