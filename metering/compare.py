@@ -25,7 +25,7 @@ from xml.sax.saxutils import quoteattr
 
 from metering.eventlog import EventLogError, log_format
 from metering.money import format_money
-from metering.textfile import read_text
+from metering.textfile import header_names, read_text
 from metering.timeutil import TimeFormatError, format_month, parse_month
 
 CSV_COLUMNS: Final = ("month", "account", "item", "subject", "quantity", "amount")
@@ -261,7 +261,10 @@ def _csv(path: Path) -> dict[Key, tuple[int, Decimal]]:
         raise CompareInputError(str(exc)) from None
     if not rows:
         raise CompareInputError(f"{path}:1: empty; the header is {','.join(CSV_COLUMNS)}")
-    header = [name.strip() for name in rows[0]]
+    try:
+        header = header_names(rows[0], CSV_COLUMNS)
+    except ValueError as exc:
+        raise CompareInputError(f"{path}:1: {exc}") from None
     missing = [name for name in CSV_COLUMNS if name not in header]
     if missing:
         raise CompareInputError(f"{path}:1: the header lacks {', '.join(missing)} (needs {','.join(CSV_COLUMNS)})")

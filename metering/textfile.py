@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -20,3 +21,16 @@ def read_text(path: Path) -> str:
         raise ValueError(f"{path}: is a folder, not a file") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def header_names(cells: Sequence[str], needed: Sequence[str]) -> list[str]:
+    """A CSV header's column names as they are matched: trimmed and lower-cased (``IMSI``, `` iccid``).
+
+    Raises:
+        ValueError: ``column NAME twice``, when one of the ``needed`` names is given twice.
+    """
+    names = [cell.strip().lower() for cell in cells]
+    twice = next((name for index, name in enumerate(names) if name in needed and name in names[:index]), None)
+    if twice is not None:
+        raise ValueError(f"column {twice} twice")
+    return names

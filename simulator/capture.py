@@ -19,7 +19,7 @@ from devices.carrier import imsi_of, msisdn_of
 from gateway.pcap import CaptureSession, Transfer
 from gateway.pcap_reader import CaptureContents
 from metering.events import ICCID_PATTERN, Event, encode_extra
-from metering.textfile import read_text
+from metering.textfile import header_names, read_text
 from metering.timeutil import format_instant
 
 
@@ -146,6 +146,11 @@ def read_sim_map(path: Path) -> SimMap:
     except ValueError as exc:
         raise CaptureInputError(f"{exc} (the SIM map)") from None
     rows = csv.DictReader(text.splitlines())
+    if rows.fieldnames is not None:
+        try:
+            rows.fieldnames = header_names(rows.fieldnames, ("imsi", "iccid", "registered_at"))
+        except ValueError as exc:
+            raise CaptureInputError(f"{path}:1: {exc} (the SIM map)") from None
     if rows.fieldnames is None or not {"imsi", "iccid"} <= set(rows.fieldnames):
         raise CaptureInputError(f"{path}:1: the SIM map needs the columns imsi and iccid")
     mapping: dict[str, str] = {}

@@ -36,6 +36,20 @@ def test_the_same_invoices_are_equal_also_as_a_csv(tmp_path: Path) -> None:
     assert mgwsim("diff", charges, GOLDEN / "2026-01.json", "--month", "2026-01").returncode == 0
 
 
+def test_a_charges_csv_header_is_matched_whatever_its_case_and_spacing(tmp_path: Path) -> None:
+    """``Month, Account, Item…`` as a spreadsheet titles them: was "the header lacks month…"."""
+    charges = tmp_path / "charges.csv"
+    as_csv(GOLDEN, charges)
+    lines = charges.read_text(encoding="utf-8").splitlines()
+    titled = tmp_path / "titled.csv"
+    titled.write_text("\n".join([" Amount,Subject , ITEM,Account,Month,Quantity,Rule", *lines[1:]]) + "\n")
+    assert mgwsim("diff", GOLDEN, titled).returncode == 0
+    twice = tmp_path / "twice.csv"
+    twice.write_text("month,Month,account,item,subject,quantity,amount\n", encoding="utf-8")
+    done = mgwsim("diff", GOLDEN, twice, columns=200)
+    assert (done.returncode, done.stderr.strip()) == (2, f"mgwsim: error: {twice}:1: column month twice")
+
+
 def test_a_changed_and_a_missing_line_are_reported_with_the_totals(tmp_path: Path) -> None:
     changed = tmp_path / "changed"
     changed.mkdir()

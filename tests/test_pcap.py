@@ -120,6 +120,24 @@ def test_meter_pcap_reads_back_the_volumes_of_every_session(captured: tuple[Path
     assert metered == wanted
 
 
+def test_a_sim_map_header_is_matched_whatever_its_case_and_spacing(captured: tuple[Path, Path], tmp_path: Path) -> None:
+    """A SIM map from another system (``IMSI, ICCID, Registered_At``) meters as mgwsim's own; was refused."""
+    capture, _ = captured
+    outputs = {}
+    for name, header in (("own", None), ("other", " IMSI , ICCID,Registered_At")):
+        lines = Path(f"{capture}.sims.csv").read_text(encoding="utf-8").splitlines()
+        sim_map = tmp_path / f"{name}.csv"
+        sim_map.write_text("\n".join([header or lines[0], *lines[1:]]) + "\n", encoding="utf-8")
+        outputs[name] = tmp_path / f"{name}.jsonl"
+        done = mgwsim("meter-pcap", capture, "--account", "acct-1", "--sims", sim_map, "--out", outputs[name])
+        assert done.returncode == 0, done.stderr
+    assert outputs["other"].read_bytes() == outputs["own"].read_bytes()
+    twice = tmp_path / "twice.csv"
+    twice.write_text("imsi,IMSI,iccid\n", encoding="utf-8")
+    done = mgwsim("meter-pcap", capture, "--account", "acct-1", "--sims", twice, "--out", tmp_path / "x.jsonl")
+    assert done.returncode == 2 and f"{twice}:1: column imsi twice (the SIM map)" in done.stderr, done.stderr
+
+
 def test_the_same_run_writes_the_same_capture(captured: tuple[Path, Path], tmp_path: Path) -> None:
     capture, _ = captured
     again = tmp_path / "again.pcap"
