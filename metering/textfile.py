@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
+
+_JAPANESE: Final = re.compile("[\u3040-\u30ff\u4e00-\u9fff]")
+"""Kana and common kanji: what a Japanese text holds and bytes that merely decode do not, as a rule."""
 
 
 def read_text(path: Path) -> str:
@@ -20,7 +25,19 @@ def read_text(path: Path) -> str:
     except IsADirectoryError:
         raise ValueError(f"{path}: is a folder, not a file") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}){_shift_jis_hint(path)}") from None
+
+
+def _shift_jis_hint(path: Path) -> str:
+    """A hint when the file reads as Shift_JIS, what Japanese Excel and Windows tools save "CSV" and text in."""
+    try:
+        text = path.read_bytes().decode("cp932")
+    except (UnicodeDecodeError, OSError):
+        return ""
+    controls = any(ord(character) < 0x20 and character not in "\t\r\n" for character in text)
+    if controls or not _JAPANESE.search(text):  # binary data decodes too, into other characters
+        return ""
+    return "; it reads as Shift_JIS: save it as UTF-8"
 
 
 def header_names(cells: Sequence[str], needed: Sequence[str]) -> list[str]:

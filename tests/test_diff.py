@@ -50,6 +50,20 @@ def test_a_charges_csv_header_is_matched_whatever_its_case_and_spacing(tmp_path:
     assert (done.returncode, done.stderr.strip()) == (2, f"mgwsim: error: {twice}:1: column month twice")
 
 
+def test_a_charges_csv_in_shift_jis_is_told_to_be_saved_as_utf8(tmp_path: Path) -> None:
+    """Japanese Excel saves a plain "CSV" in Shift_JIS; binary bytes that merely decode as it get no such hint."""
+    text = "month,account,item,subject,quantity,amount\n2026-01,acct-1,data_fee,データ通信,1,10\n"
+    charges, garbage = tmp_path / "charges.csv", tmp_path / "garbage.csv"
+    charges.write_bytes(text.encode("cp932"))
+    garbage.write_bytes(b"\xff\xfe\x00\x01month")
+    done = mgwsim("diff", charges, GOLDEN, columns=300)
+    start = len(text.encode("cp932").split(b"\x83")[0])  # the first byte of the katakana
+    expected = f"mgwsim: error: {charges}: not UTF-8 text (byte {start}); it reads as Shift_JIS: save it as UTF-8"
+    assert (done.returncode, done.stderr.strip()) == (2, expected)
+    done = mgwsim("diff", garbage, GOLDEN, columns=300)
+    assert (done.returncode, done.stderr.strip()) == (2, f"mgwsim: error: {garbage}: not UTF-8 text (byte 0)")
+
+
 def test_a_changed_and_a_missing_line_are_reported_with_the_totals(tmp_path: Path) -> None:
     changed = tmp_path / "changed"
     changed.mkdir()
