@@ -1,4 +1,4 @@
-"""Reading a user's text file with a one-line reason when it cannot be read."""
+"""Reading a user's text files: one-line reasons when one cannot be read, and CSV header names as matched."""
 
 from __future__ import annotations
 
