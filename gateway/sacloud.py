@@ -139,6 +139,7 @@ def read_documents(files: Sequence[Fetched]) -> _Found:
         except ValueError as exc:  # NaN or Infinity, which are not JSON numbers
             raise SacloudImportError(f"{fetched.path}: not JSON ({exc})") from None
         documents.append((fetched, _object(document, fetched.path, "$")))
+    _check_pages(documents)
     for fetched, document in documents:
         if "CommonServiceItems" in document or "CommonServiceItem" in document:
             _read_sims(fetched, document, found)
@@ -161,6 +162,45 @@ def read_documents(files: Sequence[Fetched]) -> _Found:
                 f"(top-level keys: {keys})"
             )
     return found
+
+
+def _check_pages(documents: Sequence[tuple[Fetched, Mapping[str, Any]]]) -> None:
+    """Refuse a list given in part: a page (``From``, ``Total``) whose other pages of its fetch time are missing.
+
+    The API pages a long list; one page alone would import its SIMs or gateways only, and the
+    others would go unbilled without a word.
+
+    Raises:
+        SacloudImportError: Naming the first page of an incomplete list and the items missing.
+    """
+    pages: dict[tuple[str, int], list[tuple[Fetched, int, int, int]]] = {}
+    for fetched, document in documents:
+        many = next((key for key in ("CommonServiceItems", "Appliances") if key in document), None)
+        if many is None or "Total" not in document or not isinstance(document[many], list):
+            continue
+        total = _whole(document["Total"], fetched.path, "$.Total")
+        start = _whole(document.get("From", 0), fetched.path, "$.From")
+        pages.setdefault((many, fetched.at), []).append((fetched, start, len(document[many]), total))
+    for (many, at), given in pages.items():
+        first, start, count, total = given[0]
+        covered = 0
+        for _, begin, size, _ in sorted(given, key=lambda page: page[1]):
+            if begin > covered:
+                break
+            covered = max(covered, begin + size)
+        if covered < total:
+            gap_end = min([begin for _, begin, _, _ in given if begin > covered] + [total])
+            raise SacloudImportError(
+                f"{first.path}: $.{many}: items {start + 1} to {start + count} of {total}, a page of the list; "
+                f"the pages fetched at {format_instant(at)} miss items {covered + 1} to {gap_end}: "
+                "give every page (or the list whole)"
+            )
+
+
+def _whole(value: Any, path: Path, pointer: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SacloudImportError(f"{_where(path, pointer)}: expected a whole number, got {str(value)[:20]!r}")
+    return value
 
 
 def _no_constant(name: str) -> Any:

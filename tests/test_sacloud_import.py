@@ -168,3 +168,31 @@ def test_a_file_that_is_not_json_names_its_line(tmp_path: Path, text: str, named
     assert done.returncode == 2
     assert done.stderr.strip() == f"mgwsim: error: {path}{named}", done.stderr
     assert not out.exists()
+
+
+def test_a_page_of_a_list_is_refused_unless_every_page_is_given(tmp_path: Path) -> None:
+    """A list response is paged (From, Count, Total): one page alone would bill its SIMs only, silently.
+
+    Both pages of one fetch time are read as the list whole; one page alone, or a page given twice,
+    is refused naming what is missing.
+    """
+    whole = json.loads((EXPORT / "sims-2026-01-31.json").read_text(encoding="utf-8"))
+    items = whole["CommonServiceItems"]
+    assert whole["Total"] == len(items) == 2
+    pages = []
+    for index, item in enumerate(items):
+        page = tmp_path / f"page-{index + 1}.json"
+        page.write_text(json.dumps({**whole, "From": index, "Count": 1, "CommonServiceItems": [item]}))
+        pages.append(f"{page}@2026-01-31T23:59:59+09:00")
+    paged, listed = tmp_path / "paged.jsonl", tmp_path / "listed.jsonl"
+    assert _import(paged, *pages).returncode == 0
+    assert _import(listed, f"{EXPORT}/sims-2026-01-31.json@2026-01-31T23:59:59+09:00").returncode == 0
+    assert paged.read_bytes() == listed.read_bytes()
+    for given, pair in (([pages[0]], ("1 to 1", "2 to 2")), ([pages[1], pages[1]], ("2 to 2", "1 to 1"))):
+        done = _import(tmp_path / "out.jsonl", *given)
+        assert done.returncode == 2 and not (tmp_path / "out.jsonl").exists()
+        assert done.stderr.strip() == (
+            f"mgwsim: error: {given[0].split('@')[0]}: $.CommonServiceItems: items {pair[0]} of 2, a page of the "
+            f"list; the pages fetched at 2026-01-31T23:59:59+09:00 miss items {pair[1]}: give every page (or the "
+            "list whole)"
+        ), done.stderr
