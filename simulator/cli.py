@@ -506,10 +506,10 @@ def run(
             event_log_format(events)
         except EventLogError as exc:
             fail(f"--events: {exc}")
-    if ray_address is not None and engine is not EngineName.ray:
-        fail("--ray-address: only with --engine ray")
-    if pcap_sims is not None and pcap is None:
-        fail("--pcap-sims: only with --pcap")
+    if engine is not EngineName.ray:
+        _refuse_given(context, ["ray_address"], "only with --engine ray")
+    if pcap is None:
+        _refuse_given(context, ["pcap_sims"], "only with --pcap")
     if out is None:
         _refuse_given(context, ["log_format"], "only with --out (--events takes its format from its file name)")
     if engine is EngineName.reference:
