@@ -203,8 +203,14 @@ def _time_column(column_type: pa.DataType) -> bool:
     """Whether a Parquet column of this type can hold the event format's instants (or only nulls)."""
     if pa.types.is_dictionary(column_type):
         column_type = column_type.value_type
-    kinds = (pa.types.is_timestamp, pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-    return any(bool(kind(column_type)) for kind in (*kinds, pa.types.is_null))
+    kinds = (
+        pa.types.is_timestamp,
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_string_view,
+        pa.types.is_null,
+    )
+    return any(bool(kind(column_type)) for kind in kinds)
 
 
 def _read_parquet(path: Path) -> Iterator[Event]:
