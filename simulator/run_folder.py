@@ -29,7 +29,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from metering.atomic import PARTIAL_SUFFIX, AtomicWriter, InUseError, fsync_directory, held, hold, naming
+from metering.atomic import (
+    PARTIAL_SUFFIX,
+    AtomicWriter,
+    InUseError,
+    check_writable,
+    fsync_directory,
+    held,
+    hold,
+    naming,
+)
 
 MANIFEST: Final = "manifest.json"
 """The file a run writes last into its folder: the list of the run's files and their sizes."""
@@ -112,6 +121,8 @@ def prepare(out: Path) -> list[str]:
         notes.append(f"an earlier run into {out} was interrupted; its unfinished folder {stale.name} was removed")
     if own is None and out.parent.is_dir():  # held from now on (no parent yet: made when the run writes)
         _RESERVED[out.absolute()] = _staging_folder(out)
+    elif own is None:  # its folders are made when the run writes: that they can be is found now, not then
+        check_writable(out)
     return notes
 
 

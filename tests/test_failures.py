@@ -286,9 +286,9 @@ def test_a_runs_outputs_are_written_as_one_set(small_disk: Path, tmp_path: Path)
 def test_a_run_folder_on_a_read_only_disk_is_named_before_the_run(small_disk: Path) -> None:
     """The error names --out, not the unfinished folder mgwsim tried to make beside it (".out.mgwsim-…")."""
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
-    out = small_disk / "out"
-    line = one_line(mgwsim("run", "quickstart", "--out", out, columns=60), 4, "Read-only file system")
-    assert line == f"mgwsim: error: {out}: Read-only file system (EROFS)", line
+    for out in (small_disk / "out", small_disk / "deeper" / "out"):  # (made with its parents: was after the run)
+        line = one_line(mgwsim("-v", "run", "quickstart", "--out", out, columns=60), 4, "Read-only file system")
+        assert line == f"mgwsim: error: {out}: Read-only file system (EROFS)", line
 
 
 def test_an_output_file_on_a_read_only_disk_is_named_before_any_work(small_disk: Path, tmp_path: Path) -> None:
