@@ -220,7 +220,7 @@ def bill(
 ) -> None:
     """Print the invoices of a billing month (or range) for an event log.
 
-    Example: mgwsim bill scenarios/disputes/basic-fee.jsonl --month 2026-01 --format table
+    Example: mgwsim bill scenarios/disputes/reregistration.jsonl --month 2026-01 --format table
     """
     inputs = _load(events, db, tariff, month)
     with stderr.status(f"rating {month} …"):

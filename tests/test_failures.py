@@ -178,6 +178,34 @@ def test_every_help_text_flows_in_paragraphs(command: list[str]) -> None:
         assert line.endswith((".", ")")) or line.startswith("Example:"), (command, line)
 
 
+def test_every_shipped_file_a_help_example_names_exists() -> None:
+    """A user copies a help text's example: the shipped files it names must be there.
+
+    Was: ``mgwsim bill --help`` named ``scenarios/disputes/basic-fee.jsonl``, a file that never
+    existed (no such file, exit 2, for the first command a user tries).
+    """
+    named = []
+    for command in COMMANDS[1:]:
+        prose = mgwsim(*command, "--help", columns=1000).stdout.split("╭")[0]
+        for line in prose.splitlines():
+            if line.strip().startswith("Example:"):
+                named += [word for word in line.replace(";", " ").split() if word.startswith("scenarios/")]
+    assert named, "no help text names a shipped file any more: this test checks nothing"
+    assert [word for word in named if not (ROOT / word).is_file()] == []
+
+
+def test_the_bill_example_bills_a_shipped_dispute() -> None:
+    """``mgwsim bill --help``'s example, run as written from the project's folder, prints invoices."""
+    help_text = mgwsim("bill", "--help", columns=1000).stdout
+    example = next(line for line in help_text.splitlines() if line.strip().startswith("Example:"))
+    words = example.split("mgwsim", 1)[1].split()
+    result = subprocess.run(
+        [sys.executable, "-m", "simulator.cli", *words], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sim_basic_fee" in result.stdout
+
+
 # --- a small disk ---------------------------------------------------------------------------
 
 
