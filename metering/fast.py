@@ -72,7 +72,7 @@ from metering.rules.registrations import registration_note
 from metering.rules.sim_basic_fee import WORDING as SIM_BASIC_WORDING
 from metering.store import EventStore, StoreError, store_failure
 from metering.tariff import Tariff
-from metering.timeutil import month_sql, month_start, months_of_instants
+from metering.timeutil import month_of_instant, month_sql, month_start, months_of_instants
 
 LOG: Final = logging.getLogger(__name__)
 STREAM_BATCH: Final = 100_000
@@ -875,7 +875,9 @@ class FastRater:
                 extra = total(line.amount for line in lines.get((month, account), []))
                 invoices.totals[(month, account)] = minor + to_minor(extra, decimals)
         self.timings["totals"] = time.perf_counter() - clock
-        return Rating(LazyDocuments(invoices), {}, ())
+        [(first, last)] = self.connection.execute("SELECT min(ts), max(ts) FROM events").fetchall()
+        span = None if first is None else (month_of_instant(first), month_of_instant(last))
+        return Rating(LazyDocuments(invoices), {}, (), span)
 
 
 def _without_consumption(tariff: Tariff) -> Tariff:
@@ -983,4 +985,4 @@ def rate_events(events: Sequence[Event], tariff: Tariff, months: Sequence[int]) 
 def _materialised(rating: Rating) -> Rating:
     """Build every document now (the connection closes after this)."""
     documents = {month: rating.documents[month] for month in rating.documents}
-    return Rating(documents, rating.outcomes, rating.errors)
+    return Rating(documents, rating.outcomes, rating.errors, rating.event_months)

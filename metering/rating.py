@@ -22,11 +22,14 @@ class Rating:
         documents: Month index → invoice document.
         outcomes: ``(month, account)`` → the charges and no-charges of the rules.
         errors: Consistency errors; when there are any, no invoice may be shown.
+        event_months: The first and the last JST month of the events rated, or ``None`` when there
+            were none (or the rating did not look).
     """
 
     documents: Mapping[int, InvoiceDocument]
     outcomes: Mapping[tuple[int, str], tuple[Outcome, ...]] = field(default_factory=dict)
     errors: tuple[EventError, ...] = ()
+    event_months: tuple[int, int] | None = None
 
 
 def deduplicate(events: Iterable[Event]) -> tuple[list[Event], list[EventError]]:
@@ -67,15 +70,19 @@ def merge_ratings(ratings: Iterable[Rating]) -> Rating:
     documents: dict[int, list[InvoiceDocument]] = {}
     outcomes: dict[tuple[int, str], tuple[Outcome, ...]] = {}
     errors: list[EventError] = []
+    spans: list[tuple[int, int]] = []
     for rating in ratings:
         for month, document in rating.documents.items():
             documents.setdefault(month, []).append(document)
         outcomes.update(rating.outcomes)
         errors.extend(rating.errors)
+        if rating.event_months is not None:
+            spans.append(rating.event_months)
     joined = {
         month: InvoiceDocument(
             month, parts[0].tariff, sort_invoices([invoice for part in parts for invoice in part.invoices])
         )
         for month, parts in sorted(documents.items())
     }
-    return Rating(joined, outcomes, tuple(errors))
+    span = (min(first for first, _ in spans), max(last for _, last in spans)) if spans else None
+    return Rating(joined, outcomes, tuple(errors), span)

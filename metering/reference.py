@@ -65,4 +65,8 @@ def rate_reference(events: Iterable[Event], tariff: Tariff, months: Sequence[int
             if found:  # kept even without an invoice: explain says why nothing was charged
                 outcomes[(month, account)] = tuple(found)
         documents[month] = InvoiceDocument(month, tariff.label, sort_invoices(invoices))
-    return Rating(documents, outcomes, ())
+    months_seen: set[int] = set()
+    for history in account_histories.values():
+        months_seen |= history.event_months
+    span = (min(months_seen), max(months_seen)) if months_seen else None
+    return Rating(documents, outcomes, (), span)

@@ -31,7 +31,7 @@ from metering.eventlog import EventLogError
 from metering.pipeline import Inputs, load_inputs
 from metering.rating import Rating
 from metering.tariff import TariffError, load_tariff
-from metering.timeutil import TimeFormatError, parse_month_range
+from metering.timeutil import TimeFormatError, format_month, parse_month_range
 from simulator.capture import SIM_MAP_COLUMNS
 from simulator.shipped import shipped_names
 from simulator.streamed_run import SHARD_SIMS, shards_of
@@ -230,6 +230,7 @@ def bill(
         first = rating.errors[0]
         more = f" ({len(rating.errors) - 1} more)" if len(rating.errors) > 1 else ""
         fail(f"{first}{more}")
+    _note_months_without_events(rating, inputs.months)
     if output_format is OutputFormat.json:
         if len(documents) == 1:
             text = documents[0].dumps()
@@ -278,6 +279,7 @@ def explain(
     rating = _rate(inputs, "reference")
     if rating.errors:
         fail(f"{rating.errors[0]}" + (f" ({len(rating.errors) - 1} more)" if len(rating.errors) > 1 else ""))
+    _note_months_without_events(rating, asked)
     if html is None:
         write_stdout(explain_rating(rating, inputs.tariff, inputs.events_by_id(), subject))
         return
@@ -591,6 +593,30 @@ def _refuse_given(context: typer.Context, names: Sequence[str], reason: str) -> 
 def note(message: str) -> None:
     """One line to people on standard error (not an error)."""
     stderr.print(f"mgwsim: note: {message}", markup=False)
+
+
+def _note_months_without_events(rating: Rating, months: Sequence[int]) -> None:
+    """Say so when no asked month has an invoice: no event falls in them (a mistyped month?).
+
+    An account with an event in a month has an invoice for it, so documents without invoices
+    mean months outside the events; the note gives the months the events do cover.
+    """
+    if any(rating.documents[month].invoices for month in months):
+        return
+    if rating.event_months is None:
+        note(f"no invoices for {_months_text(months)}: the logs hold no events")
+        return
+    note(
+        f"no invoices for {_months_text(months)}: no event falls in {'it' if len(months) == 1 else 'them'} and "
+        "nothing is charged; "
+        f"the events lie in {_months_text(rating.event_months)} (JST)"
+    )
+
+
+def _months_text(months: Sequence[int]) -> str:
+    """``2026-01``, or ``2026-01..2026-03`` for a first and a last month."""
+    first, last = format_month(months[0]), format_month(months[-1])
+    return first if first == last else f"{first}..{last}"
 
 
 def _prepare_outputs(folder: Path | None, files: list[Path], inputs: Sequence[Path | None] = ()) -> None:

@@ -342,3 +342,32 @@ def test_text_inputs_with_a_byte_order_mark_read_as_without(tmp_path: Path) -> N
             said = said.replace(copy, original)
         assert plain.returncode in (0, 1), plain.stderr  # (diff: 1, the two sides differ)
         assert (with_mark.returncode, said) == (plain.returncode, plain.stdout), with_mark.stderr
+
+
+def test_a_month_without_events_is_said_to_be_one(tmp_path: Path) -> None:
+    """A mistyped month (2025 for 2026) gives no invoices: a note says where the events lie.
+
+    Was: the empty document and exit 0 without a word, as for a month that really has no charges.
+    The document itself is unchanged, and a month with invoices gets no note.
+    """
+    log = DISPUTES / "reregistration.jsonl"  # events of 2025-12 and 2026-01
+    lie_in = "the events lie in 2025-12..2026-01 (JST)"
+    for rater in ("fast", "reference"):
+        for month, said in (("2025-01", "it"), ("2026-05", "it"), ("2025-01..2025-03", "them")):
+            result = mgwsim("bill", log, "--month", month, "--rater", rater, columns=200)
+            assert result.returncode == 0, result.stderr
+            printed = json.loads(result.stdout)
+            documents = printed if isinstance(printed, list) else [printed]
+            assert [document["invoices"] for document in documents] == [[]] * (3 if said == "them" else 1)
+            assert result.stderr == (
+                f"mgwsim: note: no invoices for {month}: no event falls in {said} and nothing is charged; {lie_in}\n"
+            )
+        result = mgwsim("bill", log, "--month", "2025-12..2026-02", "--rater", rater)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        empty = tmp_path / "empty.jsonl"
+        empty.write_text("", encoding="utf-8")
+        result = mgwsim("bill", empty, "--month", "2026-01", "--rater", rater, columns=200)
+        assert result.returncode == 0
+        assert result.stderr == "mgwsim: note: no invoices for 2026-01: the logs hold no events\n"
+    result = mgwsim("explain", log, "--month", "2025-01", columns=200)
+    assert result.returncode == 0 and lie_in in result.stderr

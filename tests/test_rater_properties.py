@@ -181,6 +181,7 @@ def test_fast_and_reference_raters_give_identical_invoices(tmp_path_factory: Any
     assert not reference.errors and not fast.errors
     for month in MONTHS:
         assert fast.documents[month].dumps() == reference.documents[month].dumps()
+    assert fast.event_months == reference.event_months  # what bill says of a month with no invoices
 
 
 def test_a_platform_message_and_traffic_of_one_month_are_cited_in_processing_order(tmp_path: Path) -> None:
