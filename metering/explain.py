@@ -6,7 +6,8 @@ rule, the article of the terms, the reason and the evidence events (id, type, ti
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 
 from metering.events import Event
 from metering.invoice import make_line
@@ -94,9 +95,36 @@ def explain(rating: Rating, tariff: Tariff, events: Mapping[tuple[str, str], Eve
             if len(parts) == 1:
                 parts.append("  nothing charged")
             blocks.append("\n".join(parts))
-    if subject is not None and len(blocks) == 1:
-        blocks.append(f"No charge or decision concerns {subject!r} in the months asked for.")
+    unmatched = None if subject is None else unmatched_subject(rating, rating.documents, subject)
+    if unmatched is not None:
+        blocks.append(unmatched)
     return "\n\n".join(blocks) + "\n"
+
+
+def unmatched_subject(rating: Rating, months: Iterable[int], subject: str) -> str | None:
+    """What to say when no decision of ``months`` concerns ``subject``, or ``None`` when one does.
+
+    A mistyped subject (an ICCID with a digit wrong, ``MGW-1`` for ``mgw-1``) is the usual cause,
+    so the sentence names the nearest subjects that do have a decision in those months.
+    """
+    asked = set(months)
+    subjects = {
+        outcome.subject for (month, _), outcomes in rating.outcomes.items() if month in asked for outcome in outcomes
+    }
+    if subject in subjects:
+        return None
+    sentence = f"No charge or decision concerns {subject!r} in the months asked for."
+    by_folded: dict[str, list[str]] = {}
+    for known in sorted(subjects):
+        by_folded.setdefault(known.casefold(), []).append(known)
+    nearest = sorted(
+        known
+        for folded in difflib.get_close_matches(subject.casefold(), by_folded, n=3, cutoff=0.6)
+        for known in by_folded[folded]
+    )[:3]
+    if nearest:
+        sentence += f" The nearest that {'has' if len(nearest) == 1 else 'have'} one: {', '.join(map(repr, nearest))}."
+    return sentence
 
 
 def explain_line(

@@ -24,7 +24,7 @@ from html import escape
 from typing import Final
 
 from metering.events import Event
-from metering.explain import evidence_text
+from metering.explain import evidence_text, unmatched_subject
 from metering.invoice import Invoice, make_line
 from metering.money import format_money
 from metering.rating import Rating
@@ -256,6 +256,9 @@ def dispute_page(
         f"from {_text(', '.join(sources) or 'the event store')}. Every charge below names its rule, the "
         "article of the terms and the events that decided it; fees not charged are listed with the reason.</p>",
     ]
+    unmatched = None if subject is None else unmatched_subject(rating, months, subject)
+    if unmatched is not None:
+        body.append(f"<p class='unmatched'>{_text(unmatched)}</p>")
     accounts = sorted({account for month, account in rating.outcomes if month in months})
     sims_total = 0
     for account in accounts:

@@ -284,8 +284,12 @@ def explain(
         write_stdout(explain_rating(rating, inputs.tariff, inputs.events_by_id(), subject))
         return
     from metering.atomic import AtomicWriter
+    from metering.explain import unmatched_subject
     from metering.html_report import dispute_page
 
+    unmatched = None if subject is None else unmatched_subject(rating, asked, subject)
+    if unmatched is not None:  # the page says so too, but the page is not on the screen
+        note(unmatched[0].lower() + unmatched[1:])
     page = dispute_page(rating, inputs.tariff, inputs.events(), asked, subject, [str(path) for path in events or []])
     with AtomicWriter(html) as temporary:
         temporary.write_text(page, encoding="utf-8")
@@ -1143,12 +1147,11 @@ def diff(
 def _explanations(differences: Any, logs: list[Path], tariff_path: Path | None) -> dict[Any, str]:
     """The explanation mgwsim gives of each differing line, from rating ``logs`` in the months that differ."""
     from metering.explain import explain_line
-    from metering.timeutil import format_month
 
     if not differences:
         return {}
     months = sorted({difference.key[0] for difference in differences})
-    inputs = _load(logs, None, tariff_path, f"{format_month(months[0])}..{format_month(months[-1])}")
+    inputs = _load(logs, None, tariff_path, _months_text(months))
     rating = _rate(inputs, "reference")
     if rating.errors:
         fail(f"--explain: {rating.errors[0]}")

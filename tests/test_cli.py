@@ -140,6 +140,25 @@ def test_explain_names_rule_article_and_evidence() -> None:
     assert "CHARGED sim_basic_fee for 8981300000000000011: 1 x 10 = 10 JPY [SMC-38" in everything
 
 
+def test_a_mistyped_subject_is_answered_with_the_nearest_that_have_a_decision(tmp_path: Path) -> None:
+    log = DISPUTES / "line-maintenance.jsonl"  # SIMs 8981300000000000031..34 have decisions in 2025-12
+    typo = mgwsim("explain", log, "-m", "2025-12", "--subject", "8981300000000000O32")  # a letter O for a 0
+    assert typo.returncode == 0
+    assert typo.stdout.strip().endswith(
+        "No charge or decision concerns '8981300000000000O32' in the months asked for. The nearest that have "
+        "one: '8981300000000000032', '8981300000000000033', '8981300000000000034'."
+    )
+    unknown = mgwsim("explain", log, "-m", "2025-12", "--subject", "zzz")
+    assert unknown.stdout.strip().endswith("No charge or decision concerns 'zzz' in the months asked for.")
+    page = tmp_path / "dispute.html"
+    html = mgwsim("explain", log, "-m", "2025-12", "--subject", "8981300000000000O32", "--html", page)
+    assert html.returncode == 0
+    assert "mgwsim: note: no charge or decision concerns '8981300000000000O32'" in html.stderr  # not on the screen
+    assert "The nearest that have one: &#x27;8981300000000000032&#x27;" in page.read_text(encoding="utf-8")
+    found = mgwsim("explain", log, "-m", "2025-12", "--subject", "8981300000000000032", "--html", page)
+    assert "note" not in found.stderr and "unmatched" not in page.read_text(encoding="utf-8")
+
+
 def test_ingest_is_idempotent_and_the_store_bills_like_the_file(tmp_path: Path) -> None:
     store = tmp_path / "store.duckdb"
     first = mgwsim("ingest", DISPUTES / "points.jsonl", "--db", store)
