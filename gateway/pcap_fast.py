@@ -134,7 +134,7 @@ def _pcap_chunks(
                     run = 0
         segments.append(np.array(singles, dtype=np.int64))
         heads = np.concatenate(segments)
-        fields = view[heads[:, None] + _SIXTEEN].view(u32).astype(np.int64)
+        fields = _gather(view, heads, 16).view(u32).astype(np.int64)
         seconds, fraction, captured_, original = fields[:, 0], fields[:, 1], fields[:, 2], fields[:, 3]
         count = len(heads)
         index = number + np.arange(count, dtype=np.int64)
@@ -173,13 +173,13 @@ def _run_ahead(
     ahead = min(reach, (limit - position) // step)
     if ahead < 2:
         return None, reach, False
-    predicted = position + step * np.arange(ahead, dtype=np.int64)
-    words = np.arange(4 * len(expected), dtype=np.int64)[None, :]
-    found = view[(predicted + offset)[:, None] + words].view(u32).reshape(ahead, len(expected))
-    wrong = np.flatnonzero((found != np.array(expected, dtype=np.int64)).any(axis=1))
-    good = int(wrong[0]) if len(wrong) else ahead
+    # the words of every predicted record, read in place: a strided view, no index arrays
+    found = np.ndarray((ahead, len(expected)), dtype=u32, buffer=view, offset=position + offset, strides=(step, 4))
+    wrong = (found != expected).any(axis=1)
+    good = int(wrong.argmax()) if wrong.any() else ahead
+    predicted = position + step * np.arange(good, dtype=np.int64)
     if good < ahead:
-        return predicted[:good], 64, True
+        return predicted, 64, True
     return predicted, min(reach * 2, 1 << 16), False
 
 
@@ -188,8 +188,8 @@ _NEVER: Final = 1 << 62
 """A record number no capture reaches."""
 
 
-_EPB_FIELDS: Final = np.arange(28, dtype=np.int64)[None, :]
-"""An Enhanced Packet Block's fixed fields: type, length, interface, timestamp (high, low), captured, original."""
+_EPB_FIELDS: Final = 28
+"""Bytes of an Enhanced Packet Block's fixed fields: type, length, interface, timestamp (2), captured, original."""
 _WIDEST_UNITS: Final = 10**12
 """Interfaces with timestamp units up to this many per second have their timestamps converted in bulk."""
 _LATEST_SECOND: Final = 1 << 42
@@ -281,7 +281,7 @@ def _packet_columns(
     numbered = np.ones(end - base, dtype=bool)
     numbered[[index - base for index, _ in odd]] = False
     index = base + np.flatnonzero(numbered)
-    gathered = view[np.minimum(blocks[:, None] + _EPB_FIELDS, len(view) - 1)]
+    gathered = _gather(view, blocks, _EPB_FIELDS)
     fields = gathered.view(np.dtype(f"{order}u4")).reshape(-1, 7).astype(np.int64)
     length, interface, captured, original = fields[:, 1], fields[:, 2], fields[:, 5], fields[:, 6]
     described = interfaces or [Interface(-1, 0, 1, 0)]  # (no interface: every packet is odd)
@@ -318,9 +318,23 @@ def _packet_columns(
     )
 
 
-_HEADERS: Final = np.arange(40, dtype=np.int64)[None, :]
+_HEADERS: Final = 40
 """Bytes gathered from each frame's network header: outer IPv4 (20), UDP (8), GTP-U with its options (12)."""
-_SIXTEEN: Final = np.arange(16, dtype=np.int64)[None, :]
+
+
+def _gather(view: npt.NDArray[np.uint8], at: IntArray, width: int) -> npt.NDArray[np.uint8]:
+    """The ``width`` bytes from each position of ``at``, one row each (bytes past the end: the last byte).
+
+    The rows are copied from an overlapping view of every position's next ``width`` bytes, whole,
+    instead of byte by byte through an index array of ``width`` times their number.
+    """
+    gathered: npt.NDArray[np.uint8]
+    if not len(at) or int(at.max()) + width > len(view):
+        gathered = view[np.minimum(at[:, None] + np.arange(width, dtype=np.int64), len(view) - 1)]
+    else:
+        rows = np.ndarray((len(view) - width + 1,), dtype=f"V{width}", buffer=view, strides=(1,))
+        gathered = rows[at].view(np.uint8).reshape(-1, width)
+    return gathered
 
 
 def _be16(view: npt.NDArray[np.uint8], at: IntArray) -> IntArray:
@@ -339,6 +353,13 @@ class _Log:
 
 
 def _update_log(log: _Log, core: Core) -> None:
+    """The tunnel table's changes since the last chunk, added to the log after its settled entries.
+
+    The records still to come all lie after what the log holds, so of its entries only each key's
+    last can still decide a G-PDU: the others are forgotten, and a key whose last entry removed its
+    tunnel too (a key the log does not hold has no tunnel). The log stays as small as the tunnels
+    open at once, not as the capture's.
+    """
     entries = core.user.log[log.seen :]
     log.seen = len(core.user.log)
     keys, indexes, values = [], [], []
@@ -351,9 +372,21 @@ def _update_log(log: _Log, core: Core) -> None:
         if tunnel is not None:
             log.tunnels.append(tunnel)
     if keys:
+        _keep_the_last(log)
         log.key = np.concatenate([log.key, np.array(keys, dtype=np.uint64).view(np.int64)])
         log.index = np.concatenate([log.index, np.array(indexes, dtype=np.int64)])
         log.value = np.concatenate([log.value, np.array(values, dtype=np.int64)])
+
+
+def _keep_the_last(log: _Log) -> None:
+    """Each key's last entry (by record, then as logged), unless it removed the key's tunnel."""
+    if not len(log.key):
+        return
+    order = np.lexsort((np.arange(len(log.key)), log.index, log.key))
+    keys = log.key[order]
+    last = order[np.flatnonzero(np.append(keys[1:] != keys[:-1], True))]
+    kept = np.sort(last[log.value[last] >= 0])
+    log.key, log.index, log.value = log.key[kept], log.index[kept], log.value[kept]
 
 
 def _attribute(log: _Log, key: IntArray, index: IntArray) -> IntArray:
@@ -496,8 +529,7 @@ def _take(
     ip = start + np.where(candidate, offset, 0)
     available = length - offset
     # the outer IPv4, UDP and GTP-U headers of every frame, at once (past the file's end: its last byte)
-    where = ip[:, None] + _HEADERS
-    head = view[where if int(ip.max(initial=0)) + len(_HEADERS[0]) <= len(view) else np.minimum(where, len(view) - 1)]
+    head = _gather(view, ip, _HEADERS)
 
     def be16(at: int) -> IntArray:
         high: IntArray = head[:, at].astype(np.int64)

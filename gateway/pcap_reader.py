@@ -32,6 +32,7 @@ this reader does not use are counted by reason (distinct labels); nothing raises
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections import Counter
@@ -324,7 +325,9 @@ def _tpdu(tpdu: bytes) -> tuple[int, bytes] | str:
     return "inner packet not IP"
 
 
+@functools.lru_cache(maxsize=4096)  # a fleet talks to a few servers: each address is looked at once
 def _closed(address: bytes) -> bool:
+    """Whether a packet to ``address`` (4 or 16 bytes) stays in the closed network (private space)."""
     ip = ipaddress.ip_address(address)
     return any(ip in network for network in (CLOSED_V4 if ip.version == 4 else CLOSED_V6))
 
@@ -332,7 +335,19 @@ def _closed(address: bytes) -> bool:
 # --- GTP information elements -------------------------------------------------------------------
 
 
+_NIBBLES_SWAPPED: Final = bytes((byte & 0x0F) << 4 | byte >> 4 for byte in range(256))
+
+
 def _tbcd(value: bytes) -> str:
+    """TBCD digits (TS 29.274 §8.3: low nibble first), up to the first filler nibble (0xF).
+
+    A nibble above 9 that is not the filler reads as its decimal number, as it always has.
+    """
+    swapped = value.translate(_NIBBLES_SWAPPED).hex()
+    filler = swapped.find("f")
+    digits_only = swapped if filler < 0 else swapped[:filler]
+    if digits_only.isdecimal():  # the usual: every nibble a digit (C speed)
+        return digits_only
     digits: list[str] = []
     for byte in value:
         for nibble in (byte & 0x0F, byte >> 4):
