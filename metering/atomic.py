@@ -14,7 +14,11 @@ import contextlib
 import fcntl
 import io
 import os
+import shutil
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -108,6 +112,46 @@ def partial_files(target: Path) -> list[Path]:
     if any(held(path) for path in found):
         raise InUseError(f"{target}: another mgwsim is writing it now; wait for it to end, or choose another name")
     return found
+
+
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+"""The signals a command stops on, as ``simulator.cli`` handles them (Ctrl-C; a service manager, ``timeout``)."""
+
+
+@contextlib.contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM until the block ends, then handle them as they came.
+
+    A cleanup runs while a first Ctrl-C unwinds; a second one, common when the first seems slow,
+    must not cut it short and leave half a folder behind. The handlers in place stay the ones that
+    handle the signals, only later. Off the main thread (where handlers cannot be set), and for a
+    signal that has no Python handler, the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+    deferred = {number: handler for number, handler in previous.items() if callable(handler)}
+    for number in deferred:
+        signal.signal(number, lambda arrived, frame: came.append(arrived))
+    try:
+        yield
+    finally:
+        for number, handler in deferred.items():
+            signal.signal(number, handler)
+        for arrived in came:  # (the first handler to raise ends the replay: it stops the command)
+            deferred[signal.Signals(arrived)](arrived, None)
+
+
+def remove_tree(folder: Path | str) -> None:
+    """Remove ``folder`` and everything in it, whole even if stopped meanwhile (what cannot be removed stays).
+
+    A stop signal that comes while it is removed is handled once it is gone
+    (:func:`stop_signals_deferred`).
+    """
+    with stop_signals_deferred():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def fsync_directory(directory: Path) -> None:

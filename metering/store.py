@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Final
 import duckdb
 import pyarrow as pa
 
+from metering.atomic import remove_tree
 from metering.compact import CompactTraffic, traffic_insert_sql
 from metering.eventlog import ARROW_SCHEMA, events_to_arrow, log_format, read_event_log
 from metering.events import EVENT_COLUMNS, ICCID_PATTERN, NAME_PATTERN, ROUTES, Event
@@ -52,7 +52,7 @@ def spill_folder() -> str:
     for folder in Path(tempfile.gettempdir()).glob(f"{SPILL_PREFIX}*-*"):
         pid = folder.name.removeprefix(SPILL_PREFIX).partition("-")[0]
         if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder)
     return tempfile.mkdtemp(prefix=f"{SPILL_PREFIX}{os.getpid()}-")
 
 
@@ -250,10 +250,10 @@ class EventStore:
                 duckdb.connect(self.path, read_only=read_only, config=self._config())
             )
         except duckdb.Error as exc:
-            shutil.rmtree(self.spill, ignore_errors=True)
+            remove_tree(self.spill)
             raise store_failure(self.path, exc) from None
         except BaseException:  # a stop signal while DuckDB opens: no spill folder is left behind either
-            shutil.rmtree(self.spill, ignore_errors=True)
+            remove_tree(self.spill)
             raise
         try:
             if not read_only:
@@ -312,7 +312,7 @@ class EventStore:
         try:
             self.connection.close()
         finally:
-            shutil.rmtree(self.spill, ignore_errors=True)
+            remove_tree(self.spill)
 
     def scalar(self, sql: str) -> Any:
         """The single value of a query (the whole result is fetched, as DuckDB requires)."""

@@ -23,7 +23,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from metering.atomic import (
     held,
     hold,
     naming,
+    remove_tree,
 )
 
 MANIFEST: Final = "manifest.json"
@@ -117,7 +117,7 @@ def prepare(out: Path) -> list[str]:
                 "wait for it to end, or choose another folder"
             )
     for stale in others:
-        shutil.rmtree(stale, ignore_errors=True)
+        remove_tree(stale)
         notes.append(f"an earlier run into {out} was interrupted; its unfinished folder {stale.name} was removed")
     if own is None and out.parent.is_dir():  # held from now on (no parent yet: made when the run writes)
         _RESERVED[out.absolute()] = _staging_folder(out)
@@ -144,7 +144,7 @@ def _staging_folder(out: Path) -> tuple[Path, int]:
 def _release_reserved() -> None:
     """Remove the staging folders :func:`prepare` made that no run wrote (it failed or stopped before)."""
     for staging, handle in _RESERVED.values():
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         os.close(handle)
     _RESERVED.clear()
 
@@ -205,7 +205,7 @@ def write_folder(out: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
         fsync_directory(out.parent)
     finally:
         if leftover is not None:
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_tree(leftover)
         os.close(handle)
     return [out / str(entry["path"]) for entry in entries] + [out / MANIFEST]
 

@@ -123,3 +123,42 @@ class _Stops:
 
     def close(self) -> None:
         self.connection.close()
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_stop_while_a_folder_is_removed_is_handled_once_it_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: signal.Signals
+) -> None:
+    """A second Ctrl-C (or SIGTERM) while the first one's cleanup removes a run folder or a spill folder.
+
+    Before, it stopped the removal where it stood and left part of the folder behind. Now the
+    removal ends first; then the signal is handled by the handler that was in place.
+    """
+    from metering.atomic import remove_tree
+
+    def stop(number: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
+    previous = signal.signal(second, stop)
+    try:
+        folder = tmp_path / "staging"
+        (folder / "inner").mkdir(parents=True)
+        for number in range(20):
+            (folder / f"file-{number}").write_bytes(b"x")
+            (folder / "inner" / f"file-{number}").write_bytes(b"x")
+        unlink = os.unlink
+        sent: list[signal.Signals] = []
+
+        def unlink_after_a_stop(*args: Any, **kwargs: Any) -> None:
+            if not sent:
+                sent.append(second)
+                os.kill(os.getpid(), second)
+            unlink(*args, **kwargs)
+
+        monkeypatch.setattr(os, "unlink", unlink_after_a_stop)
+        with pytest.raises(KeyboardInterrupt, match=second.name):
+            remove_tree(folder)
+        assert sent == [second] and not folder.exists(), "the folder is removed whole, then the stop is handled"
+        assert signal.getsignal(second) is stop, "the handler in place before is in place again"
+    finally:
+        signal.signal(second, previous)
