@@ -114,8 +114,10 @@ def partial_files(target: Path) -> list[Path]:
     return found
 
 
-_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
-"""The signals a command stops on, as ``simulator.cli`` handles them (Ctrl-C; a service manager, ``timeout``)."""
+STOP_SIGNALS: Final = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+"""The signals a command stops on (Ctrl-C; a service manager, ``timeout``), with the word
+``simulator.cli`` says when one stops it. Cleanups hold them back (:func:`stop_signals_deferred`),
+and ``ray.init`` must not keep the handlers it puts on them."""
 
 
 @contextlib.contextmanager
@@ -131,7 +133,7 @@ def stop_signals_deferred() -> Iterator[None]:
         yield
         return
     came: list[int] = []
-    previous = {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
     deferred = {number: handler for number, handler in previous.items() if callable(handler)}
     for number in deferred:
         signal.signal(number, lambda arrived, frame: came.append(arrived))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
+from metering.atomic import STOP_SIGNALS
 from metering.eventlog import EventLogError
 from metering.pipeline import Inputs, load_inputs
 from metering.rating import Rating
@@ -57,8 +58,6 @@ EXIT_STATUSES: Final = (
     "(run with -v for the traceback); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what was being "
     "written is removed, an earlier run folder kept."
 )
-STOP_SIGNALS: Final = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
-"""The signals that stop a command cleanly, with the word said; the exit status is 128 + the signal."""
 ISSUES_URL: Final = "https://github.com/mgwsim/mgwsim/issues"
 """Where a bug is reported."""
 
@@ -660,9 +659,15 @@ def _same_file(one: Path, other: Path) -> bool:
 
 
 def _remove_partial_files(path: Path, stale: list[Path]) -> None:
-    """Remove what an interrupted write of ``path`` left beside it, with a note."""
-    for leftover in stale:
-        leftover.unlink(missing_ok=True)
+    """Remove what an interrupted write of ``path`` left beside it, with a note.
+
+    All of it: a stop that comes meanwhile is handled once the last is gone.
+    """
+    from metering.atomic import stop_signals_deferred
+
+    with stop_signals_deferred():
+        for leftover in stale:
+            leftover.unlink(missing_ok=True)
     if stale:
         note(f"an earlier write of {path} was interrupted; {len(stale)} unfinished file(s) beside it removed")
 

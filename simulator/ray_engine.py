@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
+from metering.atomic import STOP_SIGNALS
 from metering.compact import CompactLog, concatenate_logs
 from metering.events import Event
 from metering.store import THREADS_VARIABLE
@@ -121,17 +122,14 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
-_SIGNALS_RAY_INIT_SETS = (signal.SIGINT, signal.SIGTERM)
-"""The signals whose handlers ``ray.init`` may replace: SIGTERM's in Ray's ``worker.init``; SIGINT's
-is saved as well, in case Ray's core worker sets one. (That they are also the CLI's stop signals is
-why their handlers matter, not what this list says.)"""
-
-
 def _stop_handlers() -> dict[signal.Signals, Any]:
-    """The caller's SIGINT and SIGTERM handlers (empty off the main thread, where they cannot be set)."""
+    """The caller's handlers of the stop signals, which ``ray.init`` may replace (empty off the main thread).
+
+    Ray's ``worker.init`` sets SIGTERM's; SIGINT's is saved as well, in case Ray's core worker sets one.
+    """
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {number: signal.getsignal(number) for number in _SIGNALS_RAY_INIT_SETS}
+    return {number: signal.getsignal(number) for number in STOP_SIGNALS}
 
 
 def _restore(handlers: dict[signal.Signals, Any]) -> None:

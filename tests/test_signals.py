@@ -7,12 +7,14 @@ as it was, and standard error says what happened in one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +127,38 @@ class _Stops:
         self.connection.close()
 
 
+@contextlib.contextmanager
+def a_second_stop_inside_unlink(
+    monkeypatch: pytest.MonkeyPatch, second: signal.Signals
+) -> Iterator[list[signal.Signals]]:
+    """Within the block, the first ``os.unlink`` sends ``second`` to this process, as a second Ctrl-C would.
+
+    The handler of ``second`` raises ``KeyboardInterrupt`` naming it, as mgwsim's own does; the
+    handler in place before the block is put back after it. Yields the signals sent.
+    """
+
+    def stop(number: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(number).name)
+
+    unlink = os.unlink
+    sent: list[signal.Signals] = []
+
+    def unlink_after_a_stop(*args: Any, **kwargs: Any) -> None:
+        if not sent:
+            sent.append(second)
+            os.kill(os.getpid(), second)
+        unlink(*args, **kwargs)
+
+    previous = signal.signal(second, stop)
+    try:
+        monkeypatch.setattr(os, "unlink", unlink_after_a_stop)
+        yield sent
+        assert signal.getsignal(second) is stop, "the handler in place before is in place again"
+    finally:
+        monkeypatch.undo()
+        signal.signal(second, previous)
+
+
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_stop_while_a_folder_is_removed_is_handled_once_it_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: signal.Signals
@@ -136,29 +170,34 @@ def test_a_second_stop_while_a_folder_is_removed_is_handled_once_it_is_gone(
     """
     from metering.atomic import remove_tree
 
-    def stop(number: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(number).name)
-
-    previous = signal.signal(second, stop)
-    try:
-        folder = tmp_path / "staging"
-        (folder / "inner").mkdir(parents=True)
-        for number in range(20):
-            (folder / f"file-{number}").write_bytes(b"x")
-            (folder / "inner" / f"file-{number}").write_bytes(b"x")
-        unlink = os.unlink
-        sent: list[signal.Signals] = []
-
-        def unlink_after_a_stop(*args: Any, **kwargs: Any) -> None:
-            if not sent:
-                sent.append(second)
-                os.kill(os.getpid(), second)
-            unlink(*args, **kwargs)
-
-        monkeypatch.setattr(os, "unlink", unlink_after_a_stop)
+    folder = tmp_path / "staging"
+    (folder / "inner").mkdir(parents=True)
+    for number in range(20):
+        (folder / f"file-{number}").write_bytes(b"x")
+        (folder / "inner" / f"file-{number}").write_bytes(b"x")
+    with a_second_stop_inside_unlink(monkeypatch, second) as sent:
         with pytest.raises(KeyboardInterrupt, match=second.name):
             remove_tree(folder)
         assert sent == [second] and not folder.exists(), "the folder is removed whole, then the stop is handled"
-        assert signal.getsignal(second) is stop, "the handler in place before is in place again"
-    finally:
-        signal.signal(second, previous)
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_partial_files_are_removed_is_handled_once_they_are_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: signal.Signals
+) -> None:
+    """Before a command writes an output, it removes what killed writes of it left beside it.
+
+    A stop that comes meanwhile is handled after the last of them is gone. Before, it was handled
+    at once, and the files not yet removed stayed until the next write of that output.
+    """
+    from metering.atomic import PARTIAL_SUFFIX, partial_files
+    from simulator.cli import _prepare_outputs
+
+    target = tmp_path / "charges.csv"
+    for number in range(5):
+        (tmp_path / f".{target.name}.killed{number}{PARTIAL_SUFFIX}").write_bytes(b"half")
+    assert len(partial_files(target)) == 5
+    with a_second_stop_inside_unlink(monkeypatch, second) as sent:
+        with pytest.raises(KeyboardInterrupt, match=second.name):
+            _prepare_outputs(None, [target])
+        assert sent == [second] and partial_files(target) == [], "every partial file is removed, then the stop handled"
